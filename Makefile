@@ -1,0 +1,30 @@
+# Set-up and the two commands of the README. Everything lands in .venv inside the repository.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test clean-venv
+
+install: $(STAMP)
+
+# torch is pinned to 2.9.1 + torchvision 0.24.1: mmcv 2.1.0 (mmsegmentation's) compiles only
+# against torch <= 2.9. mmcv imports torch in its build, so it is built in its own step without
+# build isolation (pip caches the built wheel; the first build takes about 9 minutes on 2 cores).
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip 'setuptools<70' wheel ninja
+	$(PY) -m pip install -q torch==2.9.1 torchvision==0.24.1
+	$(PY) -c 'import mmcv.ops' 2>/dev/null || \
+		MMCV_WITH_OPS=1 $(PY) -m pip install --no-build-isolation mmcv==2.1.0
+	$(PY) -m pip install -q -e '.[seg,demo,test]'
+	touch $(STAMP)
+
+demo: install
+	$(PY) tools/digits_demo.py
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,64 @@
+"""Member-wise evaluation: every member and the ensemble scored by one task metric.
+
+A task metric subclasses :class:`MemberwiseMetric` and implements ``sample_stats`` (per-sample
+statistics of every model on a batch) and ``summarize`` (the metrics of one model from its
+statistics over the whole set). Results are kept per sample, so mmengine's gathering across DDP
+ranks (which drops the sampler's padding duplicates) stays exact.
+"""
+from typing import Any, Dict, List, Sequence
+
+from mmengine.evaluator import BaseMetric
+from torch import Tensor
+
+
+class MemberwiseMetric(BaseMetric):
+    """Base of the task evaluators. Metric keys are ``<model>/<metric>``, where model is a
+    member's name or ``ensemble``.
+
+    Subclasses set ``primary_metric`` (the key of the summary table, e.g. ``'top1'``) and
+    ``higher_is_better``.
+    """
+    primary_metric: str = ''
+    higher_is_better: bool = True
+
+    def __init__(self, collect_device: str = 'cpu', prefix: str = None):
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        self.model_names: List[str] = []
+
+    def sample_stats(self, preds: Tensor, data_batch: Any) -> List[Any]:
+        """Per-sample statistics of all models: one entry per sample of the batch.
+
+        Args:
+            preds: ``[M, N, ...]``, the predictions of the K members and the ensemble.
+            data_batch: the batch as the data loader gave it.
+        """
+        raise NotImplementedError
+
+    def summarize(self, stats: List[Any], model: int) -> Dict[str, float]:
+        """Metrics of model ``model`` (index into the names) from all samples' statistics."""
+        raise NotImplementedError
+
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        for out in data_samples:
+            self.model_names = list(out['names'])
+            self.results.extend(self.sample_stats(out['preds'], data_batch))
+
+    def compute_metrics(self, results: list) -> Dict[str, float]:
+        metrics = {}
+        for m, name in enumerate(self.model_names):
+            for key, value in self.summarize(results, m).items():
+                metrics[f'{name}/{key}'] = float(value)
+        return metrics
+
+
+def split_metrics(metrics: Dict[str, float]) -> Dict[str, Dict[str, float]]:
+    """``{'a/top1': 1, 'ensemble/top1': 2}`` -> ``{'a': {'top1': 1}, 'ensemble': {'top1': 2}}``.
+
+    Keys without a model part (and mmengine's prefixes) are grouped under their first part.
+    """
+    out: Dict[str, Dict[str, float]] = {}
+    for key, value in metrics.items():
+        model, _, metric = key.rpartition('/')
+        model = model.split('/')[-1] if model else ''
+        out.setdefault(model, {})[metric] = value
+    return out

@@ -1,0 +1,83 @@
+"""The masked distillation term of Bi-KD (paper Eq. 1, 4 and 12).
+
+One implementation serves every task: class logits go through :func:`distillation_loss`;
+members whose output is already a distribution of another kind (a saliency map over pixels)
+pass log-probabilities to :func:`masked_kl`.
+"""
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Half-precision logits (AMP) are upcast for the softmax; float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def masked_kl(log_probs: Sequence[Tensor], teacher: Tensor, detach_teacher: bool = True) -> Tensor:
+    """Sum over samples and students of ``KL(p_teacher || p_student)``, without scaling.
+
+    Args:
+        log_probs: K tensors ``[N, C, *spatial]`` of log-probabilities over axis 1.
+        teacher: ``LongTensor[N]``, the teacher's member index per sample.
+        detach_teacher: stop the gradient into the teacher's distribution (standard
+            distillation). ``False`` lets it flow, as the paper authors' released code does.
+
+    Returns:
+        Scalar: ``sum_i sum_{j != t_i} mean_spatial sum_c p_t (log p_t - log p_j)``.
+
+    Cost: one gather of the teachers' distributions and K KL terms per sample, never the K x K
+    pairwise KLs.
+    """
+    k = len(log_probs)
+    if k < 2:
+        raise ValueError(f'distillation needs at least two members, got {k}')
+    shapes = {tuple(lp.shape) for lp in log_probs}
+    if len(shapes) != 1:
+        raise ValueError(f'members\' outputs differ in shape: {sorted(shapes)}; '
+                         'they must be brought to one resolution before distillation')
+    n = log_probs[0].shape[0]
+    if teacher.shape != (n, ):
+        raise ValueError(f'teacher must have shape [{n}], got {tuple(teacher.shape)}')
+    teacher = teacher.to(log_probs[0].device)
+    samples = torch.arange(n, device=teacher.device)
+    lp_teacher = torch.stack(log_probs)[teacher, samples]  # [N, C, *spatial]
+    if detach_teacher:
+        lp_teacher = lp_teacher.detach()
+    p_teacher = lp_teacher.exp()
+    # sum_c p_t log p_t once per sample (0 log 0 = 0, so an underflowed probability gives no
+    # NaN); each student then costs one cross term sum_c p_t log p_j.
+    neg_entropy = torch.where(p_teacher > 0, p_teacher * lp_teacher, torch.zeros_like(p_teacher))
+    neg_entropy = neg_entropy.sum(dim=1)  # [N, *spatial]
+    total = log_probs[0].new_zeros(())
+    for j, lp in enumerate(log_probs):
+        student = teacher != j
+        kl = neg_entropy - (p_teacher * lp).sum(dim=1)  # [N, *spatial]
+        if kl.dim() > 1:
+            kl = kl.flatten(1).mean(dim=1)
+        total = total + (kl * student.to(kl.dtype)).sum()
+    return total
+
+
+def distillation_loss(logits: Sequence[Tensor], teacher: Tensor, temperature: float = 1.0,
+                      detach_teacher: bool = True) -> Tensor:
+    """Bi-KD's distillation term, Eq. 12 with Eq. 1's scaling.
+
+    ``T^2 / N * sum_i sum_{j != t_i} KL(softmax(z_t / T) || softmax(z_j / T))``, the KL summed
+    over classes (axis 1) and averaged over spatial positions.
+
+    Args:
+        logits: K tensors ``[N, C, *spatial]``.
+        teacher: ``LongTensor[N]`` from :func:`bikd.partition.select_teachers`.
+        temperature: T of Eq. 1.
+        detach_teacher: see :func:`masked_kl`.
+
+    Returns:
+        Scalar tensor.
+    """
+    if temperature <= 0:
+        raise ValueError(f'temperature must be positive, got {temperature}')
+    log_probs = [(at_least_fp32(z) / temperature).log_softmax(dim=1) for z in logits]
+    n = max(logits[0].shape[0], 1)
+    return masked_kl(log_probs, teacher, detach_teacher) * (temperature**2 / n)

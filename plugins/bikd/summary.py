@@ -1,0 +1,78 @@
+"""The result of a run: per member before, after, delta and recovered % (paper Tables 2-3)."""
+import math
+from typing import Dict, List, Optional
+
+from .evaluation import split_metrics
+from .metrics import recovered
+
+
+def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
+                  members: List[str], primary_metric: str, method: str = '',
+                  extra: Optional[dict] = None) -> dict:
+    """Assemble ``summary.json``.
+
+    Args:
+        before, after: flat evaluator outputs (``<model>/<metric>``) at iteration 0 and at the
+            end; ``after`` may be ``None`` (evaluation only).
+        members: member names in order.
+        primary_metric: the metric of the table (e.g. ``top1``).
+    """
+    b = split_metrics(before)
+    a = split_metrics(after) if after is not None else {}
+    ensemble_before = b.get('ensemble', {}).get(primary_metric, float('nan'))
+    out = dict(method=method, primary_metric=primary_metric, members={},
+               ensemble=dict(before=b.get('ensemble', {}), after=a.get('ensemble')))
+    for name in members:
+        mb, ma = b.get(name, {}), a.get(name)
+        entry = dict(before=mb, after=ma)
+        if ma is not None:
+            entry['delta'] = {k: ma[k] - mb[k] for k in mb if k in ma}
+            pb, pa = mb.get(primary_metric, float('nan')), ma.get(primary_metric, float('nan'))
+            entry['recovered'] = recovered(pb, pa, ensemble_before)
+        out['members'][name] = entry
+    if extra:
+        out.update(extra)
+    return out
+
+
+def _fmt(x, digits=2, sign=False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return '-'
+    return f'{x:+.{digits}f}' if sign else f'{x:.{digits}f}'
+
+
+def format_table(summary: dict, title: str = '') -> str:
+    """Plain-text table of a summary: one row per member, then the ensemble."""
+    metric = summary['primary_metric']
+    has_after = any(m.get('after') is not None for m in summary['members'].values())
+    header = ['model', f'{metric} before']
+    if has_after:
+        header += [f'{metric} after', 'delta', 'recovered %']
+    rows = []
+    for name, m in summary['members'].items():
+        row = [name, _fmt(m['before'].get(metric))]
+        if has_after:
+            after = (m.get('after') or {}).get(metric)
+            row += [_fmt(after), _fmt(m.get('delta', {}).get(metric), sign=True),
+                    _fmt(m.get('recovered'), 1)]
+        rows.append(row)
+    ens = summary['ensemble']
+    row = ['ensemble (initial members)', _fmt(ens['before'].get(metric))]
+    if has_after:
+        after = (ens.get('after') or {}).get(metric)
+        row += [f'({_fmt(after)} trained)', '', '']
+    rows.append(row)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    line = '  '.join('-' * w for w in widths)
+    text = [title] if title else []
+    text.append('  '.join(h.ljust(w) if i == 0 else h.rjust(w)
+                          for i, (h, w) in enumerate(zip(header, widths))))
+    text.append(line)
+    for r in rows:
+        text.append('  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths))))
+    share = summary.get('teacher_share')
+    if share:
+        text.append('share of samples taught: ' +
+                    ', '.join(f'{k} {100 * v:.1f}%' for k, v in share.items()))
+    return '\n'.join(text)

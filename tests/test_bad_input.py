@@ -1,0 +1,89 @@
+"""Bad input gets an error that names what is wrong."""
+import os
+
+import pytest
+import torch
+
+import classification_bikd  # noqa: F401
+from bikd import BiKDMetaArch
+from classification_bikd import ImageFolderDataset, TimmMember
+from conftest import ROOT, digits_overrides, run_tool
+
+TINY = dict(type='TimmMember', model_name='resnet10t', pretrained=False, num_classes=10,
+            input_size=[32, 32])
+
+
+def test_unknown_member_type():
+    with pytest.raises(KeyError, match='NoSuchMember.*TimmMember'):
+        BiKDMetaArch([TINY, dict(type='NoSuchMember')])
+
+
+def test_members_with_different_class_counts():
+    with pytest.raises(ValueError, match=r"'a': 10, 'b': 7"):
+        BiKDMetaArch([{**TINY, 'name': 'a'}, {**TINY, 'name': 'b', 'num_classes': 7}])
+
+
+def test_duplicate_member_names():
+    with pytest.raises(ValueError, match='resnet10t'):
+        BiKDMetaArch([TINY, TINY])
+
+
+def test_one_member_is_not_bikd():
+    with pytest.raises(ValueError, match='at least 2 members'):
+        BiKDMetaArch([TINY])
+
+
+def test_missing_dataset_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / 'nowhere' / 'train')):
+        ImageFolderDataset(str(tmp_path / 'nowhere'), 'train')
+
+
+def test_unreadable_image_names_its_path(tmp_path):
+    folder = tmp_path / 'train' / 'cat'
+    folder.mkdir(parents=True)
+    bad = folder / 'broken.png'
+    bad.write_bytes(b'\x89PNG\r\n\x1a\n this is not an image')
+    ds = ImageFolderDataset(str(tmp_path), 'train', transform=dict(input_size=32))
+    with pytest.raises(OSError, match=str(bad)):
+        ds[0]
+
+
+def test_truncated_image_names_its_path(tmp_path, digits_root):
+    folder = tmp_path / 'val' / '3'
+    folder.mkdir(parents=True)
+    src = next(p for p in sorted(os.listdir(os.path.join(digits_root, 'val', '3'))))
+    data = open(os.path.join(digits_root, 'val', '3', src), 'rb').read()
+    (folder / 'cut.png').write_bytes(data[:len(data) // 2])
+    ds = ImageFolderDataset(str(tmp_path), 'val', transform=dict(input_size=32))
+    with pytest.raises(OSError, match='cut.png'):
+        ds[0]
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save(TimmMember('resnet10t', pretrained=False, num_classes=10).model.state_dict(), path)
+    with pytest.raises(RuntimeError, match=r"(?s)other\.pth.*'vit'.*missing keys: .*unexpected keys"):
+        TimmMember('vit_tiny_patch16_224', name='vit', num_classes=10, checkpoint=str(path))
+
+
+def test_checkpoint_with_python_objects_is_refused(tmp_path):
+    path = tmp_path / 'pickled.pth'
+    model = TimmMember('resnet10t', pretrained=False, num_classes=10).model
+    torch.save({'state_dict': model.state_dict(), 'extra': ValueError('x')}, path)
+    with pytest.raises(RuntimeError, match='refusing to load .*trust_checkpoint'):
+        TimmMember('resnet10t', num_classes=10, checkpoint=str(path))
+    TimmMember('resnet10t', num_classes=10, checkpoint=str(path), trust_checkpoint=True)
+
+
+def test_missing_checkpoint_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nothere.pth'):
+        TimmMember('resnet10t', num_classes=10, checkpoint=str(tmp_path / 'nothere.pth'))
+
+
+def test_train_net_reports_missing_data_folder(tmp_path):
+    proc = run_tool('train_net.py', '--config-file',
+                    os.path.join(ROOT, 'configs/digits/resnet_vit_bikd.yaml'),
+                    *digits_overrides(str(tmp_path / 'no_digits'), str(tmp_path / 'w')),
+                    expect_ok=False)
+    assert proc.returncode != 0
+    assert f'dataset folder not found: {tmp_path / "no_digits" / "train"}' in proc.stdout

@@ -1,0 +1,93 @@
+"""BiKDMetaArch and IndependentMetaArch on tiny timm members: the loss is Eq. 13."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import classification_bikd  # noqa: F401  (registers TimmMember)
+from bikd import BiKDMetaArch, IndependentMetaArch
+
+TINY_VIT = dict(type='TimmMember', model_name='vit_tiny_patch16_224', pretrained=False,
+                num_classes=5, input_size=[16, 16],
+                model_kwargs=dict(img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2))
+
+
+def tiny(name, **kw):
+    return {**TINY_VIT, 'name': name, **kw}
+
+
+def batch(n=8, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 20, 20), dtype=torch.uint8, generator=g)
+    return images, dict(label=torch.randint(0, classes, (n, ), generator=g))
+
+
+def test_bikd_loss_is_sum_of_task_losses_plus_masked_kl():
+    torch.manual_seed(0)
+    model = BiKDMetaArch([tiny('a'), tiny('b'), tiny('c')], temperature=2.0)
+    images, samples = batch()
+    losses = model(images, samples, mode='loss')
+    assert set(losses) == {'loss_a', 'loss_b', 'loss_c', 'loss_distill', 'teach_a', 'teach_b',
+                           'teach_c'}
+    # independent computation from the members' logits
+    logits = [m.logits(images) for m in model.members]
+    y = samples['label']
+    for m, z in zip('abc', logits):
+        assert losses[f'loss_{m}'].item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-5)
+    conf = torch.stack([z.softmax(1)[torch.arange(8), y] for z in logits])  # [K, N]
+    teachers = [max(k for k in range(3) if conf[k, i] == conf[:, i].max()) for i in range(8)]
+    ref = 0.0
+    for i, t in enumerate(teachers):
+        p_t = (logits[t][i] / 2).softmax(0)
+        for j in range(3):
+            if j != t:
+                ref += (p_t * (p_t.log() - (logits[j][i] / 2).log_softmax(0))).sum().item()
+    assert losses['loss_distill'].item() == pytest.approx(4 * ref / 8, rel=1e-4)
+    for k, m in enumerate('abc'):
+        assert losses[f'teach_{m}'].item() == pytest.approx(teachers.count(k) / 8)
+
+
+def test_every_member_gets_gradient_and_independent_has_no_kl():
+    torch.manual_seed(0)
+    images, samples = batch()
+    for cls in (BiKDMetaArch, IndependentMetaArch):
+        model = cls([tiny('a'), tiny('b')])
+        losses = model(images, samples, mode='loss')
+        assert ('loss_distill' in losses) == (cls is BiKDMetaArch)
+        sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+        for m in model.members:
+            assert m.model.head.weight.grad.abs().sum() > 0
+
+
+def test_independent_gradient_is_each_members_own_task_gradient():
+    torch.manual_seed(0)
+    images, samples = batch()
+    model = IndependentMetaArch([tiny('a'), tiny('b')])
+    losses = model(images, samples, mode='loss')
+    (losses['loss_a'] + losses['loss_b']).backward()
+    g_joint = model.members[0].model.head.weight.grad.clone()
+    model.zero_grad()
+    F.cross_entropy(model.members[0].logits(images), samples['label']).backward()
+    assert torch.allclose(g_joint, model.members[0].model.head.weight.grad, atol=1e-6)
+
+
+def test_predict_stacks_members_and_ensemble_mean():
+    torch.manual_seed(0)
+    model = BiKDMetaArch([tiny('a'), tiny('b')]).eval()
+    images, samples = batch()
+    (out, ) = model(images, samples, mode='predict')
+    assert out['names'] == ['a', 'b', 'ensemble']
+    preds = out['preds']
+    assert preds.shape == (3, 8, 5)
+    assert torch.allclose(preds.sum(-1), torch.ones(3, 8), atol=1e-5)
+    assert torch.allclose(preds[2], (preds[0] + preds[1]) / 2)
+
+
+def test_members_normalise_with_their_own_statistics():
+    imagenet_mean, imagenet_std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    members = BiKDMetaArch([tiny('a'), tiny('b', mean=imagenet_mean, std=imagenet_std)]).members
+    images = torch.full((1, 3, 20, 20), 255, dtype=torch.uint8)
+    # a: timm's pretrained_cfg of this ViT (mean = std = 0.5), resized to its 16x16 input
+    assert torch.allclose(members[0].normalize(images), torch.ones(1, 3, 16, 16))
+    x = members[1].normalize(images)
+    expected = (1 - torch.tensor(imagenet_mean)) / torch.tensor(imagenet_std)
+    assert torch.allclose(x[0, :, 0, 0], expected)

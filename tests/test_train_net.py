@@ -1,0 +1,127 @@
+"""tools/train_net.py and tools/export_members.py as a user runs them, on the real digits."""
+import json
+import os
+import re
+
+import pytest
+import timm
+import torch
+
+from conftest import ROOT, digits_overrides, run_tool
+
+CONFIG = os.path.join(ROOT, 'configs/digits/resnet_vit_bikd.yaml')
+
+
+def read_summary(work_dir):
+    with open(os.path.join(work_dir, 'summary.json')) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope='module')
+def one_epoch_run(digits_root, tmp_path_factory):
+    """One epoch of Bi-KD (two randomly initialised members), kept for several tests."""
+    work = str(tmp_path_factory.mktemp('runs') / 'bikd')
+    proc = run_tool('train_net.py', '--config-file', CONFIG,
+                    *digits_overrides(digits_root, work), 'train_cfg.max_epochs=1',
+                    'train_cfg.val_interval=1')
+    return work, proc.stdout
+
+
+def test_train_writes_checkpoint_and_summary(one_epoch_run):
+    work, out = one_epoch_run
+    summary = read_summary(work)
+    assert summary['method'] == 'BiKDMetaArch'
+    assert summary['primary_metric'] == 'top1'
+    assert set(summary['members']) == {'resnet', 'vit'}
+    iters = summary['iterations']
+    assert iters == 40  # ceil(1257 train images / batch 32)
+    for name, m in summary['members'].items():
+        for k in ('top1', 'top5'):
+            assert 0 <= m['before'][k] <= 100 and 0 <= m['after'][k] <= 100
+            assert m['delta'][k] == pytest.approx(m['after'][k] - m['before'][k])
+        assert m['before']['top1'] <= m['before']['top5']
+    # the teacher shares are fractions of the samples and sum to one
+    assert sum(summary['teacher_share'].values()) == pytest.approx(1.0)
+    assert os.path.isfile(os.path.join(work, 'epoch_1.pth'))
+    # the table is printed, with each member's row and the ensemble
+    assert 'Result of BiKDMetaArch' in out
+    assert re.search(r'resnet\s+\d+\.\d\d\s+\d+\.\d\d\s+[+-]\d+\.\d\d', out)
+    assert 'ensemble (initial members)' in out
+    # per-member task losses, the distillation loss and teacher shares are logged
+    assert 'loss_resnet' in out and 'loss_vit' in out and 'loss_distill' in out
+    assert 'teach_resnet' in out
+
+
+def test_training_improves_random_members(one_epoch_run):
+    """From random weights, one epoch of Bi-KD on the digits must raise both members' top-1
+    well above chance (10%)."""
+    summary = read_summary(one_epoch_run[0])
+    for name, m in summary['members'].items():
+        assert m['after']['top1'] > m['before']['top1'] + 10, name
+
+
+def test_resume_continues_from_stored_iteration(digits_root, tmp_path, one_epoch_run):
+    first_work, _ = one_epoch_run
+    work = str(tmp_path / 'resumed')
+    # start from a copy of the finished one-epoch run, then ask for a second epoch
+    os.makedirs(work)
+    for f in ('epoch_1.pth', ):
+        with open(os.path.join(first_work, f), 'rb') as src, open(os.path.join(work, f), 'wb') as dst:
+            dst.write(src.read())
+    with open(os.path.join(work, 'last_checkpoint'), 'w') as f:
+        f.write(os.path.join(work, 'epoch_1.pth'))
+    proc = run_tool('train_net.py', '--config-file', CONFIG, '--resume',
+                    *digits_overrides(digits_root, work), 'train_cfg.max_epochs=2',
+                    'train_cfg.val_interval=1')
+    assert 'resumed epoch: 1, iter: 40' in proc.stdout
+    summary = read_summary(work)
+    assert summary['iterations'] == 80
+    # the "before" of a resumed run is the first start's, not an evaluation of epoch 1
+    assert summary['members']['resnet']['before'] == read_summary(first_work)['members']['resnet']['before']
+    assert os.path.isfile(os.path.join(work, 'epoch_2.pth'))
+
+
+def test_eval_only_prints_before_table(digits_root, tmp_path, one_epoch_run):
+    first_work, _ = one_epoch_run
+    proc = run_tool('train_net.py', '--config-file', CONFIG, '--eval-only',
+                    *digits_overrides(digits_root, str(tmp_path / 'eval')),
+                    f'load_from={os.path.join(first_work, "epoch_1.pth")}')
+    assert 'top1 before' in proc.stdout and 'ensemble (initial members)' in proc.stdout
+    with open(tmp_path / 'eval' / 'eval.json') as f:
+        ev = json.load(f)
+    # evaluating the trained checkpoint gives the run's "after" numbers
+    after = read_summary(first_work)['members']
+    for name in ('resnet', 'vit'):
+        assert ev['members'][name]['before']['top1'] == pytest.approx(after[name]['after']['top1'])
+
+
+def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_run):
+    from bikd.checkpoint import load_into, load_weights_file
+    from bikd.engine import allow_mmengine_checkpoints, load_config
+    from mmengine.registry import MODELS, init_default_scope
+
+    first_work, _ = one_epoch_run
+    out = tmp_path / 'export'
+    run_tool('export_members.py', '--config-file', CONFIG, '--output-dir', out,
+             f'work_dir={first_work}')
+    listing = json.loads((out / 'members.json').read_text())
+    assert [m['member'] for m in listing['members']] == ['resnet', 'vit']
+
+    # the trained meta-architecture, rebuilt from the runner checkpoint
+    cfg = load_config(CONFIG, ['model.random_init=true'])
+    init_default_scope('bikd')
+    model = MODELS.build(dict(cfg.model)).eval()
+    allow_mmengine_checkpoints()
+    ckpt = os.path.join(first_work, 'epoch_1.pth')
+    load_into(model, load_weights_file(ckpt), ckpt)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+
+    for member in model.members:
+        info = json.loads((out / f'{member.name}.json').read_text())
+        assert info['format'] == 'timm' and info['member'] == member.name
+        net = timm.create_model(info['model_name'], checkpoint_path=str(out / info['checkpoint']),
+                                **info['model_kwargs']).eval()
+        x = (images.float() / 255 - torch.tensor(info['mean']).view(1, 3, 1, 1)) / \
+            torch.tensor(info['std']).view(1, 3, 1, 1)
+        with torch.no_grad():
+            assert torch.allclose(net(x), member.logits(images), atol=1e-5), member.name

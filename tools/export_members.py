@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Export every trained member in its native format (timm: a state dict for
+``timm.create_model(name, checkpoint_path=...)``) plus a JSON describing it.
+
+    python tools/export_members.py --config-file FILE [--checkpoint CKPT] [--output-dir DIR] [key=value ...]
+
+Without --checkpoint, the last checkpoint of the config's work_dir is exported; without
+--output-dir, files go to <work_dir>/export.
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.registry import MODELS, init_default_scope
+
+from bikd.checkpoint import load_into, load_weights_file
+from bikd.engine import allow_mmengine_checkpoints, load_config
+from bikd.engine.launch import find_last_checkpoint
+from bikd.export import export_members
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config-file', required=True, metavar='FILE')
+    parser.add_argument('--checkpoint', help='runner checkpoint (default: last in work_dir)')
+    parser.add_argument('--output-dir', help='default: <work_dir>/export')
+    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config_file, args.opts)
+    work_dir = cfg.get('work_dir') or osp.join(
+        'work_dirs', osp.splitext(osp.basename(args.config_file))[0])
+    ckpt = args.checkpoint or find_last_checkpoint(work_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f'no checkpoint given and none found in {work_dir}; pass '
+                                '--checkpoint or work_dir=...')
+    init_default_scope(cfg.get('default_scope', 'bikd'))
+    model_cfg = dict(cfg.model)
+    model_cfg['random_init'] = True  # the trained weights come from the checkpoint next
+    model = MODELS.build(model_cfg)
+    allow_mmengine_checkpoints()
+    load_into(model, load_weights_file(ckpt), ckpt)
+    out_dir = args.output_dir or osp.join(work_dir, 'export')
+    for info in export_members(model, out_dir, source=osp.abspath(ckpt)):
+        print(f'{info["member"]}: {osp.join(out_dir, info.get("checkpoint", ""))}')
+    print(f'exported {len(model.members)} member(s) from {ckpt} to {out_dir}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
