@@ -17,20 +17,14 @@ def digits_root(tmp_path_factory):
     return root
 
 
-# Tiny members and a short schedule on the digits, for runs of train_net.py in tests.
-TINY_MEMBERS = [
-    'model.members.0.model_kwargs={stem_width: 8, stem_type: deep_tiered}',
-    'model.random_init=true',
-]
-
-
-def digits_overrides(data_root, work_dir, max_iters=None):
-    out = [f'train_dataloader.dataset.data_root={data_root}',
+def digits_overrides(data_root, work_dir):
+    """Overrides of a digits config for tests: given data and work dir, random members,
+    no loader workers."""
+    return [f'train_dataloader.dataset.data_root={data_root}',
            f'val_dataloader.dataset.data_root={data_root}',
            'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
            'train_dataloader.batch_size=32', 'model.random_init=true',
            f'work_dir={work_dir}']
-    return out
 
 
 def run_tool(tool, *args, cwd=ROOT, expect_ok=True):

@@ -82,7 +82,7 @@ def test_missing_checkpoint_file_is_named(tmp_path):
 
 def test_train_net_reports_missing_data_folder(tmp_path):
     proc = run_tool('train_net.py', '--config-file',
-                    os.path.join(ROOT, 'configs/digits/resnet_vit_bikd.yaml'),
+                    os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'),
                     *digits_overrides(str(tmp_path / 'no_digits'), str(tmp_path / 'w')),
                     expect_ok=False)
     assert proc.returncode != 0

@@ -10,7 +10,8 @@ from mmengine.registry import MODELS, init_default_scope
 from bikd.engine import load_config
 from conftest import ROOT
 
-IMAGENET = sorted(glob.glob(os.path.join(ROOT, 'configs/imagenet/*_bikd.yaml')))
+IMAGENET = sorted(p for p in glob.glob(os.path.join(ROOT, 'configs/imagenet/*_bikd.yaml'))
+                  if not os.path.basename(p).startswith('_'))
 
 
 def build(path, *overrides):
@@ -45,15 +46,15 @@ def test_imagenet_config_builds_with_paper_settings(path):
     assert ind_cfg.optim_wrapper == cfg.optim_wrapper and ind_cfg.train_cfg == cfg.train_cfg
 
 
-@pytest.mark.parametrize('name', ['resnet_vit_bikd', 'resnet_vit_independent', 'pretrain_resnet',
-                                  'pretrain_vit'])
+@pytest.mark.parametrize('name', ['resnet_convnext_bikd', 'resnet_convnext_independent', 'pretrain_resnet',
+                                  'pretrain_convnext'])
 def test_digits_configs_build(name):
     _, model = build(os.path.join(ROOT, f'configs/digits/{name}.yaml'))
     assert all(m.num_classes == 10 for m in model.members)
 
 
 def test_overrides_reach_list_items():
-    cfg = load_config(os.path.join(ROOT, 'configs/digits/resnet_vit_bikd.yaml'),
+    cfg = load_config(os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'),
                       ['model.members.1.checkpoint=x.pth', 'optim_wrapper.optimizer.lr=0.5'])
     assert cfg.model.members[1].checkpoint == 'x.pth'
     assert cfg.model.members[0].checkpoint == 'checkpoints/digits/resnet.pth'

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT, digits_overrides, run_tool
 
-CONFIG = os.path.join(ROOT, 'configs/digits/resnet_vit_bikd.yaml')
+CONFIG = os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')
 
 
 def read_summary(work_dir):
@@ -32,7 +32,7 @@ def test_train_writes_checkpoint_and_summary(one_epoch_run):
     summary = read_summary(work)
     assert summary['method'] == 'BiKDMetaArch'
     assert summary['primary_metric'] == 'top1'
-    assert set(summary['members']) == {'resnet', 'vit'}
+    assert set(summary['members']) == {'resnet', 'convnext'}
     iters = summary['iterations']
     assert iters == 40  # ceil(1257 train images / batch 32)
     for name, m in summary['members'].items():
@@ -48,7 +48,7 @@ def test_train_writes_checkpoint_and_summary(one_epoch_run):
     assert re.search(r'resnet\s+\d+\.\d\d\s+\d+\.\d\d\s+[+-]\d+\.\d\d', out)
     assert 'ensemble (initial members)' in out
     # per-member task losses, the distillation loss and teacher shares are logged
-    assert 'loss_resnet' in out and 'loss_vit' in out and 'loss_distill' in out
+    assert 'loss_resnet' in out and 'loss_convnext' in out and 'loss_distill' in out
     assert 'teach_resnet' in out
 
 
@@ -91,7 +91,7 @@ def test_eval_only_prints_before_table(digits_root, tmp_path, one_epoch_run):
         ev = json.load(f)
     # evaluating the trained checkpoint gives the run's "after" numbers
     after = read_summary(first_work)['members']
-    for name in ('resnet', 'vit'):
+    for name in ('resnet', 'convnext'):
         assert ev['members'][name]['before']['top1'] == pytest.approx(after[name]['after']['top1'])
 
 
@@ -105,7 +105,7 @@ def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_r
     run_tool('export_members.py', '--config-file', CONFIG, '--output-dir', out,
              f'work_dir={first_work}')
     listing = json.loads((out / 'members.json').read_text())
-    assert [m['member'] for m in listing['members']] == ['resnet', 'vit']
+    assert [m['member'] for m in listing['members']] == ['resnet', 'convnext']
 
     # the trained meta-architecture, rebuilt from the runner checkpoint
     cfg = load_config(CONFIG, ['model.random_init=true'])

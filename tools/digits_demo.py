@@ -5,7 +5,7 @@
 
 1. writes the digits as PNG files in the ImageFolder layout (datasets/digits);
 2. "pretrains" two members of different timm architectures from scratch on different recipes
-   (configs/digits/pretrain_{resnet,vit}.yaml) and exports them as ordinary timm checkpoints
+   (configs/digits/pretrain_{resnet,convnext}.yaml) and exports them as ordinary timm checkpoints
    (checkpoints/digits/), once;
 3. fine-tunes both with Bi-KD and with the Independent control on the identical schedule;
 4. prints each run's table, the comparison, and writes a PNG of the deltas.
@@ -22,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MEMBERS = ('resnet', 'vit')
+MEMBERS = ('resnet', 'convnext')
 
 
 def run(cmd):
@@ -88,7 +88,7 @@ def main(argv=None):
     summaries = {}
     for method in ('bikd', 'independent'):
         work = f'{args.out}/{method}'
-        run(['tools/train_net.py', '--config-file', f'configs/digits/resnet_vit_{method}.yaml',
+        run(['tools/train_net.py', '--config-file', f'configs/digits/resnet_convnext_{method}.yaml',
              f'work_dir={work}', *data, *ckpts])
         with open(os.path.join(ROOT, work, 'summary.json')) as f:
             summaries[method] = json.load(f)
