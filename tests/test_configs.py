@@ -23,7 +23,8 @@ def build(path, *overrides):
 def test_all_table2_pairs_have_configs():
     stems = {os.path.basename(p)[:-len('_bikd.yaml')] for p in IMAGENET}
     assert {'vitb_vitt', 'vitb_vits', 'vits_vitt', 'pitb_swslresnext101', 'coatlitemini_senet154',
-            'pitxs_resmlp36', 'coatlitemini_pitxs'} <= stems
+            'pitxs_resmlp36', 'coatlitemini_pitxs', 'dinov2_mae', 'dinov2_swslresnext101',
+            'coatlitemini_dinov2'} <= stems
 
 
 @pytest.mark.parametrize('path', IMAGENET, ids=os.path.basename)

@@ -125,3 +125,19 @@ def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_r
             torch.tensor(info['std']).view(1, 3, 1, 1)
         with torch.no_grad():
             assert torch.allclose(net(x), member.logits(images), atol=1e-5), member.name
+
+
+def test_evaluation_in_two_processes_matches_one(digits_root, tmp_path, one_epoch_run):
+    """539 validation images do not split evenly over two gloo processes: the sampler's
+    padding must not be counted, so both runs give the same accuracies."""
+    ckpt = os.path.join(one_epoch_run[0], 'epoch_1.pth')
+    results = []
+    for n in (1, 2):
+        work = tmp_path / f'eval{n}'
+        run_tool('train_net.py', '--config-file', CONFIG, '--eval-only', '--num-gpus', n,
+                 *digits_overrides(digits_root, str(work)), f'load_from={ckpt}')
+        results.append(json.loads((work / 'eval.json').read_text()))
+    one, two = results
+    for name in ('resnet', 'convnext'):
+        assert one['members'][name]['before'] == two['members'][name]['before']
+    assert one['ensemble']['before'] == two['ensemble']['before']

@@ -20,6 +20,7 @@ class MemberwiseMetric(BaseMetric):
     """
     primary_metric: str = ''
     higher_is_better: bool = True
+    default_prefix = ''  # keys carry the model name instead
 
     def __init__(self, collect_device: str = 'cpu', prefix: str = None):
         super().__init__(collect_device=collect_device, prefix=prefix)

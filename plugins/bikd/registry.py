@@ -1,7 +1,7 @@
 """Registries of the suite.
 
 ``META_ARCH`` is a child of mmengine's ``MODELS`` with scope ``bikd``: a config with
-``default_scope='bikd'`` (every config of this suite) lets mmengine's Runner build
+``default_scope: bikd`` (every config of this suite) lets mmengine's Runner build
 ``dict(type='BiKDMetaArch', ...)`` directly. Members live in ``MEMBERS``; a meta-architecture
 builds its members from there. Task packages register into these registries, e.g.::
 
@@ -10,23 +10,35 @@ builds its members from there. Task packages register into these registries, e.g
     @MEMBERS.register_module()
     class MyMember(bikd.Member):
         ...
+
+The other registries are the ``bikd`` scope's children of mmengine's roots, so everything
+mmengine builds under that scope (loops, samplers, optimisers, ...) is found in its parent.
 """
-from mmengine.registry import DATASETS as MMENGINE_DATASETS
-from mmengine.registry import HOOKS as MMENGINE_HOOKS
-from mmengine.registry import METRICS as MMENGINE_METRICS
-from mmengine.registry import MODELS as MMENGINE_MODELS
-from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine import registry as mme
 from mmengine.registry import Registry
 
 #: Meta-architectures: Bi-KD, the Independent control, the baselines.
-META_ARCH = Registry('model', parent=MMENGINE_MODELS, scope='bikd', locations=['bikd.meta_arch'])
+META_ARCH = Registry('model', parent=mme.MODELS, scope='bikd', locations=['bikd.meta_arch'])
 #: Members: one pretrained model each (timm classifier, mmseg segmentor, saliency network).
 MEMBERS = Registry('member', scope='bikd')
-DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='bikd')
-TRANSFORMS = Registry('transform', parent=MMENGINE_TRANSFORMS, scope='bikd')
-METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='bikd', locations=['bikd.evaluation'])
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='bikd', locations=['bikd.engine.hooks'])
+DATASETS = Registry('dataset', parent=mme.DATASETS, scope='bikd')
+TRANSFORMS = Registry('transform', parent=mme.TRANSFORMS, scope='bikd')
+METRICS = Registry('metric', parent=mme.METRICS, scope='bikd', locations=['bikd.evaluation'])
+HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd', locations=['bikd.engine.hooks'])
 
-# mmengine's Runner builds from its root registries and switches to the child of the config's
-# default scope; ``MODELS`` is the name it and downstream code expect.
-MODELS = META_ARCH
+RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd')
+RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=mme.RUNNER_CONSTRUCTORS, scope='bikd')
+LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd')
+DATA_SAMPLERS = Registry('data sampler', parent=mme.DATA_SAMPLERS, scope='bikd')
+FUNCTIONS = Registry('function', parent=mme.FUNCTIONS, scope='bikd')
+MODEL_WRAPPERS = Registry('model_wrapper', parent=mme.MODEL_WRAPPERS, scope='bikd')
+WEIGHT_INITIALIZERS = Registry('weight initializer', parent=mme.WEIGHT_INITIALIZERS, scope='bikd')
+OPTIMIZERS = Registry('optimizer', parent=mme.OPTIMIZERS, scope='bikd')
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd')
+OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
+                                      parent=mme.OPTIM_WRAPPER_CONSTRUCTORS, scope='bikd')
+PARAM_SCHEDULERS = Registry('parameter scheduler', parent=mme.PARAM_SCHEDULERS, scope='bikd')
+EVALUATOR = Registry('evaluator', parent=mme.EVALUATOR, scope='bikd')
+VISUALIZERS = Registry('visualizer', parent=mme.VISUALIZERS, scope='bikd')
+VISBACKENDS = Registry('vis_backend', parent=mme.VISBACKENDS, scope='bikd')
+LOG_PROCESSORS = Registry('log_processor', parent=mme.LOG_PROCESSORS, scope='bikd')

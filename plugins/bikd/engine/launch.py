@@ -68,8 +68,14 @@ def _setup_distributed(cfg) -> str:
     cuda = torch.cuda.is_available()
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     cfg.env_cfg.dist_cfg['backend'] = 'nccl' if cuda else 'gloo'
-    if not cuda and not dist.is_initialized():
-        dist.init_process_group('gloo')
+    if not cuda:
+        if not dist.is_initialized():
+            dist.init_process_group('gloo')
+        # mmengine passes the local rank as a CUDA device id; CPU modules take none.
+        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
+                                                       broadcast_buffers=False)
+        wrapper['device_ids'] = None
+        cfg.model_wrapper_cfg = wrapper
     return 'pytorch'
 
 

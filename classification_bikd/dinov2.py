@@ -1,0 +1,92 @@
+"""DINOv2 with its released ImageNet linear classifier (``torch.hub`` ``dinov2_vit*14_lc``) as a
+member: timm's DINOv2 backbone plus the linear head of the DINOv2 release."""
+import os
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from bikd.checkpoint import load_into, load_weights_file
+from bikd.fileio import save_json, save_torch
+from bikd.registry import MEMBERS
+
+from .member import TimmMember
+
+
+@MEMBERS.register_module()
+class DinoV2LinearMember(TimmMember):
+    """DINOv2 backbone (timm, e.g. ``vit_small_patch14_dinov2.lvd142m``) with the release's
+    linear classifier: ``Linear((1 + layers) * D, num_classes)`` on the class tokens of the last
+    ``layers`` blocks (layer-normed) and the mean of the last block's patch tokens, as the hub's
+    ``dinov2_vits14_lc`` (``layers=4``, its default) or the ``layers=1`` variant.
+
+    Backbone weights as for :class:`TimmMember` (``pretrained_file`` takes the original
+    ``dinov2_vits14_pretrain.pth``, which timm converts; ``checkpoint`` a backbone state dict in
+    timm's layout, as exported). ``head_file``: the head as released
+    (``dinov2_vits14_linear4_head.pth``, or ``dinov2_vits14_linear_head.pth`` for ``layers=1``),
+    a state dict with ``weight`` and ``bias``; the export writes the same layout.
+    """
+
+    def __init__(self, model_name: str = 'vit_small_patch14_dinov2.lvd142m', layers: int = 4,
+                 num_classes: int = 1000, head_file: Optional[str] = None,
+                 pretrained: bool = True, checkpoint: Optional[str] = None,
+                 input_size=(224, 224), trust_checkpoint: bool = False, **kwargs):
+        if layers not in (1, 4):
+            raise ValueError(f'DINOv2 linear heads exist for layers 1 and 4, got {layers}')
+        kwargs.setdefault('name', 'dinov2')
+        model_kwargs = dict(kwargs.pop('model_kwargs', None) or {})
+        model_kwargs.update(num_classes=0, img_size=list(input_size))
+        super().__init__(model_name, pretrained=pretrained, checkpoint=checkpoint,
+                         model_kwargs=model_kwargs, input_size=input_size,
+                         trust_checkpoint=trust_checkpoint, **kwargs)
+        self.layers = layers
+        self.head = nn.Linear((1 + layers) * self.model.embed_dim, num_classes)
+        if head_file:
+            load_into(self.head, load_weights_file(head_file, trust_checkpoint), head_file,
+                      owner=self.name)
+        elif checkpoint:
+            raise ValueError(f'member {self.name!r}: the backbone comes from {checkpoint} but '
+                             'the linear head has no weights; pass head_file=PATH')
+        elif pretrained:
+            self._download_head()
+
+    def head_url(self) -> str:
+        """The release's URL of this head, e.g. ``.../dinov2_vits14/dinov2_vits14_linear4_head.pth``."""
+        arch = self.model_name.split('.')[0]  # vit_small_patch14[_reg4]_dinov2
+        size = arch.split('_')[1][0]  # s, b, l, g
+        reg = '_reg4' if '_reg4_' in arch else ''
+        base = f'dinov2_vit{size}14'
+        return (f'https://dl.fbaipublicfiles.com/dinov2/{base}/{base}{reg}_linear'
+                f'{"4" if self.layers == 4 else ""}_head.pth')
+
+    def _download_head(self) -> None:
+        url = self.head_url()
+        try:
+            state = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=True)
+        except Exception as e:  # noqa: BLE001 - network failures come in many types
+            raise RuntimeError(f'member {self.name!r}: could not download the linear head {url} '
+                               f'({type(e).__name__}: {e}); without access, pass '
+                               'head_file=PATH (a local copy), or pretrained=False') from e
+        load_into(self.head, state, url, owner=self.name)
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def logits(self, images: Tensor) -> Tensor:
+        outs = self.model.get_intermediate_layers(self.normalize(images), n=self.layers,
+                                                  return_prefix_tokens=True, norm=True)
+        cls_tokens = [prefix[:, 0] for _, prefix in outs]
+        features = torch.cat(cls_tokens + [outs[-1][0].mean(dim=1)], dim=1)
+        return self.head(features)
+
+    def export(self, directory: str, stem: str) -> Dict[str, Any]:
+        """``<stem>.pth``: the backbone in timm's layout; ``<stem>_linear_head.pth``: the head
+        in the release's layout; ``<stem>.json``."""
+        info = super().export(directory, stem)
+        head = os.path.join(directory, f'{stem}_linear_head.pth')
+        save_torch({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, head)
+        info.update(format='timm+dinov2_linear_head', head=os.path.basename(head),
+                    layers=self.layers, num_classes=self.num_classes)
+        save_json(info, os.path.join(directory, f'{stem}.json'))
+        return info
