@@ -55,7 +55,8 @@ class MemberwiseMetric(BaseMetric):
 def split_metrics(metrics: Dict[str, float]) -> Dict[str, Dict[str, float]]:
     """``{'a/top1': 1, 'ensemble/top1': 2}`` -> ``{'a': {'top1': 1}, 'ensemble': {'top1': 2}}``.
 
-    Keys without a model part (and mmengine's prefixes) are grouped under their first part.
+    A key without a model part goes under ``''``; an evaluator prefix before the model name
+    (``prefix/a/top1``) is dropped.
     """
     out: Dict[str, Dict[str, float]] = {}
     for key, value in metrics.items():

@@ -27,7 +27,7 @@ def atomic_path(path: str) -> Iterator[str]:
 def save_json(obj: Any, path: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, 'w') as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
+            json.dump(obj, f, indent=2)
             f.write('\n')
 
 

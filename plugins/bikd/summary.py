@@ -28,7 +28,8 @@ def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
         if ma is not None:
             entry['delta'] = {k: ma[k] - mb[k] for k in mb if k in ma}
             pb, pa = mb.get(primary_metric, float('nan')), ma.get(primary_metric, float('nan'))
-            entry['recovered'] = recovered(pb, pa, ensemble_before)
+            rec = recovered(pb, pa, ensemble_before)
+            entry['recovered'] = None if math.isnan(rec) else rec  # JSON has no NaN
         out['members'][name] = entry
     if extra:
         out.update(extra)
@@ -57,11 +58,12 @@ def format_table(summary: dict, title: str = '') -> str:
                     _fmt(m.get('recovered'), 1)]
         rows.append(row)
     ens = summary['ensemble']
-    row = ['ensemble (initial members)', _fmt(ens['before'].get(metric))]
-    if has_after:
-        after = (ens.get('after') or {}).get(metric)
-        row += [f'({_fmt(after)} trained)', '', '']
-    rows.append(row)
+    if len(summary['members']) > 1:  # the "ensemble" of one member is that member
+        row = ['ensemble (initial members)', _fmt(ens['before'].get(metric))]
+        if has_after:
+            after = (ens.get('after') or {}).get(metric)
+            row += [f'({_fmt(after)} trained)', '', '']
+        rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = '  '.join('-' * w for w in widths)
     text = [title] if title else []

@@ -7,10 +7,10 @@ which mmengine reads. Code is imported from a config only through its explicit
 ``custom_imports`` list.
 """
 import os
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, Sequence
 
 import yaml
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config
 from mmengine.utils import import_modules_from_strings
 
 YAML_SUFFIXES = ('.yaml', '.yml')
@@ -71,15 +71,3 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
         import_modules_from_strings(**cfg['custom_imports'])
     return cfg
 
-
-def to_plain(obj: Any) -> Any:
-    """ConfigDict / tuples -> plain dicts and lists (for JSON)."""
-    if isinstance(obj, (dict, ConfigDict)):
-        return {k: to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_plain(v) for v in obj]
-    return obj
-
-
-def list_of(value: Any) -> List[Any]:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
