@@ -1,0 +1,7 @@
+"""Semantic segmentation with Bi-KD on mmsegmentation (Mask2Former first).
+
+Importing the package registers its classes.
+"""
+from .evaluator import SemSegEvaluator
+
+__all__ = ['SemSegEvaluator']
