@@ -3,5 +3,6 @@
 Importing the package registers its classes.
 """
 from .evaluator import SemSegEvaluator
+from .member import MMSegMember
 
-__all__ = ['SemSegEvaluator']
+__all__ = ['MMSegMember', 'SemSegEvaluator']

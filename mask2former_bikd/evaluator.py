@@ -39,6 +39,10 @@ class SemSegEvaluator(MemberwiseMetric):
     ground truth, fwIoU weights IoU by the ground-truth pixel share, pACC is the share of
     correct pixels.
 
+    Per-class IoU goes into the results (and so into logs and ``summary.json``) with
+    ``per_class=True``, named by the dataset's class names; by default only for the classes
+    that occur (non-empty union), to keep 150-class logs readable.
+
     Predictions are ``[M, N, C, H', W']`` class probabilities (members and ensemble), at least
     as large as each ground-truth map, whose top-left ``H x W`` is scored (batches padded at the
     bottom and right, as mmseg pads them).
@@ -47,7 +51,7 @@ class SemSegEvaluator(MemberwiseMetric):
 
     def __init__(self, num_classes: int, ignore_index: int = 255,
                  class_names: Optional[Sequence[str]] = None, miou_over: str = 'union',
-                 **kwargs):
+                 per_class: str = 'present', **kwargs):
         super().__init__(**kwargs)
         if miou_over not in ('union', 'gt'):
             raise ValueError(f"miou_over must be 'union' or 'gt', got {miou_over!r}")
@@ -55,8 +59,19 @@ class SemSegEvaluator(MemberwiseMetric):
             raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
-        self.class_names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+        self.class_names = list(class_names) if class_names else None
         self.miou_over = miou_over
+        if per_class not in ('present', 'all', 'none'):
+            raise ValueError(f"per_class must be 'present', 'all' or 'none', got {per_class!r}")
+        self.per_class = per_class
+
+    def _names(self) -> List[str]:
+        if self.class_names:
+            return self.class_names
+        classes = (self.dataset_meta or {}).get('classes')
+        if classes and len(classes) == self.num_classes:
+            return list(classes)
+        return [str(c) for c in range(self.num_classes)]
 
     def sample_stats(self, preds: Tensor, data_batch: Any) -> List[np.ndarray]:
         labels = preds.argmax(dim=2)  # [M, N, H', W']
@@ -86,6 +101,8 @@ class SemSegEvaluator(MemberwiseMetric):
             'mACC': 100 * float(np.mean(acc[present])) if present.any() else float('nan'),
             'pACC': 100 * float(inter.sum() / max(label.sum(), 1)),
         }
-        for name, v in zip(self.class_names, iou):
-            out[f'IoU-{name}'] = 100 * float(v)
+        if self.per_class != 'none':
+            for name, v, keep in zip(self._names(), iou, union > 0):
+                if keep or self.per_class == 'all':
+                    out[f'IoU-{name}'] = 100 * float(v)
         return out

@@ -96,9 +96,7 @@ def test_eval_only_prints_before_table(digits_root, tmp_path, one_epoch_run):
 
 
 def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_run):
-    from bikd.checkpoint import load_into, load_weights_file
-    from bikd.engine import allow_mmengine_checkpoints, load_config
-    from mmengine.registry import MODELS, init_default_scope
+    from bikd.export import load_trained
 
     first_work, _ = one_epoch_run
     out = tmp_path / 'export'
@@ -108,12 +106,7 @@ def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_r
     assert [m['member'] for m in listing['members']] == ['resnet', 'convnext']
 
     # the trained meta-architecture, rebuilt from the runner checkpoint
-    cfg = load_config(CONFIG, ['model.random_init=true'])
-    init_default_scope('bikd')
-    model = MODELS.build(dict(cfg.model)).eval()
-    allow_mmengine_checkpoints()
-    ckpt = os.path.join(first_work, 'epoch_1.pth')
-    load_into(model, load_weights_file(ckpt), ckpt)
+    model = load_trained(CONFIG, os.path.join(first_work, 'epoch_1.pth'))
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
 
     for member in model.members:

@@ -11,12 +11,9 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.registry import MODELS, init_default_scope
-
-from bikd.checkpoint import load_into, load_weights_file
-from bikd.engine import allow_mmengine_checkpoints, load_config
+from bikd.engine import load_config
 from bikd.engine.launch import find_last_checkpoint
-from bikd.export import export_members
+from bikd.export import export_members, load_trained
 
 
 def main(argv=None):
@@ -35,12 +32,7 @@ def main(argv=None):
     if ckpt is None:
         raise FileNotFoundError(f'no checkpoint given and none found in {work_dir}; pass '
                                 '--checkpoint or work_dir=...')
-    init_default_scope(cfg.get('default_scope', 'bikd'))
-    model_cfg = dict(cfg.model)
-    model_cfg['random_init'] = True  # the trained weights come from the checkpoint next
-    model = MODELS.build(model_cfg)
-    allow_mmengine_checkpoints()
-    load_into(model, load_weights_file(ckpt), ckpt)
+    model = load_trained(args.config_file, ckpt, args.opts)
     out_dir = args.output_dir or osp.join(work_dir, 'export')
     for info in export_members(model, out_dir, source=osp.abspath(ckpt)):
         print(f'{info["member"]}: {osp.join(out_dir, info.get("checkpoint", ""))}')

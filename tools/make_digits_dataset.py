@@ -15,6 +15,8 @@ import sys
 import numpy as np
 from PIL import Image
 
+from bikd.fileio import publish_dir
+
 
 def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool = False) -> dict:
     from sklearn.datasets import load_digits
@@ -43,10 +45,7 @@ def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool 
                 val_fraction=val_fraction, seed=seed, image_size=[8, 8])
     with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
         json.dump(info, f, indent=2)
-    # Appear complete or not at all.
-    shutil.rmtree(out, ignore_errors=True)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    os.replace(tmp, out)
+    publish_dir(tmp, out)
     return info
 
 

@@ -1,8 +1,26 @@
 """Write every member of a trained meta-architecture back in its native format."""
 import os
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
+from .checkpoint import load_into, load_weights_file
 from .fileio import save_json
+
+
+def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
+    """The meta-architecture of ``config`` with the weights of a runner ``checkpoint`` (the
+    members are built without their original weights first)."""
+    from mmengine.registry import MODELS, init_default_scope
+
+    from .engine import allow_mmengine_checkpoints, load_config
+
+    cfg = load_config(config, overrides)
+    init_default_scope(cfg.get('default_scope', 'bikd'))
+    model_cfg = dict(cfg.model)
+    model_cfg['random_init'] = True
+    model = MODELS.build(model_cfg)
+    allow_mmengine_checkpoints()
+    load_into(model, load_weights_file(checkpoint), checkpoint)
+    return model.eval()
 
 
 def export_members(model, out_dir: str, source: str = '') -> List[Dict]:

@@ -1,6 +1,7 @@
 """Writes that never leave a half-written file: write to a temporary file, then rename."""
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -34,3 +35,11 @@ def save_json(obj: Any, path: str) -> None:
 def save_torch(obj: Any, path: str) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def publish_dir(tmp: str, out: str) -> None:
+    """Move a fully written folder ``tmp`` to ``out`` (replacing it), so that ``out`` appears
+    complete or not at all."""
+    shutil.rmtree(out, ignore_errors=True)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    os.replace(tmp, out)

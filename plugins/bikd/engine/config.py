@@ -1,7 +1,8 @@
 """Experiment configs: YAML with ``_base_`` inheritance, read with a safe loader.
 
-YAML files are parsed with ``yaml.safe_load`` (no Python objects can be constructed from a
-config). ``_base_`` entries are YAML files relative to the including file, or mmengine config
+YAML files are parsed with a safe loader (no Python objects can be constructed from a
+config); the one addition is the tag ``!tuple`` (``scale: !tuple [2048, 512]``) for arguments
+that must be tuples, which YAML itself cannot express. ``_base_`` entries are YAML files relative to the including file, or mmengine config
 references such as ``mmseg::mask2former/...py`` (configs shipped inside an installed package),
 which mmengine reads. Code is imported from a config only through its explicit
 ``custom_imports`` list.
@@ -16,12 +17,20 @@ from mmengine.utils import import_modules_from_strings
 YAML_SUFFIXES = ('.yaml', '.yml')
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` plus ``!tuple``."""
+
+
+ConfigLoader.add_constructor(
+    '!tuple', lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
+
+
 def _read_yaml(path: str) -> Dict[str, Any]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'config file not found: {path}')
     with open(path) as f:
         try:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as e:
             raise ValueError(f'cannot parse config {path}: {e}') from e
     if data is None:
@@ -57,7 +66,7 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
         if '=' not in pair:
             raise ValueError(f'override {pair!r} is not of the form key=value')
         key, value = pair.split('=', 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        out[key.strip()] = yaml.load(value, Loader=ConfigLoader) if value.strip() else None
     return out
 
 

@@ -1,0 +1,147 @@
+"""mmseg segmentors as members: per-image task losses equal mmseg's own, the configs build,
+train_net trains with the loss partition on data in ADE20K's layout, exports reload in mmseg."""
+import json
+import os
+
+import pytest
+import torch
+from mmengine.registry import MODELS, init_default_scope
+from mmengine.structures import PixelData
+
+from bikd import BiKDMetaArch
+from bikd.engine import load_config
+from conftest import ROOT, run_tool
+
+mmseg = pytest.importorskip('mmseg')
+from mask2former_bikd import MMSegMember  # noqa: E402
+from mmseg.structures import SegDataSample  # noqa: E402
+
+M2F = os.path.join(ROOT, 'configs/ade20k/members/mask2former_r18_tiny.py')
+UPERNET = os.path.join(ROOT, 'configs/ade20k/members/upernet_r18_tiny.py')
+TOY = os.path.join(ROOT, 'configs/ade20k_toy/m2f_upernet_bikd.yaml')
+
+
+def batch(n, size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    inputs = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
+              for _ in range(n)]
+    samples = []
+    for _ in range(n):
+        s = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, 6, (1, size, size), generator=g))
+        samples.append(s)
+    return inputs, samples
+
+
+def mmseg_loss(member, inputs, samples):
+    data = member.segmentor.data_preprocessor(dict(inputs=inputs, data_samples=samples), True)
+    losses = member.segmentor.loss(data['inputs'], data['data_samples'])
+    return sum(v.sum() for k, v in losses.items() if 'loss' in k)
+
+
+def test_mask2former_per_image_loss_is_mmsegs_loss_for_one_image():
+    torch.manual_seed(0)
+    member = MMSegMember(M2F, pretrained=False).train()
+    inputs, samples = batch(1)
+    torch.manual_seed(1)  # the criterion samples points at random
+    ours = member.forward_train(inputs, samples)
+    torch.manual_seed(1)
+    theirs = mmseg_loss(member, inputs, samples)
+    assert ours.loss.shape == (1, )
+    assert ours.loss[0].item() == pytest.approx(theirs.item(), rel=1e-5)
+    # distilled: per-pixel log class distribution at 1/4 of the crop, normalised over classes
+    assert ours.distill.shape == (1, 150, 16, 16)
+    assert torch.allclose(ours.distill.exp().sum(1), torch.ones(1, 16, 16), atol=1e-3)
+
+
+def test_decode_head_per_image_losses_average_to_mmsegs_loss():
+    torch.manual_seed(0)
+    member = MMSegMember(UPERNET, pretrained=False).train()
+    inputs, samples = batch(2)  # no ignored pixels: the batch mean is the mean of image means
+    torch.manual_seed(1)  # the heads have dropout
+    ours = member.forward_train(inputs, samples)
+    assert ours.loss.shape == (2, ) and ours.loss[0] != ours.loss[1]
+    torch.manual_seed(1)
+    assert ours.loss.mean().item() == pytest.approx(mmseg_loss(member, inputs, samples).item(),
+                                                    rel=1e-5)
+    assert ours.distill.shape == (2, 150, 16, 16)
+
+
+def test_mask2former_and_upernet_train_together_with_loss_partition():
+    torch.manual_seed(0)
+    model = BiKDMetaArch([dict(type='MMSegMember', name='m2f', config=M2F, pretrained=False),
+                          dict(type='MMSegMember', name='upernet', config=UPERNET,
+                               pretrained=False)], partition='loss')
+    inputs, samples = batch(2)
+    losses = model(inputs, samples, mode='loss')
+    assert losses['teach_upernet'].item() in (0.0, 0.5, 1.0)
+    assert losses['loss_distill'].item() > 0
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    for m in model.members:
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+def test_members_with_different_label_spaces_are_refused():
+    with pytest.raises(ValueError, match=r"'m2f': 150, 'upernet': 19"):
+        BiKDMetaArch([dict(type='MMSegMember', name='m2f', config=M2F, pretrained=False),
+                      dict(type='MMSegMember', name='upernet', config=UPERNET, pretrained=False,
+                           cfg_options={'model.decode_head.num_classes': 19,
+                                        'model.auxiliary_head.num_classes': 19})])
+
+
+@pytest.mark.parametrize('pair', ['swinT_swinS', 'r50_swinT'])
+def test_table4_configs_build(pair):
+    for method in ('bikd', 'independent'):
+        cfg = load_config(os.path.join(ROOT, f'configs/ade20k/{pair}_{method}.yaml'),
+                          ['model.random_init=true'])
+        init_default_scope('bikd')
+        model = MODELS.build(dict(cfg.model))
+        assert model.partition == 'loss' and all(m.is_mask2former for m in model.members)
+        assert all(m.num_classes == 150 for m in model.members)
+        opt = cfg.optim_wrapper.optimizer
+        assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-6, 1e-5)
+
+
+@pytest.fixture(scope='module')
+def toy_root(tmp_path_factory):
+    from tools.make_ade20k_toy import make_ade20k_toy
+    root = str(tmp_path_factory.mktemp('ade') / 'toy')
+    make_ade20k_toy(root, n_train=16, n_val=6, size=96)
+    return os.path.join(root, 'ADEChallengeData2016')
+
+
+def toy_overrides(root, work):
+    return [f'train_dataloader.dataset.data_root={root}',
+            f'val_dataloader.dataset.data_root={root}', 'train_dataloader.num_workers=0',
+            'val_dataloader.num_workers=0', 'model.random_init=true', f'work_dir={work}',
+            'train_cfg.max_iters=4', 'train_cfg.val_interval=4',
+            'default_hooks.checkpoint.interval=4', 'default_hooks.logger.interval=2']
+
+
+def test_train_net_and_export_on_ade20k_layout(toy_root, tmp_path):
+    work = str(tmp_path / 'run')
+    proc = run_tool('train_net.py', '--config-file', TOY, *toy_overrides(toy_root, work))
+    summary = json.loads(open(os.path.join(work, 'summary.json')).read())
+    assert summary['primary_metric'] == 'mIoU' and summary['iterations'] == 4
+    for m in ('mask2former', 'upernet'):
+        for k in ('mIoU', 'fwIoU', 'mACC', 'pACC'):
+            assert 0 <= summary['members'][m]['after'][k] <= 100
+    assert sum(summary['teacher_share'].values()) == pytest.approx(1.0)
+    assert 'loss_distill' in proc.stdout and 'teach_mask2former' in proc.stdout
+
+    # each member exported as an mmseg checkpoint that mmseg's own init_model loads
+    from mmseg.apis import init_model
+    out = tmp_path / 'export'
+    run_tool('export_members.py', '--config-file', TOY, '--output-dir', out, f'work_dir={work}')
+    from bikd.export import load_trained
+    model = load_trained(TOY, os.path.join(work, 'iter_4.pth'))
+    inputs, samples = batch(1, size=96, seed=3)
+    for member in model.members:
+        info = json.loads((out / f'{member.name}.json').read_text())
+        seg = init_model(str(out / info['config']), str(out / info['checkpoint']), device='cpu')
+        with torch.no_grad():
+            x, s = member._preprocess(inputs, samples, training=False)
+            ours = member.segmentor.predict(x, s)[0].seg_logits.data
+            x, s = member._preprocess(inputs, samples, training=False)
+            theirs = seg.predict(x, s)[0].seg_logits.data
+        assert torch.allclose(ours, theirs, atol=1e-5), member.name

@@ -1,0 +1,143 @@
+#!/usr/bin/env python
+"""Write a small synthetic street-scene dataset in ADE20K's layout, for CPU runs and tests.
+
+    python tools/make_ade20k_toy.py --out datasets/ade20k_toy [--train 160] [--val 40] [--size 128]
+
+Layout (as the release): ``<out>/ADEChallengeData2016/images/{training,validation}/*.jpg`` and
+``annotations/{training,validation}/*.png`` with ADE20K's label ids (0 = "other", ignored with
+``reduce_zero_label``; 1..150 the classes). Scenes have sky, one kind of ground, buildings with
+windows, trees, people and cars in ADE20K's classes, textured and noisy, plus a few "other" blobs.
+Images vary in size around ``--size`` (short side) and aspect ratio. Deterministic per ``--seed``.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+from PIL import Image
+
+from bikd.fileio import publish_dir
+
+# ADE20K ids (objectInfo150): the classes the toy scenes use.
+SKY, BUILDING, FLOOR, TREE, ROAD, GRASS, SIDEWALK, PERSON, EARTH, CAR = 3, 2, 4, 5, 7, 10, 12, 13, 14, 21
+GROUNDS = {ROAD: (105, 105, 110), GRASS: (70, 140, 60), SIDEWALK: (170, 160, 150),
+           EARTH: (130, 100, 70), FLOOR: (150, 110, 80)}
+
+
+def _jitter(rng, colour, amount=25):
+    return np.clip(np.array(colour) + rng.integers(-amount, amount + 1, 3), 0, 255)
+
+
+def _ellipse(h, w, cy, cx, ry, rx):
+    y, x = np.ogrid[:h, :w]
+    return ((y - cy) / max(ry, 1))**2 + ((x - cx) / max(rx, 1))**2 <= 1
+
+
+def make_scene(rng, short_side):
+    """One image ``[H, W, 3]`` uint8 and its label map ``[H, W]`` uint8 (ADE20K ids)."""
+    aspect = rng.uniform(1.0, 1.5)
+    h, w = (short_side, int(short_side * aspect)) if rng.random() < 0.7 else \
+        (int(short_side * aspect), short_side)
+    img = np.zeros((h, w, 3), np.float32)
+    lab = np.zeros((h, w), np.uint8)
+
+    def paint(mask, label, colour, texture=12):
+        img[mask] = _jitter(rng, colour) + rng.normal(0, texture, (int(mask.sum()), 3))
+        lab[mask] = label
+
+    horizon = int(h * rng.uniform(0.3, 0.55))
+    sky = np.zeros((h, w), bool)
+    sky[:horizon] = True
+    paint(sky, SKY, (120, 170, 230), texture=6)
+    img[:horizon] += np.linspace(-30, 20, horizon)[:, None, None]  # brighter towards the horizon
+    ground = ~sky
+    g = list(GROUNDS)[rng.integers(len(GROUNDS))]
+    paint(ground, g, GROUNDS[g])
+    for _ in range(rng.integers(1, 4)):  # buildings with a window grid
+        bw, bh = int(w * rng.uniform(0.15, 0.35)), int(h * rng.uniform(0.2, 0.45))
+        x0 = rng.integers(0, max(w - bw, 1))
+        m = np.zeros((h, w), bool)
+        m[max(horizon - bh, 0):horizon + 2, x0:x0 + bw] = True
+        paint(m, BUILDING, (140, 120, 110))
+        win = m.copy()
+        win[::6] = False
+        win[:, ::6] = False
+        img[win & (np.arange(h)[:, None] % 6 < 3) & (np.arange(w)[None] % 6 < 3)] *= 0.55
+    for _ in range(rng.integers(0, 3)):  # trees: trunk + canopy
+        cx, r = rng.integers(0, w), int(h * rng.uniform(0.06, 0.12))
+        cy = horizon - rng.integers(0, r + 1)
+        trunk = np.zeros((h, w), bool)
+        trunk[cy:min(horizon + r, h), max(cx - r // 5, 0):cx + r // 5 + 1] = True
+        paint(trunk, TREE, (90, 60, 40))
+        paint(_ellipse(h, w, cy, cx, r, r * 1.1), TREE, (40, 110, 45), texture=20)
+    for _ in range(rng.integers(0, 3)):  # cars on the ground
+        cw, ch = int(w * rng.uniform(0.12, 0.22)), int(h * rng.uniform(0.06, 0.1))
+        y0, x0 = rng.integers(horizon, max(h - ch, horizon + 1)), rng.integers(0, max(w - cw, 1))
+        m = np.zeros((h, w), bool)
+        m[y0:y0 + ch, x0:x0 + cw] = True
+        m |= _ellipse(h, w, y0, x0 + cw / 2, ch * 0.6, cw * 0.3) & (np.arange(h)[:, None] < y0)
+        paint(m, CAR, rng.integers(30, 226, 3), texture=8)
+    for _ in range(rng.integers(0, 4)):  # people: body and head
+        ph = int(h * rng.uniform(0.12, 0.25))
+        cx, foot = rng.integers(0, w), rng.integers(horizon, h)
+        body = _ellipse(h, w, foot - ph * 0.4, cx, ph * 0.4, ph * 0.12)
+        head = _ellipse(h, w, foot - ph * 0.88, cx, ph * 0.1, ph * 0.08)
+        paint(body, PERSON, rng.integers(20, 200, 3), texture=10)
+        paint(head, PERSON, (200, 160, 130), texture=6)
+    for _ in range(rng.integers(0, 3)):  # unlabeled clutter: "other" (0)
+        paint(_ellipse(h, w, rng.integers(0, h), rng.integers(0, w), rng.integers(2, 8),
+                       rng.integers(2, 8)), 0, rng.integers(0, 256, 3), texture=30)
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), lab
+
+
+def make_ade20k_toy(out: str, n_train: int = 160, n_val: int = 40, size: int = 128,
+                    seed: int = 0, force: bool = False) -> dict:
+    root = os.path.join(out, 'ADEChallengeData2016')
+    marker = os.path.join(root, 'toy.json')
+    if os.path.isfile(marker) and not force:
+        with open(marker) as f:
+            return json.load(f)
+    tmp = out.rstrip('/') + '.partial'
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    counts = np.zeros(151, np.int64)
+    for split, prefix, n in (('training', 'ADE_train', n_train), ('validation', 'ADE_val', n_val)):
+        for sub in ('images', 'annotations'):
+            os.makedirs(os.path.join(tmp, 'ADEChallengeData2016', sub, split))
+        for i in range(1, n + 1):
+            img, lab = make_scene(rng, size)
+            counts += np.bincount(lab.ravel(), minlength=151)
+            stem = f'{prefix}_{i:08d}'
+            Image.fromarray(img).save(
+                os.path.join(tmp, 'ADEChallengeData2016', 'images', split, stem + '.jpg'), quality=90)
+            Image.fromarray(lab).save(
+                os.path.join(tmp, 'ADEChallengeData2016', 'annotations', split, stem + '.png'))
+    info = dict(source='tools/make_ade20k_toy.py', seed=seed, train=n_train, val=n_val,
+                short_side=size, label_ids=[int(c) for c in np.flatnonzero(counts)],
+                pixel_share={int(c): float(counts[c] / counts.sum()) for c in np.flatnonzero(counts)})
+    with open(os.path.join(tmp, 'ADEChallengeData2016', 'toy.json'), 'w') as f:
+        json.dump(info, f, indent=2)
+    publish_dir(tmp, out)
+    return info
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out', default='datasets/ade20k_toy')
+    parser.add_argument('--train', type=int, default=160)
+    parser.add_argument('--val', type=int, default=40)
+    parser.add_argument('--size', type=int, default=128, help='short side of the images')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--force', action='store_true')
+    args = parser.parse_args(argv)
+    info = make_ade20k_toy(args.out, args.train, args.val, args.size, args.seed, args.force)
+    print(f'{args.out}/ADEChallengeData2016: {info["train"]} training / {info["val"]} validation '
+          f'images, ADE20K label ids {info["label_ids"]}')
+
+
+if __name__ == '__main__':
+    sys.exit(main())
