@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: install
-	$(PY) tools/digits_demo.py
+	$(PY) tools/demo.py --task digits
 
 test: install
 	$(PY) -m pytest -q tests

@@ -86,6 +86,11 @@ class MMSegMember(Member):
             give class logits, distilled through a softmax either way.
         distill_stride: the distillation resolution, as a fraction of the training crop
             (4: the mask resolution of Mask2Former); shared by all members of a run.
+        partition_loss: the per-image loss the ``loss`` partition compares: ``'task'`` (the
+            segmentor's own loss, Eq. 6; comparable between Mask2Formers) or ``'pixel_ce'``
+            (the cross-entropy of the distilled class distribution against the ground truth at
+            the distillation resolution; comparable between any segmentors, e.g. Mask2Former
+            with UPerNet).
 
     The per-sample task loss is the segmentor's own loss evaluated image by image (for
     Mask2Former the set criterion with Hungarian matching, BCE + Dice mask losses, class loss
@@ -95,13 +100,17 @@ class MMSegMember(Member):
     def __init__(self, config: Any, name: Optional[str] = None,
                  cfg_options: Optional[dict] = None, checkpoint: Optional[str] = None,
                  pretrained: bool = True, distill: str = 'normalized', distill_stride: int = 4,
-                 trust_checkpoint: bool = False):
+                 partition_loss: str = 'task', trust_checkpoint: bool = False):
         if name is None:
             name = os.path.splitext(os.path.basename(config))[0] if isinstance(config, str) \
                 else 'segmentor'
         super().__init__(name)
         if distill not in ('normalized', 'softmax'):
             raise ValueError(f"distill must be 'normalized' or 'softmax', got {distill!r}")
+        if partition_loss not in ('task', 'pixel_ce'):
+            raise ValueError(f"partition_loss must be 'task' or 'pixel_ce', got "
+                             f'{partition_loss!r}')
+        self.partition_loss = partition_loss
         import mmseg.models  # noqa: F401  (registers mmseg's modules)
         from mmseg.registry import MODELS as MMSEG_MODELS
         from mmengine.utils import import_modules_from_strings
@@ -117,7 +126,7 @@ class MMSegMember(Member):
         with DefaultScope.overwrite_default_scope('mmseg'):
             self.segmentor = MMSEG_MODELS.build(model_cfg)
         self.model_config = cfg.pretty_text
-        self.dataset_meta = None
+        self.dataset_meta = self._dataset_meta(cfg)
         if checkpoint:
             self._load(checkpoint, trust_checkpoint, config)
         elif pretrained:
@@ -125,6 +134,16 @@ class MMSegMember(Member):
         self.distill = distill
         self.distill_stride = int(distill_stride)
         self.ignore_index = getattr(self.segmentor.decode_head, 'ignore_index', 255)
+
+    @staticmethod
+    def _dataset_meta(cfg: Config) -> Optional[dict]:
+        """Class names and palette of the dataset the config trains on (written into the
+        exported checkpoint, where mmseg's ``init_model`` reads them)."""
+        from mmseg.registry import DATASETS as MMSEG_DATASETS
+        dataset_type = cfg.get('train_dataloader', {}).get('dataset', {}).get('type')
+        dataset_cls = MMSEG_DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
+        meta = getattr(dataset_cls, 'METAINFO', None)
+        return {k: list(v) for k, v in meta.items()} if meta else None
 
     def _load(self, checkpoint: str, trust: bool, config: Any) -> None:
         if checkpoint == 'zoo':
@@ -149,6 +168,12 @@ class MMSegMember(Member):
     @property
     def num_classes(self) -> int:
         return int(self.segmentor.decode_head.num_classes)
+
+    @property
+    def partition_loss_kind(self) -> str:
+        if self.partition_loss == 'pixel_ce':
+            return 'pixel_ce'
+        return 'mask2former_set_criterion' if self.is_mask2former else 'decode_head_loss'
 
     # ----------------------------------------------------------------------------- training
     def _preprocess(self, inputs, data_samples, training: bool):
@@ -232,13 +257,31 @@ class MMSegMember(Member):
         padded_hw = x.shape[-2:]
         if self.is_mask2former:
             loss, scores = self._mask2former_train(feats, samples, padded_hw)
-            if self.distill == 'normalized':
-                distill = (scores / scores.sum(1, keepdim=True).clamp(min=EPS) + EPS).log()
-            else:
-                distill = scores
+            log_probs = (scores / scores.sum(1, keepdim=True).clamp(min=EPS) + EPS).log()
+            distill = log_probs if self.distill == 'normalized' else scores
         else:
             loss, distill = self._decode_head_train(feats, samples, padded_hw)
-        return MemberOutput(loss=loss, distill=distill)
+            log_probs = distill.float().log_softmax(1)
+        partition_loss = None
+        if self.partition_loss == 'pixel_ce':
+            partition_loss = self._pixel_ce(log_probs.detach(), samples, padded_hw)
+        return MemberOutput(loss=loss, distill=distill, partition_loss=partition_loss)
+
+    def _pixel_ce(self, log_probs: Tensor, samples, padded_hw) -> Tensor:
+        """Per-image mean of -log p(ground truth) over non-ignored pixels, at the distillation
+        resolution (ground truth subsampled with nearest neighbours)."""
+        gt = torch.stack([s.gt_sem_seg.data for s in samples]).float()  # [N, 1, Hp, Wp]
+        gt = self._crop_resize_nearest(gt, padded_hw, samples, log_probs.shape[-2:])
+        gt = gt.squeeze(1).long()
+        valid = gt != self.ignore_index
+        nll = -log_probs.gather(1, gt.clamp(0, self.num_classes - 1).unsqueeze(1)).squeeze(1)
+        return (nll * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+
+    @staticmethod
+    def _crop_resize_nearest(maps: Tensor, padded_hw, samples, size) -> Tensor:
+        h, w = samples[0].metainfo['img_shape'][:2]
+        maps = maps[..., :min(h, padded_hw[0]), :min(w, padded_hw[1])]
+        return F.interpolate(maps, size=tuple(size), mode='nearest')
 
     # ----------------------------------------------------------------------------- inference
     def predict(self, inputs, data_samples) -> Tensor:

@@ -2,6 +2,7 @@
 train_net trains with the loss partition on data in ADE20K's layout, exports reload in mmseg."""
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -102,6 +103,24 @@ def test_table4_configs_build(pair):
         assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-6, 1e-5)
 
 
+def test_real_size_mask2former_pair_takes_a_training_step():
+    """R50 + Swin-T at full size (random weights), one 128x128 image: loss partition, KL and
+    gradients into both members."""
+    cfg = load_config(os.path.join(ROOT, 'configs/ade20k/r50_swinT_bikd.yaml'),
+                      ['model.random_init=true'])
+    init_default_scope('bikd')
+    torch.manual_seed(0)
+    model = MODELS.build(dict(cfg.model)).train()
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model)  # as mmengine's Runner does outside DDP
+    inputs, samples = batch(2, size=128)
+    losses = model(inputs, samples, mode='loss')
+    assert set(losses) >= {'loss_r50', 'loss_swin_t', 'loss_distill', 'teach_r50'}
+    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    for m in model.members:
+        assert m.segmentor.decode_head.cls_embed.weight.grad.abs().sum() > 0
+
+
 @pytest.fixture(scope='module')
 def toy_root(tmp_path_factory):
     from tools.make_ade20k_toy import make_ade20k_toy
@@ -139,9 +158,32 @@ def test_train_net_and_export_on_ade20k_layout(toy_root, tmp_path):
     for member in model.members:
         info = json.loads((out / f'{member.name}.json').read_text())
         seg = init_model(str(out / info['config']), str(out / info['checkpoint']), device='cpu')
+        assert seg.dataset_meta['classes'][2] == 'sky' and len(seg.dataset_meta['classes']) == 150
         with torch.no_grad():
             x, s = member._preprocess(inputs, samples, training=False)
             ours = member.segmentor.predict(x, s)[0].seg_logits.data
             x, s = member._preprocess(inputs, samples, training=False)
             theirs = seg.predict(x, s)[0].seg_logits.data
         assert torch.allclose(ours, theirs, atol=1e-5), member.name
+
+
+def test_pixel_ce_partition_loss_is_cross_entropy_of_the_distilled_distribution():
+    torch.manual_seed(0)
+    member = MMSegMember(M2F, pretrained=False, partition_loss='pixel_ce').train()
+    inputs, samples = batch(2)
+    out = member.forward_train(inputs, samples)
+    gt = torch.stack([s.gt_sem_seg.data[0, ::4, ::4] for s in samples])  # nearest, 64 -> 16
+    ref = -out.distill.detach().gather(1, gt[:, None]).squeeze(1).flatten(1).mean(1)
+    assert torch.allclose(out.partition_loss, ref, atol=1e-5)
+    assert member.partition_loss_kind == 'pixel_ce'
+
+
+def test_loss_partition_over_differently_defined_losses_warns():
+    from bikd.meta_arch import PartitionWarning
+    members = [dict(type='MMSegMember', name='m2f', config=M2F, pretrained=False),
+               dict(type='MMSegMember', name='upernet', config=UPERNET, pretrained=False)]
+    with pytest.warns(PartitionWarning, match='partition_loss="pixel_ce"'):
+        BiKDMetaArch(members, partition='loss')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', PartitionWarning)
+        BiKDMetaArch([{**m, 'partition_loss': 'pixel_ce'} for m in members], partition='loss')

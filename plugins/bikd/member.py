@@ -17,16 +17,20 @@ class MemberOutput:
     Attributes:
         loss: ``[N]`` per-sample task loss; its mean is the member's task loss (Eq. 5 / 13).
         distill: ``[N, C, *spatial]`` class logits to distil through
-            :func:`bikd.losses.distillation_loss`, or log-probabilities over axis 1 when
-            ``distill_is_log_prob`` (a saliency map as a distribution over pixels).
+            :func:`bikd.losses.distillation_loss` (softmax over axis 1), or log-probabilities
+            over axis 1 (a saliency map as a distribution over pixels), which the softmax
+            leaves unchanged.
         confidence: ``[N]`` softmax probability of the ground-truth class, for the
             ``confidence`` partition (Eq. 3 / 11); ``None`` where the task has no such score.
-        distill_is_log_prob: see ``distill``.
+        partition_loss: ``[N]`` per-sample loss compared across members by the ``loss``
+            partition (Eq. 6), when it should differ from ``loss``: members whose task losses
+            are defined differently (a Mask2Former set criterion and a per-pixel
+            cross-entropy) need a loss defined alike for all of them. ``None``: ``loss``.
     """
     loss: Tensor
     distill: Tensor
     confidence: Optional[Tensor] = None
-    distill_is_log_prob: bool = False
+    partition_loss: Optional[Tensor] = None
 
 
 class Member(nn.Module):
@@ -38,6 +42,8 @@ class Member(nn.Module):
     - ``predict(inputs, data_samples) -> Tensor``: per-sample prediction whose mean over members
       is the ensemble's (class probabilities ``[N, C]``, per-pixel probabilities, maps).
     - ``num_classes`` (the label space; members of one run must agree),
+    - ``partition_loss_kind``: what the per-sample loss compared by the ``loss`` partition
+      is (e.g. ``'pixel_ce'``); the meta-architecture warns when members differ.
     - ``export(directory, stem) -> dict``: write the wrapped model in its native format and
       return a JSON-able description of what was written.
     """
@@ -52,6 +58,10 @@ class Member(nn.Module):
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
+
+    @property
+    def partition_loss_kind(self) -> str:
+        return type(self).__name__
 
     def forward_train(self, inputs: Any, data_samples: Any) -> MemberOutput:
         raise NotImplementedError

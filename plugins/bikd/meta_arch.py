@@ -4,10 +4,12 @@
 their task losses alone and is the control of every comparison. Both share construction,
 evaluation and logging through :class:`MultiMemberMetaArch`.
 """
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from mmengine.model import BaseModel
+from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 
 from .losses import distillation_loss
@@ -16,6 +18,10 @@ from .partition import select_teachers, teacher_share
 from .registry import MEMBERS, META_ARCH
 
 PARTITIONS = ('confidence', 'loss')
+
+
+class PartitionWarning(UserWarning):
+    """The configured partition is unlikely to mean what the user wants."""
 
 
 def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
@@ -37,7 +43,8 @@ def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
         known = ', '.join(sorted(MEMBERS.module_dict))
         raise KeyError(f'unknown member type {cfg["type"]!r}; registered member types: '
                        f'{known or "none (is the task package in custom_imports?)"}')
-    return MEMBERS.build(cfg)
+    with DefaultScope.overwrite_default_scope('bikd'):
+        return MEMBERS.build(cfg)
 
 
 class MultiMemberMetaArch(BaseModel):
@@ -131,6 +138,12 @@ class BiKDMetaArch(MultiMemberMetaArch):
         self.partition = partition
         self.temperature = float(temperature)
         self.detach_teacher = bool(detach_teacher)
+        kinds = {m.name: m.partition_loss_kind for m in self.members}
+        if partition == 'loss' and len(set(kinds.values())) > 1:
+            warnings.warn(f'partition="loss" compares per-sample losses that the members define '
+                          f'differently ({kinds}): the member with the smaller scale will teach '
+                          'everything. Give the members a loss defined alike for the partition '
+                          '(MMSegMember: partition_loss="pixel_ce").', PartitionWarning)
 
     def select_teachers(self, outputs: Sequence[MemberOutput]) -> Tensor:
         """Teacher index per sample from the members' outputs (``LongTensor[N]``)."""
@@ -140,7 +153,8 @@ class BiKDMetaArch(MultiMemberMetaArch):
                 raise ValueError(f'members {missing} give no ground-truth confidence; use '
                                  "partition='loss' for this task")
             return select_teachers(torch.stack([o.confidence for o in outputs]), True)
-        return select_teachers(torch.stack([o.loss.detach() for o in outputs]), False)
+        losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
+        return select_teachers(torch.stack([x.detach() for x in losses]), False)
 
     def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
         outputs = [m.forward_train(inputs, data_samples) for m in self.members]
