@@ -3,7 +3,6 @@ from typing import Any, Dict, List
 
 import cv2
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

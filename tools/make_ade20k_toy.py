@@ -10,15 +10,13 @@ windows, trees, people and cars in ADE20K's classes, textured and noisy, plus a 
 Images vary in size around ``--size`` (short side) and aspect ratio. Deterministic per ``--seed``.
 """
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
 from PIL import Image
 
-from bikd.fileio import publish_dir
+from bikd.fileio import publish_dir, read_marker, staging_dir
 
 # ADE20K ids (objectInfo150): the classes the toy scenes use.
 SKY, BUILDING, FLOOR, TREE, ROAD, GRASS, SIDEWALK, PERSON, EARTH, CAR = 3, 2, 4, 5, 7, 10, 12, 13, 14, 21
@@ -95,13 +93,10 @@ def make_scene(rng, short_side):
 
 def make_ade20k_toy(out: str, n_train: int = 160, n_val: int = 40, size: int = 128,
                     seed: int = 0, force: bool = False) -> dict:
-    root = os.path.join(out, 'ADEChallengeData2016')
-    marker = os.path.join(root, 'toy.json')
-    if os.path.isfile(marker) and not force:
-        with open(marker) as f:
-            return json.load(f)
-    tmp = out.rstrip('/') + '.partial'
-    shutil.rmtree(tmp, ignore_errors=True)
+    cached = read_marker(out, 'ADEChallengeData2016/toy.json')
+    if cached and not force:
+        return cached
+    tmp = staging_dir(out)
     rng = np.random.default_rng(seed)
     counts = np.zeros(151, np.int64)
     for split, prefix, n in (('training', 'ADE_train', n_train), ('validation', 'ADE_val', n_val)):
@@ -118,9 +113,7 @@ def make_ade20k_toy(out: str, n_train: int = 160, n_val: int = 40, size: int = 1
     info = dict(source='tools/make_ade20k_toy.py', seed=seed, train=n_train, val=n_val,
                 short_side=size, label_ids=[int(c) for c in np.flatnonzero(counts)],
                 pixel_share={int(c): float(counts[c] / counts.sum()) for c in np.flatnonzero(counts)})
-    with open(os.path.join(tmp, 'ADEChallengeData2016', 'toy.json'), 'w') as f:
-        json.dump(info, f, indent=2)
-    publish_dir(tmp, out)
+    publish_dir(tmp, out, info, 'ADEChallengeData2016/toy.json')
     return info
 
 

@@ -7,24 +7,21 @@ the ImageFolder layout: ``<out>/{train,val}/<digit>/<index>.png``.
 The split is stratified and fixed by ``--seed``. An existing, complete dataset is kept.
 """
 import argparse
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
 from PIL import Image
 
-from bikd.fileio import publish_dir
+from bikd.fileio import publish_dir, read_marker, staging_dir
 
 
 def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool = False) -> dict:
     from sklearn.datasets import load_digits
 
-    marker = os.path.join(out, 'dataset.json')
-    if os.path.isfile(marker) and not force:
-        with open(marker) as f:
-            return json.load(f)
+    cached = read_marker(out, 'dataset.json')
+    if cached and not force:
+        return cached
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16
     rng = np.random.default_rng(seed)
@@ -34,8 +31,7 @@ def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool 
         n_val = int(round(val_fraction * len(idx)))
         split[idx[:n_val]] = 'val'
         split[idx[n_val:]] = 'train'
-    tmp = out.rstrip('/') + '.partial'
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = staging_dir(out)
     for i, (img, label) in enumerate(zip(images, digits.target)):
         folder = os.path.join(tmp, split[i], str(label))
         os.makedirs(folder, exist_ok=True)
@@ -43,9 +39,7 @@ def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool 
     info = dict(source='sklearn.datasets.load_digits', classes=[str(c) for c in range(10)],
                 train=int((split == 'train').sum()), val=int((split == 'val').sum()),
                 val_fraction=val_fraction, seed=seed, image_size=[8, 8])
-    with open(os.path.join(tmp, 'dataset.json'), 'w') as f:
-        json.dump(info, f, indent=2)
-    publish_dir(tmp, out)
+    publish_dir(tmp, out, info, 'dataset.json')
     return info
 
 

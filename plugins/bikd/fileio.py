@@ -4,7 +4,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -37,9 +37,28 @@ def save_torch(obj: Any, path: str) -> None:
         torch.save(obj, tmp)
 
 
-def publish_dir(tmp: str, out: str) -> None:
-    """Move a fully written folder ``tmp`` to ``out`` (replacing it), so that ``out`` appears
-    complete or not at all."""
+def read_marker(out: str, marker: str) -> Optional[dict]:
+    """The JSON description a generated folder ends with, or ``None`` if it is not complete."""
+    path = os.path.join(out, marker)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def staging_dir(out: str) -> str:
+    """An empty folder beside ``out`` to write a generated dataset into (see publish_dir)."""
+    tmp = out.rstrip('/') + '.partial'
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    return tmp
+
+
+def publish_dir(tmp: str, out: str, info: Optional[dict] = None, marker: str = '') -> None:
+    """Write ``info`` as ``<tmp>/<marker>``, then move the fully written folder ``tmp`` to
+    ``out`` (replacing it), so that ``out`` appears complete or not at all."""
+    if info is not None:
+        save_json(info, os.path.join(tmp, marker))
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)

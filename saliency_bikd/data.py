@@ -1,0 +1,143 @@
+"""DHF1K and Hollywood-2 in their released layouts: clips of consecutive frames, the last
+frame's saliency map and fixations as the target."""
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bikd.registry import DATASETS
+
+IMG_EXT = ('.png', '.jpg', '.jpeg')
+# split -> folder names to look for, per layout (DHF1K's train split is also shipped as annotation/)
+SPLITS = {
+    'dhf1k': {'train': ('train', 'annotation'), 'val': ('val', ), 'test': ('test', )},
+    'hollywood2': {'train': ('training', ), 'test': ('testing', ), 'val': ('testing', )},
+}
+
+
+def _read(path: str, flags: int) -> np.ndarray:
+    img = cv2.imread(path, flags)
+    if img is None:
+        raise OSError(f'cannot read image file {path}')
+    return img
+
+
+def _frames(folder: str) -> List[str]:
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMG_EXT))
+
+
+@DATASETS.register_module()
+class VideoSaliencyDataset(Dataset):
+    """Videos in DHF1K's layout (``<root>/{train,val}/<video>/{images,maps,fixation}/%04d.png``)
+    or Hollywood-2's (``<root>/{training,testing}/<video>_<shot>/{images,maps,fixation}/``,
+    frames in sorted order).
+
+    A sample is the clip of ``clip_len`` consecutive frames ending at a target frame, with that
+    frame's continuous map and binary fixations. In training, targets are the frames with a
+    full clip behind them; in evaluation every frame is a target, and the first frames repeat
+    the video's first frame to fill their clip. Frames are loaded once, resized to
+    ``frame_size`` (H, W) and returned as ``uint8 [T, 3, H, W]`` RGB; each member takes its own
+    view (length, size, normalisation) from them.
+
+    Yields ``dict(inputs=frames, data_samples=dict(map, fixation, index[, other_fixation]))``:
+    ``map`` float in [0, 1] and ``fixation`` uint8 at ``target_size`` (training; default
+    ``frame_size``) or at the ground truth's own size (evaluation). In evaluation,
+    ``other_fixation`` is the union of the fixations of ``other_frames`` random frames of other
+    videos (the s-AUC's negatives), fixed by ``seed``.
+
+    Args:
+        data_root: dataset root. split: ``train`` / ``val`` / ``test``.
+        layout: ``dhf1k`` or ``hollywood2``.
+        test_mode: evaluation sampling (default: ``split != 'train'``).
+        skip_short: leave out (and count in ``skipped``) videos shorter than ``clip_len`` in
+            training instead of raising an error that names them.
+    """
+
+    def __init__(self, data_root: str, split: str = 'train', layout: str = 'dhf1k',
+                 clip_len: int = 32, frame_size: Sequence[int] = (224, 384),
+                 target_size: Optional[Sequence[int]] = None, test_mode: Optional[bool] = None,
+                 other_frames: int = 10, seed: int = 0, skip_short: bool = False):
+        if layout not in SPLITS:
+            raise ValueError(f'layout must be one of {sorted(SPLITS)}, got {layout!r}')
+        folder = next((os.path.join(data_root, f) for f in SPLITS[layout].get(split, ())
+                       if os.path.isdir(os.path.join(data_root, f))), None)
+        if folder is None:
+            names = ' or '.join(SPLITS[layout].get(split, (split, )))
+            raise FileNotFoundError(f'dataset folder not found: {os.path.join(data_root, names)} '
+                                    f'({layout} layout, split {split!r})')
+        self.test_mode = split != 'train' if test_mode is None else bool(test_mode)
+        self.clip_len = int(clip_len)
+        self.frame_size = tuple(int(s) for s in frame_size)
+        self.target_size = tuple(int(s) for s in (target_size or frame_size))
+        self.videos: List[Dict[str, List[str]]] = []
+        self.skipped: List[str] = []
+        for name in sorted(os.listdir(folder)):
+            vdir = os.path.join(folder, name)
+            if not os.path.isdir(vdir):
+                continue
+            video = {k: _frames(os.path.join(vdir, k)) for k in ('images', 'maps', 'fixation')}
+            video['name'] = vdir
+            if not video['images']:
+                continue
+            missing = [k for k in ('maps', 'fixation') if len(video[k]) != len(video['images'])]
+            if missing:
+                raise ValueError(f'{vdir}: {len(video["images"])} frames but '
+                                 + ', '.join(f'{len(video[k])} {k}' for k in missing))
+            if not self.test_mode and len(video['images']) < self.clip_len:
+                if skip_short:
+                    self.skipped.append(vdir)
+                    continue
+                raise ValueError(f'{vdir} has {len(video["images"])} frames, fewer than the clip '
+                                 f'length {self.clip_len} (skip_short=True leaves such videos out)')
+            self.videos.append(video)
+        if not self.videos:
+            raise FileNotFoundError(f'no videos with images/ under {folder}')
+        first = 0 if self.test_mode else self.clip_len - 1
+        self.index: List[Tuple[int, int]] = [(v, t) for v, video in enumerate(self.videos)
+                                             for t in range(first, len(video['images']))]
+        self.other_frames = int(other_frames)
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _other_fixation(self, idx: int, video: int, shape) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, idx])
+        pool = [i for i, (v, _) in enumerate(self.index) if v != video] or list(range(len(self)))
+        union = np.zeros(shape, np.uint8)
+        for j in rng.choice(len(pool), size=min(self.other_frames, len(pool)), replace=False):
+            v, t = self.index[pool[j]]
+            fix = _read(self.videos[v]['fixation'][t], cv2.IMREAD_GRAYSCALE)
+            if fix.shape != shape:
+                fix = cv2.resize(fix, shape[::-1], interpolation=cv2.INTER_NEAREST)
+            union |= (fix > 0).astype(np.uint8)
+        return union
+
+    def __getitem__(self, idx: int) -> dict:
+        v, t = self.index[idx]
+        video = self.videos[v]
+        h, w = self.frame_size
+        frames = []
+        for k in range(t - self.clip_len + 1, t + 1):
+            img = _read(video['images'][max(k, 0)], cv2.IMREAD_COLOR)[:, :, ::-1]
+            frames.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
+        clip = torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2)
+        sal = _read(video['maps'][t], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+        fix = (_read(video['fixation'][t], cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
+        if sal.shape != fix.shape:
+            raise ValueError(f'{video["maps"][t]} is {sal.shape}, its fixation map '
+                             f'{video["fixation"][t]} is {fix.shape}')
+        samples = dict(index=idx)
+        if not self.test_mode:
+            th, tw = self.target_size
+            sal = cv2.resize(sal, (tw, th), interpolation=cv2.INTER_LINEAR)
+            fix = cv2.resize(fix, (tw, th), interpolation=cv2.INTER_NEAREST)
+        else:
+            samples['other_fixation'] = torch.from_numpy(self._other_fixation(idx, v, fix.shape))
+        samples.update(map=torch.from_numpy(sal), fixation=torch.from_numpy(fix))
+        return dict(inputs=clip, data_samples=samples)

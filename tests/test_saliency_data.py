@@ -1,0 +1,83 @@
+"""DHF1K / Hollywood-2 layouts: clips end at the target frame, evaluation scores every frame,
+s-AUC negatives come from other videos, bad input is named."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from saliency_bikd.data import VideoSaliencyDataset
+from tools.make_dhf1k_toy import make_dhf1k_toy
+
+
+@pytest.fixture(scope='module')
+def dhf1k(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('sal') / 'dhf1k')
+    make_dhf1k_toy(root, n_train=2, n_val=2, n_frames=10, size=(36, 64))
+    return root
+
+
+def test_training_clips_end_at_their_target_frame(dhf1k):
+    ds = VideoSaliencyDataset(dhf1k, 'train', clip_len=4, frame_size=(32, 48))
+    assert len(ds) == 2 * (10 - 3)  # every frame with a full clip behind it
+    sample = ds[0]
+    clip, target = sample['inputs'], sample['data_samples']
+    assert clip.shape == (4, 3, 32, 48) and clip.dtype == torch.uint8
+    assert target['map'].shape == (32, 48) and 0 <= target['map'].min() <= target['map'].max() <= 1
+    # the last frame of the clip is the target frame: its discs sit where its fixations are
+    v, t = ds.index[0]
+    assert t == 3 and ds.videos[v]['maps'][t].endswith('0004.png')
+    assert set(np.unique(target['fixation'].numpy())) <= {0, 1}
+
+
+def test_evaluation_scores_every_frame_with_clamped_first_clips(dhf1k):
+    ds = VideoSaliencyDataset(dhf1k, 'val', clip_len=4, frame_size=(36, 64))
+    assert len(ds) == 2 * 10
+    first = ds[0]
+    clip = first['inputs']
+    assert all(torch.equal(clip[k], clip[0]) for k in range(4))  # frame 1 repeated
+    samples = first['data_samples']
+    assert samples['map'].shape == (36, 64)  # the ground truth's own size in evaluation
+    other = samples['other_fixation'].numpy()
+    assert other.any()
+    # negatives are fixations of the other video (index 1) only, the same on every call
+    union = np.zeros_like(other)
+    for i, (v, _) in enumerate(ds.index):
+        if v == 1:
+            union |= ds[i]['data_samples']['fixation'].numpy()
+    assert not (other & ~union.astype(bool)).any()
+    assert np.array_equal(other, ds[0]['data_samples']['other_fixation'].numpy())
+
+
+def test_short_video_is_named_or_skipped(dhf1k, tmp_path):
+    root = tmp_path / 'short'
+    shutil.copytree(dhf1k, root)
+    video = root / 'train' / '0001'
+    for sub in ('images', 'maps', 'fixation'):
+        for f in sorted(os.listdir(video / sub))[3:]:
+            os.remove(video / sub / f)
+    with pytest.raises(ValueError, match=r'0001 has 3 frames, fewer than the clip length 4'):
+        VideoSaliencyDataset(str(root), 'train', clip_len=4)
+    ds = VideoSaliencyDataset(str(root), 'train', clip_len=4, skip_short=True)
+    assert len(ds.skipped) == 1 and len(ds) == 10 - 3
+
+
+def test_missing_maps_and_folders_are_named(dhf1k, tmp_path):
+    with pytest.raises(FileNotFoundError, match='nowhere/training'):
+        VideoSaliencyDataset(str(tmp_path / 'nowhere'), 'train', layout='hollywood2')
+    root = tmp_path / 'holes'
+    shutil.copytree(dhf1k, root)
+    os.remove(root / 'val' / '0003' / 'maps' / '0005.png')
+    with pytest.raises(ValueError, match=r'0003: 10 frames but 9 maps'):
+        VideoSaliencyDataset(str(root), 'val')
+
+
+def test_hollywood2_layout(dhf1k, tmp_path):
+    root = tmp_path / 'hollywood2'
+    shutil.copytree(os.path.join(dhf1k, 'train'), root / 'training')
+    shutil.copytree(os.path.join(dhf1k, 'val'), root / 'testing')
+    for i, name in enumerate(sorted(os.listdir(root / 'testing'))):
+        os.rename(root / 'testing' / name, root / 'testing' / f'actioncliptest00{i}_1')
+    ds = VideoSaliencyDataset(str(root), 'test', layout='hollywood2', clip_len=4)
+    assert len(ds) == 20 and ds.videos[0]['name'].endswith('actioncliptest000_1')
