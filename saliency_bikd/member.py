@@ -1,0 +1,140 @@
+"""The common part of video-saliency members: each takes its own view of the shared clip
+(length, frame size, normalisation), predicts one map for the clip's target frame, and is
+trained on KL - CC; its map, as a distribution over pixels, is what it distils."""
+import os
+from typing import Any, Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bikd.checkpoint import load_into, load_weights_file
+from bikd.fileio import save_json, save_torch
+from bikd.member import Member, MemberOutput
+from bikd.registry import MEMBERS
+
+from .losses import map_log_probs, saliency_loss
+from .tmfinet import TMFINet, from_release, to_release
+
+
+class SaliencyMember(Member):
+    """Base of TMFI-Net, ViNet-S and ViNet-A members.
+
+    Subclasses set ``self.net``: a module mapping a normalised clip ``[N, 3, T, H, W]`` to maps
+    ``[N, h, w]`` in [0, 1].
+
+    Args:
+        clip_len: frames the network takes, the last ``clip_len`` of the shared clip (which
+            ends at the target frame).
+        input_size: ``(H, W)`` the network takes; frames are resized to it.
+        mean, std: per-channel normalisation of [0, 1] RGB frames.
+        kl_weight, cc_weight: the task loss ``kl_weight * KL - cc_weight * CC``.
+    """
+
+    def __init__(self, name: str, clip_len: int, input_size: Sequence[int],
+                 mean: Sequence[float], std: Sequence[float], kl_weight: float = 1.0,
+                 cc_weight: float = 1.0):
+        super().__init__(name)
+        self.clip_len = int(clip_len)
+        self.input_size = tuple(int(s) for s in input_size)
+        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1, 1), persistent=False)
+        self.kl_weight, self.cc_weight = float(kl_weight), float(cc_weight)
+        self.net: nn.Module = nn.Identity()
+
+    @property
+    def num_classes(self) -> int:
+        return 1  # one saliency map; members of a run must agree
+
+    @property
+    def partition_loss_kind(self) -> str:
+        return 'saliency_kl_cc'
+
+    def view(self, clips: Tensor) -> Tensor:
+        """Shared ``uint8 [N, T, 3, H, W]`` clips -> this network's input ``[N, 3, t, h, w]``."""
+        if clips.shape[1] < self.clip_len:
+            raise ValueError(f'member {self.name!r} needs {self.clip_len} frames, the clips '
+                             f'have {clips.shape[1]}')
+        x = clips[:, -self.clip_len:].float().div_(255.0)
+        n, t = x.shape[:2]
+        if tuple(x.shape[-2:]) != self.input_size:
+            x = F.interpolate(x.flatten(0, 1), size=self.input_size, mode='bilinear',
+                              align_corners=False, antialias=True).unflatten(0, (n, t))
+        x = x.permute(0, 2, 1, 3, 4)  # [N, 3, T, H, W]
+        return (x - self.mean) / self.std
+
+    def maps(self, clips: Tensor, size: Sequence[int]) -> Tensor:
+        """Predicted maps resized to ``size``: ``[N, *size]``, non-negative."""
+        out = self.net(self.view(clips))
+        if tuple(out.shape[-2:]) != tuple(size):
+            out = F.interpolate(out[:, None], size=tuple(size), mode='bilinear',
+                                align_corners=False)[:, 0]
+        return out.clamp(min=0)
+
+    def forward_train(self, inputs: Tensor, data_samples: Dict[str, Any]) -> MemberOutput:
+        gt = data_samples['map']
+        pred = self.maps(inputs, gt.shape[-2:])
+        loss = saliency_loss(pred, gt, self.kl_weight, self.cc_weight)
+        return MemberOutput(loss=loss, distill=map_log_probs(pred))
+
+    def predict(self, inputs: Tensor, data_samples: Dict[str, Any]) -> Tensor:
+        return self.maps(inputs, data_samples['map'].shape[-2:]).float()
+
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@MEMBERS.register_module()
+class TMFINetMember(SaliencyMember):
+    """TMFI-Net: 32 frames ending at the target frame, 224x384, ImageNet mean and std.
+
+    Weights: ``checkpoint`` (the release's file, e.g. ``best_VSTNet147.pth``, a plain state
+    dict in its own layout, or our export of it); else with ``pretrained``, the backbone's
+    Kinetics-400 weights from ``backbone_checkpoint`` (torchvision's ``swin3d_s`` state dict)
+    or from torchvision's ``KINETICS400_V1`` tag (its cache, or a download when reachable);
+    ``pretrained=False``: random.
+    """
+
+    def __init__(self, name: str = 'tmfinet', checkpoint: Optional[str] = None,
+                 backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
+                 drop_path: float = 0.2, trust_checkpoint: bool = False, **kwargs):
+        kwargs = {**dict(clip_len=32, input_size=(224, 384), mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD), **kwargs}
+        super().__init__(name, **kwargs)
+        self.net = TMFINet(drop_path)
+        if checkpoint:
+            state = from_release(load_weights_file(checkpoint, trust_checkpoint))
+            load_into(self.net, state, checkpoint, owner=self.name)
+        elif pretrained:
+            self._load_backbone(backbone_checkpoint, trust_checkpoint)
+
+    def _load_backbone(self, path: Optional[str], trust: bool) -> None:
+        if path:
+            state = load_weights_file(path, trust)
+        else:
+            from torchvision.models.video import Swin3D_S_Weights
+            try:
+                state = Swin3D_S_Weights.KINETICS400_V1.get_state_dict(progress=False)
+            except Exception as e:  # noqa: BLE001 - network failures come in many types
+                raise RuntimeError(
+                    f'member {self.name!r}: torchvision\'s Kinetics-400 swin3d_s weights are not '
+                    f'cached and cannot be downloaded ({type(e).__name__}: {e}); pass '
+                    'backbone_checkpoint=PATH, checkpoint=PATH (the release), or '
+                    'pretrained=False') from e
+            path = 'torchvision Swin3D_S_Weights.KINETICS400_V1'
+        # the classifier and the patch-embedding norm are not part of TMFI-Net
+        state = {k: v for k, v in state.items()
+                 if not k.startswith(('head.', 'patch_embed.norm.'))}
+        load_into(self.net.backbone, state, path, owner=self.name)
+
+    def export(self, directory: str, stem: str) -> Dict[str, Any]:
+        """``<stem>.pth`` in the release's layout (what its test script loads with
+        ``model.load_state_dict(torch.load(path))``) and ``<stem>.json``."""
+        weights = os.path.join(directory, f'{stem}.pth')
+        save_torch({k: v.detach().cpu() for k, v in to_release(self.net.state_dict()).items()},
+                   weights)
+        info = dict(format='TMFI-Net release (wusonghe/TMFI-Net model.VideoSaliencyModel)',
+                    member=self.name, checkpoint=os.path.basename(weights),
+                    clip_len=self.clip_len, input_size=list(self.input_size))
+        save_json(info, os.path.join(directory, f'{stem}.json'))
+        return info

@@ -1,0 +1,62 @@
+"""TMFI-Net: full-size forward on one clip, the release's parameter names, loading and export."""
+import re
+
+import pytest
+import torch
+
+from saliency_bikd import TMFINetMember
+from saliency_bikd.tmfinet import from_release, to_release
+
+
+@pytest.fixture(scope='module')
+def tmfi():
+    torch.manual_seed(0)
+    return TMFINetMember(pretrained=False).eval()
+
+
+def test_full_size_forward_on_one_clip(tmfi):
+    clip = torch.randint(0, 256, (1, 32, 3, 180, 320), dtype=torch.uint8)  # shared clip
+    assert tmfi.view(clip).shape == (1, 3, 32, 224, 384)
+    with torch.no_grad():
+        out = tmfi.net(tmfi.view(clip))
+        maps = tmfi.predict(clip, dict(map=torch.zeros(1, 360, 640)))
+    assert out.shape == (1, 224, 384) and 0 <= out.min() and out.max() <= 1
+    assert maps.shape == (1, 360, 640)
+
+
+def test_release_name_map_is_complete_and_lossless(tmfi):
+    ours = tmfi.net.state_dict()
+    release = to_release(ours)
+    assert len(release) == len(ours)  # no two of our keys map to one release key
+    pattern = re.compile(r'^(decoder\.[a-z]+\d?\.|backbone\.(patch_embed\.proj|norm)\.|'
+                         r'backbone\.layers\.[0-3]\.(downsample\.(reduction|norm)|'
+                         r'blocks\.\d+\.(norm1|norm2|attn\.(qkv|proj|relative_position_'
+                         r'(bias_table|index))|mlp\.fc[12]))\b)')
+    strays = [k for k in release if not pattern.match(k)]
+    assert not strays, strays[:5]
+    # the release's decoder layout (DecoderConvUp), e.g. the heads' conv indices
+    assert {k for k in release if k.startswith('decoder.convtsp1.')} == {
+        f'decoder.convtsp1.{i}.weight' for i in (0, 3, 6, 8)}
+    assert {k for k in release if k.startswith('decoder.convtsp4.')} == {
+        f'decoder.convtsp4.{i}.weight' for i in (0, 3, 6, 9)}
+    assert len([k for k in release if '.blocks.' in k and k.endswith('qkv.weight')]) == 24
+    back = from_release(release)
+    assert set(back) == set(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
+
+
+def test_release_checkpoint_loads_and_export_writes_it(tmfi, tmp_path):
+    path = tmp_path / 'best_VSTNet147.pth'
+    torch.save(to_release(tmfi.net.state_dict()), path)  # as the release stores it
+    loaded = TMFINetMember(checkpoint=str(path))
+    for k, v in tmfi.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[k], v), k
+    info = loaded.export(str(tmp_path / 'out'), 'tmfinet')
+    exported = torch.load(tmp_path / 'out' / info['checkpoint'])
+    assert set(exported) == set(torch.load(path)) and 'backbone.layers.2.blocks.17.mlp.fc2.weight' in exported
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save({'backbone.conv.weight': torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError, match=r"(?s)other\.pth.*'tmfinet'.*missing keys"):
+        TMFINetMember(checkpoint=str(path))
