@@ -92,16 +92,17 @@ class TMFINetMember(SaliencyMember):
     dict in its own layout, or our export of it); else with ``pretrained``, the backbone's
     Kinetics-400 weights from ``backbone_checkpoint`` (torchvision's ``swin3d_s`` state dict)
     or from torchvision's ``KINETICS400_V1`` tag (its cache, or a download when reachable);
-    ``pretrained=False``: random.
+    ``pretrained=False``: random. ``arch``: :class:`TMFINet` arguments for a reduced member
+    (``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``decoder_channels``).
     """
 
     def __init__(self, name: str = 'tmfinet', checkpoint: Optional[str] = None,
                  backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
-                 drop_path: float = 0.2, trust_checkpoint: bool = False, **kwargs):
+                 arch: Optional[dict] = None, trust_checkpoint: bool = False, **kwargs):
         kwargs = {**dict(clip_len=32, input_size=(224, 384), mean=IMAGENET_MEAN,
                          std=IMAGENET_STD), **kwargs}
         super().__init__(name, **kwargs)
-        self.net = TMFINet(drop_path)
+        self.net = TMFINet(**(arch or {}))
         if checkpoint:
             state = from_release(load_weights_file(checkpoint, trust_checkpoint))
             load_into(self.net, state, checkpoint, owner=self.name)

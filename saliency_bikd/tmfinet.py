@@ -82,18 +82,25 @@ class TMFIDecoder(nn.Module):
 
 
 class TMFINet(nn.Module):
-    """Clip ``[N, 3, 32, 224, 384]`` (ImageNet-normalised) -> map ``[N, 224, 384]`` in [0, 1]."""
+    """Clip ``[N, 3, 32, 224, 384]`` (ImageNet-normalised) -> map ``[N, 224, 384]`` in [0, 1].
 
-    def __init__(self, drop_path: float = 0.2):
+    The defaults are the release's (Video Swin-S: swin3d_s's architecture with drop path 0.2,
+    where torchvision fixes 0.1). Smaller widths and depths give reduced members for CPU runs;
+    the clip must have 32 frames (the decoder halves time five times), and the frame size
+    must be a multiple of 32.
+    """
+
+    def __init__(self, drop_path: float = 0.2, embed_dim: int = 96,
+                 depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=(8, 7, 7),
+                 decoder_channels: int = 192):
         super().__init__()
-        # swin3d_s's architecture with the release's drop path (torchvision fixes 0.1)
-        swin = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=96, depths=[2, 2, 18, 2],
-                                 num_heads=[3, 6, 12, 24], window_size=[8, 7, 7],
+        swin = SwinTransformer3d(patch_size=[2, 4, 4], embed_dim=embed_dim, depths=list(depths),
+                                 num_heads=list(num_heads), window_size=list(window_size),
                                  stochastic_depth_prob=drop_path)
         swin.patch_embed.norm = nn.Identity()  # the release has no patch-embedding norm
         swin.head = nn.Identity()
         self.backbone = swin
-        self.decoder = TMFIDecoder()
+        self.decoder = TMFIDecoder([embed_dim * 2**i for i in range(4)], decoder_channels)
 
     def features(self, x: Tensor) -> List[Tensor]:
         """Stage 1-3 outputs before merging and the normed stage-4 output, ``[N, C, T, H, W]``."""

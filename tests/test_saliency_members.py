@@ -60,3 +60,27 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     torch.save({'backbone.conv.weight': torch.zeros(1)}, path)
     with pytest.raises(RuntimeError, match=r"(?s)other\.pth.*'tmfinet'.*missing keys"):
         TMFINetMember(checkpoint=str(path))
+
+
+def test_train_net_on_dhf1k_layout(tmp_path):
+    import json
+    import os
+
+    from conftest import ROOT, run_tool
+    from tools.make_dhf1k_toy import make_dhf1k_toy
+
+    data = str(tmp_path / 'dhf1k')
+    make_dhf1k_toy(data, n_train=2, n_val=1, n_frames=34, size=(36, 64))
+    work = tmp_path / 'run'
+    proc = run_tool('train_net.py', '--config-file',
+                    os.path.join(ROOT, 'configs/dhf1k_toy/tmfi_pair_bikd.yaml'),
+                    f'train_dataloader.dataset.data_root={data}',
+                    f'val_dataloader.dataset.data_root={data}', 'train_dataloader.num_workers=0',
+                    'val_dataloader.num_workers=0', 'train_cfg.max_epochs=1',
+                    'train_cfg.val_interval=1', f'work_dir={work}')
+    summary = json.loads((work / 'summary.json').read_text())
+    assert summary['primary_metric'] == 'CC' and summary['iterations'] == 2  # 6 clips / 4
+    for m in ('tmfi_small', 'tmfi_wide'):
+        after = summary['members'][m]['after']
+        assert after['frames'] == 34 and -1 <= after['CC'] <= 1 and 0 <= after['AUC_J'] <= 1
+    assert 'loss_distill' in proc.stdout and 'CC before' in proc.stdout

@@ -46,23 +46,30 @@ def format_table(summary: dict, title: str = '') -> str:
     """Plain-text table of a summary: one row per member, then the ensemble."""
     metric = summary['primary_metric']
     has_after = any(m.get('after') is not None for m in summary['members'].values())
+    # metrics in [0, 1] (CC, AUC) need a third decimal; percentages do not
+    values = [abs(m['before'].get(metric, 0.0)) for m in summary['members'].values()]
+    digits = 3 if values and max(values) <= 1.0 else 2
+
+    def fmt(x, sign=False):
+        return _fmt(x, digits, sign)
+
     header = ['model', f'{metric} before']
     if has_after:
         header += [f'{metric} after', 'delta', 'recovered %']
     rows = []
     for name, m in summary['members'].items():
-        row = [name, _fmt(m['before'].get(metric))]
+        row = [name, fmt(m['before'].get(metric))]
         if has_after:
             after = (m.get('after') or {}).get(metric)
-            row += [_fmt(after), _fmt(m.get('delta', {}).get(metric), sign=True),
+            row += [fmt(after), fmt(m.get('delta', {}).get(metric), sign=True),
                     _fmt(m.get('recovered'), 1)]
         rows.append(row)
     ens = summary['ensemble']
     if len(summary['members']) > 1:  # the "ensemble" of one member is that member
-        row = ['ensemble (initial members)', _fmt(ens['before'].get(metric))]
+        row = ['ensemble (initial members)', fmt(ens['before'].get(metric))]
         if has_after:
             after = (ens.get('after') or {}).get(metric)
-            row += [f'({_fmt(after)} trained)', '', '']
+            row += [f'({fmt(after)} trained)', '', '']
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = '  '.join('-' * w for w in widths)
