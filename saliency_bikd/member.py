@@ -15,6 +15,7 @@ from bikd.registry import MEMBERS
 
 from .losses import map_log_probs, saliency_loss
 from .tmfinet import TMFINet, from_release, to_release
+from .vinet import ViNetS
 
 
 class SaliencyMember(Member):
@@ -80,8 +81,36 @@ class SaliencyMember(Member):
     def predict(self, inputs: Tensor, data_samples: Dict[str, Any]) -> Tensor:
         return self.maps(inputs, data_samples['map'].shape[-2:]).float()
 
+    #: what the exported weights are, for the JSON beside them
+    export_format = 'state dict of the network'
+
+    def export_state(self) -> Dict[str, Tensor]:
+        """The network's weights in the layout of its released checkpoint."""
+        return self.net.state_dict()
+
+    def export(self, directory: str, stem: str) -> Dict[str, Any]:
+        """``<stem>.pth`` (:meth:`export_state`, a plain state dict as the releases store
+        theirs) and ``<stem>.json``."""
+        weights = os.path.join(directory, f'{stem}.pth')
+        save_torch({k: v.detach().cpu() for k, v in self.export_state().items()}, weights)
+        info = dict(format=self.export_format, member=self.name,
+                    checkpoint=os.path.basename(weights), clip_len=self.clip_len,
+                    input_size=list(self.input_size))
+        save_json(info, os.path.join(directory, f'{stem}.json'))
+        return info
+
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def kinetics_weights(member: str, weights, alternatives: str) -> Dict[str, Tensor]:
+    """A torchvision Kinetics-400 state dict from its cache, or downloaded when reachable."""
+    try:
+        return weights.get_state_dict(progress=False)
+    except Exception as e:  # noqa: BLE001 - network failures come in many types
+        raise RuntimeError(f'member {member!r}: torchvision\'s {weights} weights are not cached '
+                           f'and cannot be downloaded ({type(e).__name__}: {e}); pass '
+                           f'{alternatives}, or pretrained=False') from e
 
 
 @MEMBERS.register_module()
@@ -94,7 +123,10 @@ class TMFINetMember(SaliencyMember):
     or from torchvision's ``KINETICS400_V1`` tag (its cache, or a download when reachable);
     ``pretrained=False``: random. ``arch``: :class:`TMFINet` arguments for a reduced member
     (``embed_dim``, ``depths``, ``num_heads``, ``window_size``, ``decoder_channels``).
+    Exports in the release's layout (what its test script loads with
+    ``model.load_state_dict(torch.load(path))``).
     """
+    export_format = 'TMFI-Net release (wusonghe/TMFI-Net model.VideoSaliencyModel)'
 
     def __init__(self, name: str = 'tmfinet', checkpoint: Optional[str] = None,
                  backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
@@ -114,28 +146,44 @@ class TMFINetMember(SaliencyMember):
             state = load_weights_file(path, trust)
         else:
             from torchvision.models.video import Swin3D_S_Weights
-            try:
-                state = Swin3D_S_Weights.KINETICS400_V1.get_state_dict(progress=False)
-            except Exception as e:  # noqa: BLE001 - network failures come in many types
-                raise RuntimeError(
-                    f'member {self.name!r}: torchvision\'s Kinetics-400 swin3d_s weights are not '
-                    f'cached and cannot be downloaded ({type(e).__name__}: {e}); pass '
-                    'backbone_checkpoint=PATH, checkpoint=PATH (the release), or '
-                    'pretrained=False') from e
+            state = kinetics_weights(self.name, Swin3D_S_Weights.KINETICS400_V1,
+                                     'backbone_checkpoint=PATH, checkpoint=PATH (the release)')
             path = 'torchvision Swin3D_S_Weights.KINETICS400_V1'
         # the classifier and the patch-embedding norm are not part of TMFI-Net
         state = {k: v for k, v in state.items()
                  if not k.startswith(('head.', 'patch_embed.norm.'))}
         load_into(self.net.backbone, state, path, owner=self.name)
 
-    def export(self, directory: str, stem: str) -> Dict[str, Any]:
-        """``<stem>.pth`` in the release's layout (what its test script loads with
-        ``model.load_state_dict(torch.load(path))``) and ``<stem>.json``."""
-        weights = os.path.join(directory, f'{stem}.pth')
-        save_torch({k: v.detach().cpu() for k, v in to_release(self.net.state_dict()).items()},
-                   weights)
-        info = dict(format='TMFI-Net release (wusonghe/TMFI-Net model.VideoSaliencyModel)',
-                    member=self.name, checkpoint=os.path.basename(weights),
-                    clip_len=self.clip_len, input_size=list(self.input_size))
-        save_json(info, os.path.join(directory, f'{stem}.json'))
-        return info
+    def export_state(self) -> Dict[str, Tensor]:
+        return to_release(self.net.state_dict())
+
+
+@MEMBERS.register_module()
+class ViNetSMember(SaliencyMember):
+    """ViNet-S: 32 frames ending at the target frame, 224x384, ImageNet mean and std.
+
+    Weights: ``checkpoint`` (a state dict in this model's layout, e.g. exported by bikd; the
+    decoder's names are the release's, the release's S3D backbone names are not mapped yet);
+    else with ``pretrained``, torchvision's Kinetics-400 S3D for the backbone (its cache, or a
+    download when reachable); ``pretrained=False``: random. ``upsampling``: ``'bilinear'`` as
+    the release was trained, ``'trilinear'`` as its test scripts rebuild it.
+    """
+    export_format = 'ViNet-S (torchvision s3d backbone + release decoder names)'
+
+    def __init__(self, name: str = 'vinet_s', checkpoint: Optional[str] = None,
+                 pretrained: bool = True, upsampling: str = 'bilinear',
+                 trust_checkpoint: bool = False, **kwargs):
+        kwargs = {**dict(clip_len=32, input_size=(224, 384), mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD), **kwargs}
+        super().__init__(name, **kwargs)
+        self.net = ViNetS(upsampling)
+        if checkpoint:
+            load_into(self.net, load_weights_file(checkpoint, trust_checkpoint), checkpoint,
+                      owner=self.name)
+        elif pretrained:
+            from torchvision.models.video import S3D_Weights
+            state = kinetics_weights(self.name, S3D_Weights.KINETICS400_V1, 'checkpoint=PATH')
+            state = {k[len('features.'):]: v for k, v in state.items()
+                     if k.startswith('features.')}
+            load_into(self.net.backbone, state, 'torchvision S3D_Weights.KINETICS400_V1',
+                      owner=self.name)

@@ -84,3 +84,26 @@ def test_train_net_on_dhf1k_layout(tmp_path):
         after = summary['members'][m]['after']
         assert after['frames'] == 34 and -1 <= after['CC'] <= 1 and 0 <= after['AUC_J'] <= 1
     assert 'loss_distill' in proc.stdout and 'CC before' in proc.stdout
+
+
+def test_vinet_s_full_size_forward_decoder_layout_and_export(tmp_path):
+    from saliency_bikd import ViNetSMember
+    torch.manual_seed(0)
+    member = ViNetSMember(pretrained=False).eval()
+    # the release's DecoderConvUpGrouped parameter names
+    assert {k for k in member.net.state_dict() if k.startswith('decoder.')} == {
+        'decoder.convtsp1.0.weight', 'decoder.convtsp2.0.weight', 'decoder.convtsp3.0.weight',
+        'decoder.convtsp4.0.weight', 'decoder.convtsp4.3.weight', 'decoder.convtsp4.6.weight',
+        'decoder.convtsp4.8.weight', 'decoder.convtsp4.8.bias'}
+    assert member.net.decoder.convtsp1[0].groups == 32
+    clip = torch.randint(0, 256, (1, 32, 3, 224, 384), dtype=torch.uint8)
+    with torch.no_grad():
+        taps = member.net.features(member.view(clip))
+        out = member.net(member.view(clip))
+    assert [tuple(t.shape[1:]) for t in taps] == [(192, 16, 56, 96), (480, 16, 28, 48),
+                                                  (832, 8, 14, 24), (1024, 4, 7, 12)]
+    assert out.shape == (1, 224, 384) and 0 <= out.min() and out.max() <= 1
+    info = member.export(str(tmp_path), 'vinet_s')
+    again = ViNetSMember(checkpoint=str(tmp_path / info['checkpoint'])).eval()
+    with torch.no_grad():
+        assert torch.equal(again.net(member.view(clip)), out)
