@@ -37,8 +37,11 @@ class VideoSaliencyDataset(Dataset):
     or Hollywood-2's (``<root>/{training,testing}/<video>_<shot>/{images,maps,fixation}/``,
     frames in sorted order).
 
-    A sample is the clip of ``clip_len`` consecutive frames ending at a target frame, with that
-    frame's continuous map and binary fixations. In training, targets are the frames with a
+    A sample is the clip of ``clip_len`` consecutive frames ending at a target frame (and
+    ``frames_after`` more after it, for members whose window is centred on the target, as
+    ViNet-A's), with that frame's continuous map and binary fixations; ``target_pos`` is the
+    target's position in the clip. Windows reaching past the video's ends repeat its first or
+    last frame. In training, targets are the frames with a
     full clip behind them; in evaluation every frame is a target, and the first frames repeat
     the video's first frame to fill their clip. Frames are loaded once, resized to
     ``frame_size`` (H, W) and returned as ``uint8 [T, 3, H, W]`` RGB; each member takes its own
@@ -61,7 +64,8 @@ class VideoSaliencyDataset(Dataset):
     def __init__(self, data_root: str, split: str = 'train', layout: str = 'dhf1k',
                  clip_len: int = 32, frame_size: Sequence[int] = (224, 384),
                  target_size: Optional[Sequence[int]] = None, test_mode: Optional[bool] = None,
-                 other_frames: int = 10, seed: int = 0, skip_short: bool = False):
+                 other_frames: int = 10, seed: int = 0, skip_short: bool = False,
+                 frames_after: int = 0):
         if layout not in SPLITS:
             raise ValueError(f'layout must be one of {sorted(SPLITS)}, got {layout!r}')
         folder = next((os.path.join(data_root, f) for f in SPLITS[layout].get(split, ())
@@ -72,6 +76,7 @@ class VideoSaliencyDataset(Dataset):
                                     f'({layout} layout, split {split!r})')
         self.test_mode = split != 'train' if test_mode is None else bool(test_mode)
         self.clip_len = int(clip_len)
+        self.frames_after = int(frames_after)
         self.frame_size = tuple(int(s) for s in frame_size)
         self.target_size = tuple(int(s) for s in (target_size or frame_size))
         self.videos: List[Dict[str, List[str]]] = []
@@ -123,8 +128,9 @@ class VideoSaliencyDataset(Dataset):
         video = self.videos[v]
         h, w = self.frame_size
         frames = []
-        for k in range(t - self.clip_len + 1, t + 1):
-            img = _read(video['images'][max(k, 0)], cv2.IMREAD_COLOR)[:, :, ::-1]
+        last = len(video['images']) - 1
+        for k in range(t - self.clip_len + 1, t + self.frames_after + 1):
+            img = _read(video['images'][min(max(k, 0), last)], cv2.IMREAD_COLOR)[:, :, ::-1]
             frames.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
         clip = torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2)
         sal = _read(video['maps'][t], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
@@ -132,7 +138,7 @@ class VideoSaliencyDataset(Dataset):
         if sal.shape != fix.shape:
             raise ValueError(f'{video["maps"][t]} is {sal.shape}, its fixation map '
                              f'{video["fixation"][t]} is {fix.shape}')
-        samples = dict(index=idx)
+        samples = dict(index=idx, target_pos=self.clip_len - 1)
         if not self.test_mode:
             th, tw = self.target_size
             sal = cv2.resize(sal, (tw, th), interpolation=cv2.INTER_LINEAR)

@@ -16,6 +16,8 @@ from bikd.registry import MEMBERS
 from .losses import map_log_probs, saliency_loss
 from .tmfinet import TMFINet, from_release, to_release
 from .vinet import ViNetS
+from .vinet import from_release as vinet_s_from_release
+from .vinet import to_release as vinet_s_to_release
 
 
 class SaliencyMember(Member):
@@ -25,8 +27,12 @@ class SaliencyMember(Member):
     ``[N, h, w]`` in [0, 1].
 
     Args:
-        clip_len: frames the network takes, the last ``clip_len`` of the shared clip (which
-            ends at the target frame).
+        clip_len: frames the network takes; by default the ``clip_len`` frames ending at the
+            target frame.
+        frame_offsets: the frames it takes instead, as offsets from the target frame (ViNet-A:
+            every second frame of a 64-frame window centred on the target,
+            ``[-31, -29, ..., -1, 1, ..., 31]``); frames outside the shared clip are clamped
+            to its ends.
         input_size: ``(H, W)`` the network takes; frames are resized to it.
         mean, std: per-channel normalisation of [0, 1] RGB frames.
         kl_weight, cc_weight: the task loss ``kl_weight * KL - cc_weight * CC``.
@@ -34,9 +40,15 @@ class SaliencyMember(Member):
 
     def __init__(self, name: str, clip_len: int, input_size: Sequence[int],
                  mean: Sequence[float], std: Sequence[float], kl_weight: float = 1.0,
-                 cc_weight: float = 1.0):
+                 cc_weight: float = 1.0, frame_offsets: Optional[Sequence[int]] = None):
         super().__init__(name)
         self.clip_len = int(clip_len)
+        offsets = list(frame_offsets) if frame_offsets is not None else \
+            list(range(1 - self.clip_len, 1))
+        if len(offsets) != self.clip_len:
+            raise ValueError(f'member {name!r}: {len(offsets)} frame offsets for a clip of '
+                             f'{self.clip_len} frames')
+        self.frame_offsets = offsets
         self.input_size = tuple(int(s) for s in input_size)
         self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1, 1), persistent=False)
@@ -51,12 +63,16 @@ class SaliencyMember(Member):
     def partition_loss_kind(self) -> str:
         return 'saliency_kl_cc'
 
-    def view(self, clips: Tensor) -> Tensor:
-        """Shared ``uint8 [N, T, 3, H, W]`` clips -> this network's input ``[N, 3, t, h, w]``."""
-        if clips.shape[1] < self.clip_len:
-            raise ValueError(f'member {self.name!r} needs {self.clip_len} frames, the clips '
-                             f'have {clips.shape[1]}')
-        x = clips[:, -self.clip_len:].float().div_(255.0)
+    def view(self, clips: Tensor, target_pos: Optional[int] = None) -> Tensor:
+        """Shared ``uint8 [N, T, 3, H, W]`` clips whose frame ``target_pos`` (default: the
+        last) is the target -> this network's input ``[N, 3, t, h, w]``."""
+        last = clips.shape[1] - 1
+        pos = last if target_pos is None else int(target_pos)
+        if pos + min(self.frame_offsets) < 0:
+            raise ValueError(f'member {self.name!r} needs {-min(self.frame_offsets)} frames '
+                             f'before the target, the clips have {pos}')
+        index = [min(max(pos + o, 0), last) for o in self.frame_offsets]
+        x = clips[:, index].float().div_(255.0)
         n, t = x.shape[:2]
         if tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x.flatten(0, 1), size=self.input_size, mode='bilinear',
@@ -64,9 +80,11 @@ class SaliencyMember(Member):
         x = x.permute(0, 2, 1, 3, 4)  # [N, 3, T, H, W]
         return (x - self.mean) / self.std
 
-    def maps(self, clips: Tensor, size: Sequence[int]) -> Tensor:
+    def maps(self, clips: Tensor, size: Sequence[int], target_pos=None) -> Tensor:
         """Predicted maps resized to ``size``: ``[N, *size]``, non-negative."""
-        out = self.net(self.view(clips))
+        if isinstance(target_pos, Tensor):  # one per sample from the loader, all equal
+            target_pos = int(target_pos.flatten()[0])
+        out = self.net(self.view(clips, target_pos))
         if tuple(out.shape[-2:]) != tuple(size):
             out = F.interpolate(out[:, None], size=tuple(size), mode='bilinear',
                                 align_corners=False)[:, 0]
@@ -74,12 +92,13 @@ class SaliencyMember(Member):
 
     def forward_train(self, inputs: Tensor, data_samples: Dict[str, Any]) -> MemberOutput:
         gt = data_samples['map']
-        pred = self.maps(inputs, gt.shape[-2:])
+        pred = self.maps(inputs, gt.shape[-2:], data_samples.get('target_pos'))
         loss = saliency_loss(pred, gt, self.kl_weight, self.cc_weight)
         return MemberOutput(loss=loss, distill=map_log_probs(pred))
 
     def predict(self, inputs: Tensor, data_samples: Dict[str, Any]) -> Tensor:
-        return self.maps(inputs, data_samples['map'].shape[-2:]).float()
+        return self.maps(inputs, data_samples['map'].shape[-2:],
+                         data_samples.get('target_pos')).float()
 
     #: what the exported weights are, for the JSON beside them
     export_format = 'state dict of the network'
@@ -162,13 +181,13 @@ class TMFINetMember(SaliencyMember):
 class ViNetSMember(SaliencyMember):
     """ViNet-S: 32 frames ending at the target frame, 224x384, ImageNet mean and std.
 
-    Weights: ``checkpoint`` (a state dict in this model's layout, e.g. exported by bikd; the
-    decoder's names are the release's, the release's S3D backbone names are not mapped yet);
+    Weights: ``checkpoint`` (the release's file, e.g.
+    ``DHF1K_vinet_s_rootgrouped_32_bs8_kld_cc.pt``, or our export of it, which has the same layout);
     else with ``pretrained``, torchvision's Kinetics-400 S3D for the backbone (its cache, or a
     download when reachable); ``pretrained=False``: random. ``upsampling``: ``'bilinear'`` as
     the release was trained, ``'trilinear'`` as its test scripts rebuild it.
     """
-    export_format = 'ViNet-S (torchvision s3d backbone + release decoder names)'
+    export_format = 'ViNet-S release (ViNet-Saliency/vinet_v2 ViNet_S_model.VideoSaliencyModel)'
 
     def __init__(self, name: str = 'vinet_s', checkpoint: Optional[str] = None,
                  pretrained: bool = True, upsampling: str = 'bilinear',
@@ -178,8 +197,8 @@ class ViNetSMember(SaliencyMember):
         super().__init__(name, **kwargs)
         self.net = ViNetS(upsampling)
         if checkpoint:
-            load_into(self.net, load_weights_file(checkpoint, trust_checkpoint), checkpoint,
-                      owner=self.name)
+            state = vinet_s_from_release(load_weights_file(checkpoint, trust_checkpoint))
+            load_into(self.net, state, checkpoint, owner=self.name)
         elif pretrained:
             from torchvision.models.video import S3D_Weights
             state = kinetics_weights(self.name, S3D_Weights.KINETICS400_V1, 'checkpoint=PATH')
@@ -187,3 +206,6 @@ class ViNetSMember(SaliencyMember):
                      if k.startswith('features.')}
             load_into(self.net.backbone, state, 'torchvision S3D_Weights.KINETICS400_V1',
                       owner=self.name)
+
+    def export_state(self) -> Dict[str, Tensor]:
+        return vinet_s_to_release(self.net.state_dict())

@@ -3,11 +3,15 @@
 Backbone: torchvision ``s3d`` (Kinetics-400), tapped where the release's ``BackBoneS3D``
 is: ``features[:4]`` (192 channels), ``[4:7]`` (480), ``[7:13]`` (832), ``[13:16]`` (1024).
 Decoder: the release's ``DecoderConvUpGrouped`` (root grouping), with its module names;
-skips are concatenated along time. The release trains with bilinear upsampling
+skips are concatenated along time. :func:`to_release` / :func:`from_release` map the backbone's
+parameters to the release's ``BackBoneS3D`` names (``base1``..``base4``, ``SepConv3d``'s
+``conv_s/bn_s/conv_t/bn_t``, ``BasicConv3d``'s ``conv/bn``). The release trains with bilinear upsampling
 (``align_corners=True``) while its test scripts rebuild the model with trilinear upsampling;
 ``upsampling`` chooses (default: as trained).
 """
-from typing import List
+import re
+from functools import lru_cache
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -84,3 +88,47 @@ class ViNetS(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y3, y2, y1, y0 = self.features(x)
         return self.decoder(y0, y1, y2, y3)
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def key_names() -> Tuple[str, ...]:
+        """The state-dict keys of the architecture (built once, on the meta device)."""
+        with torch.device('meta'):
+            return tuple(ViNetS().state_dict())
+
+
+# torchvision's s3d.features index -> the release's BackBoneS3D module (pools have no weights)
+_RELEASE_MODULES = {0: 'base1.0', 2: 'base1.2', 3: 'base1.3', 5: 'base2.0', 6: 'base2.1',
+                    8: 'base3.0', 9: 'base3.1', 10: 'base3.2', 11: 'base3.3', 12: 'base3.4',
+                    14: 'base4.0', 15: 'base4.1'}
+# inside a module: torchvision's Sequential indices -> the release's SepConv3d / BasicConv3d
+_SEP = [('0.0.', 'conv_s.'), ('0.1.', 'bn_s.'), ('1.0.', 'conv_t.'), ('1.1.', 'bn_t.')]
+_BASIC = [('0.', 'conv.'), ('1.', 'bn.')]
+_MIXED = ([('branch0.' + a, 'branch0.0.' + b) for a, b in _BASIC]
+          + [(f'branch{k}.0.' + a, f'branch{k}.0.' + b) for k in (1, 2) for a, b in _BASIC]
+          + [(f'branch{k}.1.' + a, f'branch{k}.1.' + b) for k in (1, 2) for a, b in _SEP]
+          + [('branch3.1.' + a, 'branch3.1.' + b) for a, b in _BASIC])
+
+
+def _to_release_key(key: str) -> str:
+    m = re.match(r'^backbone\.(\d+)\.(.*)$', key)
+    if m is None:
+        return key  # decoder.*: the release's names already
+    idx, rest = int(m.group(1)), m.group(2)
+    rules = _SEP if idx in (0, 3) else _BASIC if idx == 2 else _MIXED
+    for ours, theirs in rules:
+        if rest.startswith(ours):
+            return f'backbone.{_RELEASE_MODULES[idx]}.{theirs}{rest[len(ours):]}'
+    raise KeyError(f'no release name for {key}')
+
+
+def to_release(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Our state dict -> the release's names (``backbone.base2.0.branch1.1.conv_s.weight``)."""
+    return {_to_release_key(k): v for k, v in state.items()}
+
+
+def from_release(state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The release's state dict -> ours; names we do not know stay, so a strict load reports
+    them."""
+    inverse = {_to_release_key(k): k for k in ViNetS.key_names()}
+    return {inverse.get(k, k): v for k, v in state.items()}

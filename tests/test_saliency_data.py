@@ -81,3 +81,20 @@ def test_hollywood2_layout(dhf1k, tmp_path):
         os.rename(root / 'testing' / name, root / 'testing' / f'actioncliptest00{i}_1')
     ds = VideoSaliencyDataset(str(root), 'test', layout='hollywood2', clip_len=4)
     assert len(ds) == 20 and ds.videos[0]['name'].endswith('actioncliptest000_1')
+
+
+def test_centred_windows_take_frames_after_the_target(dhf1k):
+    from saliency_bikd.member import SaliencyMember
+
+    ds = VideoSaliencyDataset(dhf1k, 'val', clip_len=4, frames_after=3, frame_size=(36, 64))
+    sample = ds[9]  # the last frame of the first video: frames after it repeat it
+    clip, pos = sample['inputs'], sample['data_samples']['target_pos']
+    assert clip.shape[0] == 7 and pos == 3
+    assert all(torch.equal(clip[k], clip[pos]) for k in range(pos, 7))
+    # a member taking every second frame of a window centred on the target, as ViNet-A does
+    member = SaliencyMember('centred', clip_len=4, input_size=(36, 64), mean=(0, 0, 0),
+                            std=(1, 1, 1), frame_offsets=[-3, -1, 1, 3])
+    mid = ds[5]
+    view = member.view(mid['inputs'][None], mid['data_samples']['target_pos'])  # [1, 3, 4, H, W]
+    for j, offset in enumerate([-3, -1, 1, 3]):
+        assert torch.allclose(view[0, :, j], mid['inputs'][3 + offset].float() / 255)

@@ -107,3 +107,25 @@ def test_vinet_s_full_size_forward_decoder_layout_and_export(tmp_path):
     again = ViNetSMember(checkpoint=str(tmp_path / info['checkpoint'])).eval()
     with torch.no_grad():
         assert torch.equal(again.net(member.view(clip)), out)
+
+
+def test_vinet_s_release_name_map_is_complete_and_lossless(tmp_path):
+    from saliency_bikd import ViNetSMember
+    from saliency_bikd.vinet import from_release as vs_from, to_release as vs_to
+
+    member = ViNetSMember(pretrained=False)
+    ours = member.net.state_dict()
+    release = vs_to(ours)
+    assert len(release) == len(ours) == 462 + 8
+    assert 'backbone.base2.0.branch1.1.conv_s.weight' in release
+    assert tuple(release['backbone.base2.0.branch3.1.conv.weight'].shape) == (32, 192, 1, 1, 1)
+    assert tuple(release['backbone.base1.0.conv_t.weight'].shape) == (64, 64, 7, 1, 1)
+    assert not [k for k in release if re.search(r'\.\d+\.\d+\.\d+\.', k) or '.branch0.1.' in k]
+    back = vs_from(release)
+    assert set(back) == set(ours) and all(torch.equal(back[k], ours[k]) for k in ours)
+    # the release's file loads, and the export writes that layout again
+    torch.save(release, tmp_path / 'DHF1K_vinet_s.pt')
+    again = ViNetSMember(checkpoint=str(tmp_path / 'DHF1K_vinet_s.pt'))
+    assert all(torch.equal(again.net.state_dict()[k], v) for k, v in ours.items())
+    info = again.export(str(tmp_path / 'out'), 'vinet_s')
+    assert set(torch.load(tmp_path / 'out' / info['checkpoint'])) == set(release)
