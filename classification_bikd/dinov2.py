@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from bikd.checkpoint import load_into, load_weights_file
+from bikd.checkpoint import download_weights, load_into, load_weights_file
 from bikd.fileio import save_json, save_torch
 from bikd.registry import MEMBERS
 
@@ -61,12 +61,8 @@ class DinoV2LinearMember(TimmMember):
 
     def _download_head(self) -> None:
         url = self.head_url()
-        try:
-            state = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=True)
-        except Exception as e:  # noqa: BLE001 - network failures come in many types
-            raise RuntimeError(f'member {self.name!r}: could not download the linear head {url} '
-                               f'({type(e).__name__}: {e}); without access, pass '
-                               'head_file=PATH (a local copy), or pretrained=False') from e
+        state = download_weights(url, self.name, 'head_file=PATH (a local copy of the linear '
+                                 'head), or pretrained=False')
         load_into(self.head, state, url, owner=self.name)
 
     @property

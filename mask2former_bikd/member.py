@@ -10,7 +10,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from torch import Tensor
 
-from bikd.checkpoint import load_into, load_weights_file
+from bikd.checkpoint import download_weights, load_into, load_weights_file
 from bikd.fileio import save_json, save_torch
 from bikd.member import Member, MemberOutput
 from bikd.registry import MEMBERS
@@ -149,14 +149,8 @@ class MMSegMember(Member):
         if checkpoint == 'zoo':
             checkpoint = zoo_checkpoint_url(config)
         if checkpoint.startswith(('http://', 'https://')):
-            try:
-                state = torch.hub.load_state_dict_from_url(checkpoint, map_location='cpu',
-                                                           weights_only=not trust)
-            except Exception as e:  # noqa: BLE001
-                raise RuntimeError(f'member {self.name!r}: could not download {checkpoint} '
-                                   f'({type(e).__name__}: {e}); download it elsewhere and pass '
-                                   'the local path as checkpoint') from e
-            state = state.get('state_dict', state)
+            state = download_weights(checkpoint, self.name, 'checkpoint=PATH (a local copy)',
+                                     trust)
         else:
             state = load_weights_file(checkpoint, trust)
         load_into(self.segmentor, state, checkpoint, owner=self.name)

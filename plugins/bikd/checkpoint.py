@@ -27,12 +27,30 @@ def load_weights_file(path: str, trust: bool = False) -> Dict[str, Tensor]:
                 'containers, and unpickling them could run arbitrary code. If you trust the file, '
                 'pass trust_checkpoint=True.') from e
         raise RuntimeError(f'cannot read checkpoint {path}: {e}') from e
+    return _flat_state_dict(obj, path)
+
+
+def download_weights(url: str, owner: str, alternatives: str,
+                     trust: bool = False) -> Dict[str, Tensor]:
+    """The flat state dict at ``url`` (torch.hub's cache, or a download when reachable), loaded
+    as :func:`load_weights_file` loads files; if it cannot be had, an error naming the member
+    ``owner`` and what to pass instead (``alternatives``)."""
+    try:
+        obj = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=not trust)
+    except Exception as e:  # noqa: BLE001 - network failures come in many types
+        raise RuntimeError(f'member {owner!r}: could not download {url} ({type(e).__name__}: '
+                           f'{e}); without access, pass {alternatives}') from e
+    return _flat_state_dict(obj, url)
+
+
+def _flat_state_dict(obj, source: str) -> Dict[str, Tensor]:
+    """Unnest the weights (``NESTED_KEYS``), check they are tensors, drop DDP's ``module.``."""
     for key in NESTED_KEYS:
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise RuntimeError(f'{path} holds no state dict (a mapping of parameter names to '
+        raise RuntimeError(f'{source} holds no state dict (a mapping of parameter names to '
                            'tensors)')
     return {_strip_prefix(k, ('module.', )): v for k, v in obj.items()}
 

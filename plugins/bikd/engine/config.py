@@ -2,8 +2,8 @@
 
 YAML files are parsed with a safe loader (no Python objects can be constructed from a
 config); the one addition is the tag ``!tuple`` (``scale: !tuple [2048, 512]``) for arguments
-that must be tuples, which YAML itself cannot express. ``_base_`` entries are YAML files relative to the including file, or mmengine config
-references such as ``mmseg::mask2former/...py`` (configs shipped inside an installed package),
+that must be tuples, which YAML itself cannot express. ``_base_`` entries are YAML files
+relative to the including file, or mmengine config references such as ``mmseg::mask2former/...py`` (configs shipped inside an installed package),
 which mmengine reads. Code is imported from a config only through its explicit
 ``custom_imports`` list.
 """
