@@ -1,6 +1,7 @@
 """DHF1K and Hollywood-2 in their released layouts: clips of consecutive frames, the last
 frame's saliency map and fixations as the target."""
 import os
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
@@ -42,7 +43,8 @@ class VideoSaliencyDataset(Dataset):
     ViNet-A's), with that frame's continuous map and binary fixations; ``target_pos`` is the
     target's position in the clip. Windows reaching past the video's ends repeat its first or
     last frame. In training, targets are the frames with a
-    full clip behind them; in evaluation every frame is a target, and the first frames repeat
+    full clip behind them (a target whose map is all zero is replaced by the nearest one of the
+    same video that is not, with a warning naming the file); in evaluation every frame is a target, and the first frames repeat
     the video's first frame to fill their clip. Frames are loaded once, resized to
     ``frame_size`` (H, W) and returned as ``uint8 [T, 3, H, W]`` RGB; each member takes its own
     view (length, size, normalisation) from them.
@@ -107,6 +109,7 @@ class VideoSaliencyDataset(Dataset):
                                              for t in range(first, len(video['images']))]
         self.other_frames = int(other_frames)
         self.seed = int(seed)
+        self.substituted: set = set()  # all-zero training maps replaced (per process)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -123,8 +126,29 @@ class VideoSaliencyDataset(Dataset):
             union |= (fix > 0).astype(np.uint8)
         return union
 
+    def _trainable_target(self, v: int, t: int) -> int:
+        """``t``, or in training, when its map is all zero (KL and CC are undefined, so no
+        loss can be taken on it), the nearest target frame of the same video whose map is not;
+        each substitution is warned about once per file and counted in ``substituted``."""
+        video = self.videos[v]
+        if self.test_mode:
+            return t
+        first, last = self.clip_len - 1, len(video['images']) - 1
+        for cand in sorted(range(first, last + 1), key=lambda k: (abs(k - t), k)):
+            if _read(video['maps'][cand], cv2.IMREAD_GRAYSCALE).any():
+                if cand != t:
+                    if video['maps'][t] not in self.substituted:
+                        warnings.warn(f'{video["maps"][t]} is all zero (no loss is defined on '
+                                      f'it); training on frame {cand + 1} of {video["name"]} '
+                                      'in its place')
+                    self.substituted.add(video['maps'][t])
+                return cand
+        raise ValueError(f'every saliency map of {video["name"]} is all zero; remove the video '
+                         'from the training set')
+
     def __getitem__(self, idx: int) -> dict:
         v, t = self.index[idx]
+        t = self._trainable_target(v, t)
         video = self.videos[v]
         h, w = self.frame_size
         frames = []

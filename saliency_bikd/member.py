@@ -18,6 +18,7 @@ from .tmfinet import TMFINet, from_release, to_release
 from .vinet import ViNetS
 from .vinet import from_release as vinet_s_from_release
 from .vinet import to_release as vinet_s_to_release
+from .vinet_a import ViNetA
 
 
 class SaliencyMember(Member):
@@ -209,3 +210,66 @@ class ViNetSMember(SaliencyMember):
 
     def export_state(self) -> Dict[str, Tensor]:
         return vinet_s_to_release(self.net.state_dict())
+
+
+#: ViNet-A's input: every second frame of a 64-frame window centred on the target frame
+VINET_A_OFFSETS = tuple(range(-31, 32, 2))
+
+
+def _match_suffixes(state: Dict[str, Tensor], names) -> Dict[str, Tensor]:
+    """Keys of ``state`` with leading dotted components dropped until they name a parameter
+    in ``names`` (ACAR-Net's ``module.backbone.module.slow_conv1.weight`` ->
+    ``slow_conv1.weight``); keys that never do are kept, so a strict load lists them."""
+    names, out = set(names), {}
+    for key, value in state.items():
+        parts = key.split('.')
+        match = next(('.'.join(parts[i:]) for i in range(len(parts))
+                      if '.'.join(parts[i:]) in names), key)
+        out[match] = value
+    return out
+
+
+@MEMBERS.register_module()
+class ViNetAMember(SaliencyMember):
+    """ViNet-A: every second frame of the 64 around the target frame (32 frames), 256x456,
+    mean 0.45 and std 0.225; the dataset must deliver 31 frames after the target
+    (``frames_after: 31``).
+
+    Weights: ``checkpoint`` (the release's file, e.g. ``ViNet_A_DHF1K_...pt``, a plain
+    state dict of ``ViNet_A``, or our export of it, which has the same names); else with
+    ``pretrained``, the SlowFast-R50 backbone from ``backbone_checkpoint``: ACAR-Net's AVA
+    model ``AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar`` (what the release starts from) or the
+    Kinetics-400 ``SLOWFAST_R50_K400.pth.tar``; wrapper prefixes are dropped and the
+    detection or classification head is left out. These files are not on a hub torchvision
+    or timm can reach, so ``pretrained=True`` needs the path. ``pretrained=False``: random.
+    ``arch``: :class:`ViNetA` arguments (``width``, ``layers``, ``decoder_groups``) for a
+    reduced member.
+    """
+    export_format = 'ViNet-A release (ViNet-Saliency/vinet_v2 ViNet_A_model.ViNet_A)'
+
+    def __init__(self, name: str = 'vinet_a', checkpoint: Optional[str] = None,
+                 backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
+                 arch: Optional[dict] = None, trust_checkpoint: bool = False, **kwargs):
+        kwargs = {**dict(clip_len=32, input_size=(256, 456), mean=(0.45, ) * 3,
+                         std=(0.225, ) * 3, frame_offsets=VINET_A_OFFSETS), **kwargs}
+        super().__init__(name, **kwargs)
+        self.net = ViNetA(self.input_size, **(arch or {}))
+        if checkpoint:
+            load_into(self.net, load_weights_file(checkpoint, trust_checkpoint), checkpoint,
+                      owner=self.name)
+        elif pretrained:
+            if not backbone_checkpoint:
+                raise ValueError(
+                    f'member {self.name!r}: ViNet-A\'s SlowFast backbone weights are not on a '
+                    'hub this code can reach; pass backbone_checkpoint=PATH (ACAR-Net\'s '
+                    'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar or SLOWFAST_R50_K400.pth.tar), '
+                    'checkpoint=PATH (the release), or pretrained=False')
+            own = self.net.backbone.state_dict()
+            state = _match_suffixes(load_weights_file(backbone_checkpoint, trust_checkpoint),
+                                    own)
+            # heads and other parts of the action models are not ViNet-A's
+            state = {k: v for k, v in state.items() if k in own}
+            if not state:
+                raise RuntimeError(f'member {self.name!r}: {backbone_checkpoint} has no '
+                                   'SlowFast-R50 parameters (slow_conv1.weight, ...)')
+            load_into(self.net.backbone, state, backbone_checkpoint, owner=self.name)

@@ -98,3 +98,30 @@ def test_centred_windows_take_frames_after_the_target(dhf1k):
     view = member.view(mid['inputs'][None], mid['data_samples']['target_pos'])  # [1, 3, 4, H, W]
     for j, offset in enumerate([-3, -1, 1, 3]):
         assert torch.allclose(view[0, :, j], mid['inputs'][3 + offset].float() / 255)
+
+
+def test_all_zero_training_map_is_replaced_and_named(dhf1k, tmp_path):
+    """No loss is defined on an all-zero map (KL and CC divide by its sum): in training the
+    nearest frame of the same video stands in for it, with a warning that names the file; a
+    video without any usable map is refused by name. Evaluation keeps every frame (the
+    evaluator drops and counts the NaN frames)."""
+    import cv2
+    root = tmp_path / 'zeros'
+    shutil.copytree(dhf1k, root)
+    maps = root / 'train' / '0001' / 'maps'
+    blank = np.zeros((36, 64), np.uint8)
+    cv2.imwrite(str(maps / '0005.png'), blank)
+    ds = VideoSaliencyDataset(str(root), 'train', clip_len=4, frame_size=(36, 64))
+    i = ds.index.index((0, 4))
+    with pytest.warns(UserWarning, match=r'0001/maps/0005\.png is all zero.*frame 4 of'):
+        sample = ds[i]
+    expected = cv2.imread(str(maps / '0004.png'), cv2.IMREAD_GRAYSCALE) / 255.0
+    assert np.allclose(sample['data_samples']['map'].numpy(), expected, atol=1e-6)
+    assert ds.substituted == {str(maps / '0005.png')}
+    assert ds[i - 1]['data_samples']['map'].numpy().any()  # its neighbours are untouched
+    for f in os.listdir(maps):
+        cv2.imwrite(str(maps / f), blank)
+    with pytest.raises(ValueError, match=r'every saliency map of .*0001 is all zero'):
+        ds[0]
+    val = VideoSaliencyDataset(str(root), 'val', clip_len=4)
+    assert len(val) == 20

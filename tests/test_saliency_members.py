@@ -63,6 +63,8 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
 
 
 def test_train_net_on_dhf1k_layout(tmp_path):
+    """The toy pair (reduced TMFI-Net and ViNet-A, random weights) through train_net.py on
+    videos in DHF1K's layout; then the trained members exported in the releases' layouts."""
     import json
     import os
 
@@ -72,18 +74,26 @@ def test_train_net_on_dhf1k_layout(tmp_path):
     data = str(tmp_path / 'dhf1k')
     make_dhf1k_toy(data, n_train=2, n_val=1, n_frames=34, size=(36, 64))
     work = tmp_path / 'run'
-    proc = run_tool('train_net.py', '--config-file',
-                    os.path.join(ROOT, 'configs/dhf1k_toy/tmfi_pair_bikd.yaml'),
-                    f'train_dataloader.dataset.data_root={data}',
-                    f'val_dataloader.dataset.data_root={data}', 'train_dataloader.num_workers=0',
-                    'val_dataloader.num_workers=0', 'train_cfg.max_epochs=1',
-                    'train_cfg.val_interval=1', f'work_dir={work}')
+    config = os.path.join(ROOT, 'configs/dhf1k_toy/tmfi_vinetA_bikd.yaml')
+    opts = ['model.random_init=true', f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}', 'train_dataloader.num_workers=0',
+            'val_dataloader.num_workers=0', 'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+            f'work_dir={work}']
+    proc = run_tool('train_net.py', '--config-file', config, *opts)
     summary = json.loads((work / 'summary.json').read_text())
-    assert summary['primary_metric'] == 'CC' and summary['iterations'] == 2  # 6 clips / 4
-    for m in ('tmfi_small', 'tmfi_wide'):
+    assert summary['primary_metric'] == 'CC' and summary['iterations'] == 2
+    for m in ('tmfinet', 'vinet_a'):
         after = summary['members'][m]['after']
         assert after['frames'] == 34 and -1 <= after['CC'] <= 1 and 0 <= after['AUC_J'] <= 1
+    assert abs(sum(summary['teacher_share'].values()) - 1) < 1e-6
     assert 'loss_distill' in proc.stdout and 'CC before' in proc.stdout
+    run_tool('export_members.py', '--config-file', config, '--output-dir', str(tmp_path / 'out'),
+             *opts)
+    tmfi = torch.load(tmp_path / 'out' / 'tmfinet.pth')
+    vinet_a = torch.load(tmp_path / 'out' / 'vinet_a.pth')
+    assert 'decoder.convtsp1.0.weight' in tmfi and 'backbone.layers.0.blocks.0.attn.qkv.weight' in tmfi
+    assert 'backbone.slow_res1.0.conv1.weight' in vinet_a and 'neck.conv_skip1.0.weight' in vinet_a
+    assert json.loads((tmp_path / 'out' / 'vinet_a.json').read_text())['format'].startswith('ViNet-A')
 
 
 def test_vinet_s_full_size_forward_decoder_layout_and_export(tmp_path):
@@ -129,3 +139,67 @@ def test_vinet_s_release_name_map_is_complete_and_lossless(tmp_path):
     assert all(torch.equal(again.net.state_dict()[k], v) for k, v in ours.items())
     info = again.export(str(tmp_path / 'out'), 'vinet_s')
     assert set(torch.load(tmp_path / 'out' / info['checkpoint'])) == set(release)
+
+
+def test_vinet_a_full_size_release_layout_forward_and_export(tmp_path):
+    from saliency_bikd import ViNetAMember
+    torch.manual_seed(0)
+    member = ViNetAMember(pretrained=False).eval()
+    state = member.net.state_dict()
+    # the release's ViNet_A tree (SlowFast-R50 alpha 4 beta 1/8, neck, grouped decoder):
+    # same names and shapes, so its checkpoint loads without a key map
+    assert len(state) == 655
+    assert sum(p.numel() for p in member.net.parameters()) == 38_693_241
+    shapes = {'backbone.fast_conv1.weight': (8, 3, 5, 7, 7),
+              'backbone.slow_conv1.weight': (64, 3, 1, 7, 7),
+              'backbone.Tconv4.weight': (256, 128, 5, 1, 1),
+              'backbone.slow_res1.0.downsample.0.weight': (256, 80, 1, 1, 1),
+              'backbone.slow_res3.0.conv1.weight': (256, 640, 3, 1, 1),
+              'backbone.slow_res4.2.conv2.weight': (512, 512, 1, 3, 3),
+              'backbone.fast_res4.0.downsample_bn.running_var': (256, ),
+              'neck.conv_slow.0.weight': (1024, 2048, 1, 1, 1),
+              'neck.conv_skip4.0.weight': (640, 1280, 1, 1, 1),
+              'decoder.convtsp1.0.weight': (640, 1536 // 32, 3, 3, 3),
+              'decoder.convtsp5.0.weight': (64, 80 // 4, 2, 3, 3),
+              'decoder.convtsp6.3.weight': (16, 32, 2, 3, 3),
+              'decoder.convtsp6.7.bias': (1, )}
+    assert {k: tuple(state[k].shape) for k in shapes} == shapes
+    assert member.net.backbone.slow_res4[0].conv2.dilation == (1, 2, 2)
+    # a shared 63-frame clip (31 after the target); frame k holds value k
+    clip = torch.arange(63, dtype=torch.uint8).view(1, 63, 1, 1, 1).expand(1, 63, 3, 128, 228)
+    x = member.view(clip.contiguous(), target_pos=31)
+    assert x.shape == (1, 3, 32, 256, 456)
+    frames = (x[0, 0, :, 0, 0] * 0.225 + 0.45) * 255
+    assert torch.allclose(frames, torch.arange(0, 63, 2, dtype=torch.float), atol=1e-3)
+    with torch.no_grad():
+        out = member.net(x)
+    assert out.shape == (1, 256, 456) and 0 <= out.min() and out.max() <= 1
+    info = member.export(str(tmp_path), 'vinet_a')
+    assert set(torch.load(tmp_path / info['checkpoint'])) == set(state)
+    again = ViNetAMember(checkpoint=str(tmp_path / info['checkpoint'])).eval()
+    with torch.no_grad():
+        assert torch.equal(again.net(x), out)
+
+
+def test_vinet_a_backbone_from_action_model_checkpoints(tmp_path):
+    from saliency_bikd import ViNetAMember
+    arch = dict(width=16, layers=(1, 1, 1, 1), decoder_groups=4)
+    source = ViNetAMember(pretrained=False, input_size=(64, 112), arch=arch)
+    backbone = source.net.backbone.state_dict()
+    # ACAR-Net's AVA model nests the backbone and adds a detection head
+    acar = {f'module.backbone.module.{k}': v for k, v in backbone.items()}
+    acar['module.head.fc1.weight'] = torch.zeros(3, 3)
+    torch.save({'state_dict': acar}, tmp_path / 'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar')
+    member = ViNetAMember(backbone_checkpoint=str(tmp_path / 'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar'),
+                          input_size=(64, 112), arch=arch)
+    assert all(torch.equal(member.net.backbone.state_dict()[k], v) for k, v in backbone.items())
+    # a file missing part of the backbone is refused with the keys listed
+    partial = {k: v for k, v in backbone.items() if not k.startswith('fast_res4.')}
+    torch.save(partial, tmp_path / 'partial.pth')
+    with pytest.raises(RuntimeError, match=r"(?s)partial\.pth.*'vinet_a'.*fast_res4\.0"):
+        ViNetAMember(backbone_checkpoint=str(tmp_path / 'partial.pth'), input_size=(64, 112),
+                     arch=arch)
+    with pytest.raises(ValueError, match='backbone_checkpoint=PATH'):
+        ViNetAMember(input_size=(64, 112), arch=arch)
+    with pytest.raises(ValueError, match='multiples of 16'):
+        ViNetAMember(pretrained=False, input_size=(250, 112), arch=arch)

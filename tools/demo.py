@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """The embedded defaults: Bi-KD and its Independent control on data the project makes.
 
-    python tools/demo.py [--task digits|ade20k_toy] [--force-pretrain]
+    python tools/demo.py [--task digits|ade20k_toy|dhf1k_toy] [--force-pretrain]
 
 - ``digits`` (the README's main job): scikit-learn's handwritten digits as PNG files in the
   ImageFolder layout; a ResNet-10-T and a ConvNeXt-Atto (timm).
 - ``ade20k_toy``: synthetic street scenes in ADE20K's layout; a small Mask2Former and a small
   UPerNet (mmseg).
+- ``dhf1k_toy``: synthetic videos of moving discs with fixations, in DHF1K's layout; a reduced
+  TMFI-Net and a reduced ViNet-A (exported in their releases' checkpoint layouts).
 
 For each: 1. write the data (once); 2. "pretrain" the two members from scratch on different
 recipes (configs/<task>/pretrain_<member>.yaml) and export them in their native format
@@ -41,11 +43,20 @@ def _ade_data(root):
             os.path.join(root, 'ADEChallengeData2016'))
 
 
+def _dhf1k_data(root):
+    from tools.make_dhf1k_toy import make_dhf1k_toy
+    info = make_dhf1k_toy(os.path.join(ROOT, root))
+    return (f'{info["train"]} training / {info["val"]} validation videos of {info["frames"]} '
+            'frames', root)
+
+
 TASKS = {
     'digits': dict(members=('resnet', 'convnext'), data='datasets/digits', make=_digits_data,
                    runs='configs/digits/resnet_convnext_{method}.yaml'),
     'ade20k_toy': dict(members=('mask2former', 'upernet'), data='datasets/ade20k_toy',
                        make=_ade_data, runs='configs/ade20k_toy/m2f_upernet_{method}.yaml'),
+    'dhf1k_toy': dict(members=('tmfinet', 'vinet_a'), data='datasets/dhf1k_toy',
+                      make=_dhf1k_data, runs='configs/dhf1k_toy/tmfi_vinetA_{method}.yaml'),
 }
 
 
@@ -121,10 +132,14 @@ def main(argv=None):
         print()
     metric = summaries['bikd']['primary_metric']
     print(f'Bi-KD vs Independent, change of {metric}:')
+    # metrics in [0, 1] (CC, AUC) get three decimals, percentages two, as the tables
+    digits = 3 if all(abs(summaries['bikd']['members'][m]['before'][metric]) <= 1
+                      for m in members) else 2
     for m in members:
         b = summaries['bikd']['members'][m]['delta'][metric]
         i = summaries['independent']['members'][m]['delta'][metric]
-        print(f'  {m:<12} Bi-KD {b:+.2f}   Independent {i:+.2f}   difference {b - i:+.2f}')
+        print(f'  {m:<12} Bi-KD {b:+.{digits}f}   Independent {i:+.{digits}f}   '
+              f'difference {b - i:+.{digits}f}')
     png = os.path.join(ROOT, out, 'deltas.png')
     plot_deltas(summaries, members, args.task, png)
     print(f'plot: {os.path.relpath(png, ROOT)}')

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write a small synthetic video-saliency set in DHF1K's layout, for CPU runs and tests.
 
-    python tools/make_dhf1k_toy.py --out datasets/dhf1k_toy [--train 6] [--val 2] [--frames 40]
+    python tools/make_dhf1k_toy.py --out datasets/dhf1k_toy [--train 24] [--val 4] [--frames 48]
 
 ``<out>/{train,val}/<video>/{images,maps,fixation}/%04d.png`` (1-indexed, as DHF1K; train
 videos 0001.., val videos numbered after them). Each video has a textured background and one
@@ -51,17 +51,18 @@ def make_video(rng, folder, n_frames, h, w):
         cv2.imwrite(os.path.join(folder, 'fixation', f'{t:04d}.png'), fix)
 
 
-def make_dhf1k_toy(out, n_train=6, n_val=2, n_frames=40, size=(72, 128), seed=0, force=False):
+def make_dhf1k_toy(out, n_train=24, n_val=4, n_frames=48, size=(72, 128), seed=0, force=False):
+    """Write the set once; an existing one written with other settings is replaced."""
     cached = read_marker(out, 'toy.json')
-    if cached and not force:
+    wanted = dict(seed=seed, train=n_train, val=n_val, frames=n_frames, size=list(size))
+    if cached and not force and all(cached.get(k) == v for k, v in wanted.items()):
         return cached
     tmp = staging_dir(out)
     rng = np.random.default_rng(seed)
     for i in range(1, n_train + n_val + 1):
         split = 'train' if i <= n_train else 'val'
         make_video(rng, os.path.join(tmp, split, f'{i:04d}'), n_frames, *size)
-    info = dict(source='tools/make_dhf1k_toy.py', seed=seed, train=n_train, val=n_val,
-                frames=n_frames, size=list(size))
+    info = dict(source='tools/make_dhf1k_toy.py', **wanted)
     publish_dir(tmp, out, info, 'toy.json')
     return info
 
@@ -70,9 +71,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out', default='datasets/dhf1k_toy')
-    parser.add_argument('--train', type=int, default=6)
-    parser.add_argument('--val', type=int, default=2)
-    parser.add_argument('--frames', type=int, default=40)
+    parser.add_argument('--train', type=int, default=24)
+    parser.add_argument("--val", type=int, default=4)
+    parser.add_argument('--frames', type=int, default=48)
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--force', action='store_true')
     args = parser.parse_args(argv)

@@ -82,6 +82,9 @@ def format_table(summary: dict, title: str = '') -> str:
                               for i, (c, w) in enumerate(zip(r, widths))))
     share = summary.get('teacher_share')
     if share:
-        text.append('share of samples taught: ' +
+        # the control computes the partition too, but nobody is taught by it
+        label = ('share of samples the partition picked (the control does not use it)'
+                 if summary.get('method') == 'IndependentMetaArch' else 'share of samples taught')
+        text.append(f'{label}: ' +
                     ', '.join(f'{k} {100 * v:.1f}%' for k, v in share.items()))
     return '\n'.join(text)
