@@ -1,0 +1,188 @@
+"""The baselines Bi-KD is compared with, on the same members, data and machinery:
+KL+DP (Roth et al., ICLR 2024), Hinton's KD from a frozen teacher, and deep mutual learning.
+
+Each builds on :class:`~bikd.meta_arch.BiKDMetaArch`'s pieces: the members' outputs, the
+per-sample partition (:func:`~bikd.partition.select_teachers`) and the masked KL
+(:func:`~bikd.losses.distillation_loss`), so every task that supports Bi-KD supports them.
+Frozen members stay in eval mode, take no gradient and are never updated.
+"""
+import copy
+from typing import Any, Dict, List, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .losses import at_least_fp32, distillation_loss
+from .member import Member, MemberOutput
+from .meta_arch import PARTITIONS, MultiMemberMetaArch
+from .partition import select_teachers
+from .registry import META_ARCH
+
+
+class _FrozenMembersMixin:
+    """Keeps the modules listed by ``frozen_modules()`` in eval mode without gradients."""
+
+    def frozen_modules(self) -> List[torch.nn.Module]:
+        raise NotImplementedError
+
+    def _freeze(self) -> None:
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+            module.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def _frozen_forward(self, member: Member, inputs: Any, data_samples: Any) -> MemberOutput:
+        with torch.no_grad():
+            return member.forward_train(inputs, data_samples)
+
+
+def _member_index(members: Sequence[Member], name: str, role: str) -> int:
+    names = [m.name for m in members]
+    if name not in names:
+        raise ValueError(f'{role} {name!r} is not one of the members {names}')
+    return names.index(name)
+
+
+@META_ARCH.register_module()
+class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
+    """KL+DP (Roth et al. 2024, "Fantastic Gains and Where to Find Them"): one trainable
+    student learns from a frozen teacher and a frozen copy of its initial self.
+
+    Per sample the target is the teacher iff it is strictly better on that sample than the
+    initial student: ``p_teacher(y) > p_initial(y)`` (``partition='confidence'``;
+    ``unsupervised=True`` compares the maximum probabilities instead) or, for dense tasks,
+    ``loss_teacher < loss_initial`` (``partition='loss'``); otherwise the initial student.
+    Loss: pure ``T^2 / N * sum_i KL(target_i || student_i)`` (no task loss, alpha = 1).
+    Improving both members takes two runs, one per ``student``.
+
+    Logged: ``loss_distill``, ``teach_<teacher>`` and ``teach_initial_<student>`` (the share
+    of samples routed to each).
+    """
+
+    def __init__(self, members: Sequence[Union[dict, Member]], student: str,
+                 partition: str = 'confidence', temperature: float = 1.0,
+                 unsupervised: bool = False, **kwargs):
+        super().__init__(members, **kwargs)
+        if len(self.members) != 2:
+            raise ValueError(f'KL+DP transfers from one teacher to one student: give 2 members, '
+                             f'got {len(self.members)}')
+        if partition not in PARTITIONS:
+            raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
+        if unsupervised and partition != 'confidence':
+            raise ValueError("unsupervised KL+DP compares maximum class probabilities: it needs "
+                             "partition='confidence'")
+        if temperature <= 0:
+            raise ValueError(f'temperature must be positive, got {temperature}')
+        self.student_index = _member_index(self.members, student, 'student')
+        self.teacher_index = 1 - self.student_index
+        self.partition, self.temperature = partition, float(temperature)
+        self.unsupervised = bool(unsupervised)
+        self.initial_student = copy.deepcopy(self.members[self.student_index])
+        self._freeze()
+
+    def frozen_modules(self):
+        return [self.members[self.teacher_index], self.initial_student]
+
+    def _scores(self, out: MemberOutput) -> Tensor:
+        if self.partition == 'loss':
+            loss = out.loss if out.partition_loss is None else out.partition_loss
+            return -loss.detach()
+        if self.unsupervised:
+            if out.distill.dim() != 2:
+                raise ValueError('unsupervised KL+DP compares class probabilities [N, C]; '
+                                 f'the members give {tuple(out.distill.shape)}')
+            return at_least_fp32(out.distill.detach()).softmax(dim=1).amax(dim=1)
+        if out.confidence is None:
+            raise ValueError("the members give no ground-truth confidence; use "
+                             "partition='loss' for this task")
+        return out.confidence
+
+    def route(self, teacher: MemberOutput, initial: MemberOutput) -> Tensor:
+        """``BoolTensor[N]``: True where the teacher is the target (strictly better)."""
+        # select_teachers gives ties to the later entry: the initial student, as KL+DP does
+        return select_teachers(torch.stack([self._scores(teacher), self._scores(initial)])) == 0
+
+    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
+        student = self.members[self.student_index]
+        out = student.forward_train(inputs, data_samples)
+        teacher = self._frozen_forward(self.members[self.teacher_index], inputs, data_samples)
+        initial = self._frozen_forward(self.initial_student, inputs, data_samples)
+        to_teacher = self.route(teacher, initial)
+        shape = (-1, ) + (1, ) * (teacher.distill.dim() - 1)
+        target = torch.where(to_teacher.view(shape), teacher.distill, initial.distill)
+        # the student is member 0 and the chosen target member 1 for every sample
+        ones = torch.ones_like(to_teacher, dtype=torch.long)
+        share = to_teacher.float().mean()
+        return {'loss_distill': distillation_loss([out.distill, target], ones, self.temperature),
+                f'teach_{self.members[self.teacher_index].name}': share,
+                f'teach_initial_{student.name}': 1 - share}
+
+
+@META_ARCH.register_module()
+class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
+    """Hinton et al.'s knowledge distillation from one frozen member (``teacher``) into every
+    other: ``task loss + T^2 KL(p_teacher || p_student)`` per student, on every sample."""
+
+    def __init__(self, members: Sequence[Union[dict, Member]], teacher: str,
+                 temperature: float = 1.0, **kwargs):
+        super().__init__(members, **kwargs)
+        if temperature <= 0:
+            raise ValueError(f'temperature must be positive, got {temperature}')
+        self.teacher_index = _member_index(self.members, teacher, 'teacher')
+        self.temperature = float(temperature)
+        self._freeze()
+
+    def frozen_modules(self):
+        return [self.members[self.teacher_index]]
+
+    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
+        outputs, losses = [], {}
+        for i, m in enumerate(self.members):
+            if i == self.teacher_index:
+                outputs.append(self._frozen_forward(m, inputs, data_samples))
+            else:
+                outputs.append(m.forward_train(inputs, data_samples))
+                losses[f'loss_{m.name}'] = outputs[-1].loss.mean()
+        n = outputs[0].distill.shape[0]
+        teachers = torch.full((n, ), self.teacher_index, dtype=torch.long,
+                              device=outputs[0].distill.device)
+        losses['loss_distill'] = distillation_loss([o.distill for o in outputs], teachers,
+                                                   self.temperature)
+        return losses
+
+
+@META_ARCH.register_module()
+class DMLMetaArch(MultiMemberMetaArch):
+    """Deep mutual learning (Zhang et al. 2018): every member learns from every other on
+    every sample, ``task loss + T^2 / (K - 1) * sum_{j != i} KL(p_j || p_i)`` with ``p_j``
+    detached. Costs K (K - 1) KL terms, against Bi-KD's K - 1.
+
+    Logged: ``loss_<member>`` and ``loss_distill`` (the sum over members of their KL terms).
+    """
+
+    def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
+                 **kwargs):
+        super().__init__(members, **kwargs)
+        if temperature <= 0:
+            raise ValueError(f'temperature must be positive, got {temperature}')
+        self.temperature = float(temperature)
+
+    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
+        outputs = [m.forward_train(inputs, data_samples) for m in self.members]
+        losses = {f'loss_{m.name}': o.loss.mean() for m, o in zip(self.members, outputs)}
+        distill = [o.distill for o in outputs]
+        n, k = distill[0].shape[0], len(distill)
+        total = distill[0].new_zeros(())
+        for j in range(k):  # member j teaches every other member on every sample
+            teachers = torch.full((n, ), j, dtype=torch.long, device=distill[0].device)
+            total = total + distillation_loss(distill, teachers, self.temperature)
+        losses['loss_distill'] = total / (k - 1)
+        return losses
+
+
+__all__ = ['DMLMetaArch', 'KDMetaArch', 'KLDPMetaArch']

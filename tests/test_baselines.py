@@ -1,0 +1,113 @@
+"""KL+DP, KD and DML against independent re-derivations of their papers' formulas, and frozen
+members that stay bit-identical through training."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bikd import DMLMetaArch, KDMetaArch, KLDPMetaArch
+from test_meta_arch import batch, tiny
+
+
+def kl64(p_logits, q_logits, t):
+    """KL(softmax(p / t) || softmax(q / t)) per sample, in float64."""
+    p = (p_logits.double() / t).log_softmax(1)
+    q = (q_logits.double() / t).log_softmax(1)
+    return (p.exp() * (p - q)).sum(1)
+
+
+def perturb(member, seed, scale=0.3):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in member.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+@pytest.mark.parametrize('unsupervised', [False, True])
+def test_kldp_routes_strictly_and_takes_pure_kl(unsupervised):
+    torch.manual_seed(0)
+    model = KLDPMetaArch([tiny('a'), tiny('b')], student='a', temperature=2.0,
+                         unsupervised=unsupervised)
+    perturb(model.members[0], 1)  # the student has moved away from its initial copy
+    perturb(model.members[1], 2, 0.005)  # a teacher close to it: both routes occur
+    images, samples = batch(n=16)
+    losses = model(images, samples, mode='loss')
+    assert set(losses) == {'loss_distill', 'teach_b', 'teach_initial_a'}  # no task loss
+    with torch.no_grad():
+        zs, zt, zi = (m.logits(images) for m in (model.members[0], model.members[1],
+                                                 model.initial_student))
+    y = samples['label']
+    if unsupervised:
+        score_t, score_i = zt.softmax(1).amax(1), zi.softmax(1).amax(1)
+    else:
+        score_t, score_i = zt.softmax(1)[torch.arange(16), y], zi.softmax(1)[torch.arange(16), y]
+    routed = [bool(score_t[i] > score_i[i]) for i in range(16)]
+    assert 0 < sum(routed) < 16  # both routes occur in this batch
+    ref = sum(kl64(zt[i:i + 1] if r else zi[i:i + 1], zs[i:i + 1], 2.0).item()
+              for i, r in enumerate(routed))
+    assert losses['loss_distill'].item() == pytest.approx(4 * ref / 16, rel=1e-4)
+    assert losses['teach_b'].item() == pytest.approx(sum(routed) / 16)
+    # a teacher exactly as good as the initial student never wins (strict comparison)
+    model.members[1].load_state_dict(model.initial_student.state_dict())
+    assert model(images, samples, mode='loss')['teach_b'].item() == 0
+
+
+def test_kldp_and_kd_frozen_members_stay_bit_identical():
+    torch.manual_seed(0)
+    resnet = dict(type='TimmMember', model_name='resnet10t', pretrained=False, num_classes=5,
+                  input_size=[16, 16])
+    images, samples = batch(n=8)
+    for model, frozen in (
+            (KLDPMetaArch([tiny('a'), {**resnet, 'name': 'b'}], student='a'), ('b', 'initial')),
+            (KDMetaArch([{**resnet, 'name': 't'}, tiny('s')], teacher='t'), ('t', ))):
+        modules = {m.name: m for m in model.members}
+        modules['initial'] = getattr(model, 'initial_student', None)
+        before = {k: {n: v.clone() for n, v in modules[k].state_dict().items()} for k in frozen}
+        student = next(m for m in model.members if m.name not in frozen)
+        start = {n: v.clone() for n, v in student.state_dict().items()}
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
+        model.train()
+        for _ in range(3):
+            losses = model(images, samples, mode='loss')
+            opt.zero_grad()
+            sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+            opt.step()
+        for k in frozen:  # weights and BatchNorm statistics alike
+            assert not modules[k].training
+            assert all(torch.equal(v, before[k][n]) for n, v in modules[k].state_dict().items()), k
+        assert any(not torch.equal(v, start[n]) for n, v in student.state_dict().items())
+
+
+def test_kd_is_task_loss_plus_t2_kl_from_the_frozen_teacher():
+    torch.manual_seed(0)
+    model = KDMetaArch([tiny('t'), tiny('s1'), tiny('s2')], teacher='t', temperature=3.0)
+    images, samples = batch(n=8)
+    losses = model(images, samples, mode='loss')
+    assert set(losses) == {'loss_s1', 'loss_s2', 'loss_distill'}
+    z = {m.name: m.logits(images) for m in model.members}
+    for s in ('s1', 's2'):
+        assert losses[f'loss_{s}'].item() == pytest.approx(
+            F.cross_entropy(z[s], samples['label']).item(), rel=1e-5)
+    ref = sum(kl64(z['t'], z[s], 3.0).sum().item() for s in ('s1', 's2'))
+    assert losses['loss_distill'].item() == pytest.approx(9 * ref / 8, rel=1e-4)
+    with pytest.raises(ValueError, match="teacher 'x' is not one of the members"):
+        KDMetaArch([tiny('t'), tiny('s')], teacher='x')
+
+
+def test_dml_every_member_learns_from_every_other():
+    torch.manual_seed(0)
+    model = DMLMetaArch([tiny('a'), tiny('b'), tiny('c')], temperature=2.0)
+    images, samples = batch(n=8)
+    losses = model(images, samples, mode='loss')
+    z = [m.logits(images) for m in model.members]
+    ref = sum(kl64(z[j], z[i], 2.0).sum().item() for i in range(3) for j in range(3) if i != j)
+    assert losses['loss_distill'].item() == pytest.approx(4 * ref / 8 / 2, rel=1e-4)
+    # p_j is a target: member i's KL terms give gradient to member i only
+    model.zero_grad()
+    losses['loss_distill'].backward()
+    grads = [m.model.head.weight.grad.clone() for m in model.members]
+    zd = [m.logits(images) for m in model.members]
+    for i in range(3):
+        own = sum(F.kl_div((zd[i] / 2).log_softmax(1), (zd[j].detach() / 2).softmax(1),
+                           reduction='sum') for j in range(3) if j != i) * 4 / 8 / 2
+        g, = torch.autograd.grad(own, model.members[i].model.head.weight)
+        assert torch.allclose(g, grads[i], atol=1e-6)
