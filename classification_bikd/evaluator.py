@@ -1,5 +1,5 @@
 """Top-1 / top-5 accuracy of every member and of their ensemble."""
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 from torch import Tensor
@@ -35,3 +35,7 @@ class ClassificationEvaluator(MemberwiseMetric):
     def summarize(self, stats: List[np.ndarray], model: int) -> Dict[str, float]:
         table = np.stack([s[model] for s in stats])
         return {f'top{k}': 100.0 * float(table[:, i].mean()) for i, k in enumerate(self.topk)}
+
+    def sample_outcome(self, stats: List[np.ndarray], model: int) -> Optional[np.ndarray]:
+        """Top-1 correct per sample."""
+        return np.array([s[model][0] for s in stats], dtype=bool)

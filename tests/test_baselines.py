@@ -111,3 +111,42 @@ def test_dml_every_member_learns_from_every_other():
                            reduction='sum') for j in range(3) if j != i) * 4 / 8 / 2
         g, = torch.autograd.grad(own, model.members[i].model.head.weight)
         assert torch.allclose(g, grads[i], atol=1e-6)
+
+
+def test_dense_baselines_use_the_loss_partition_and_the_maps():
+    """Saliency members: KL+DP routes by the per-clip task loss (strictly lower teaches) and
+    distils the maps as distributions over pixels; KD and DML take the same distillation
+    target."""
+    import saliency_bikd  # noqa: F401  (registers the members)
+    from saliency_bikd.losses import saliency_loss
+
+    arch = dict(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                window_size=[2, 4, 4], decoder_channels=8)
+    tmfi = dict(type='TMFINetMember', pretrained=False, input_size=[32, 64], arch=arch)
+    torch.manual_seed(0)
+    clips = torch.randint(0, 256, (6, 32, 3, 32, 64), dtype=torch.uint8)
+    gt = torch.rand(6, 32, 64) ** 4
+    samples = dict(map=gt, target_pos=torch.full((6, ), 31))
+    model = KLDPMetaArch([{**tmfi, 'name': 'a'}, {**tmfi, 'name': 'b'}], student='a',
+                         partition='loss')
+    perturb(model.members[0], 1, 0.05)
+    perturb(model.members[1], 2, 0.05)
+    losses = model(clips, samples, mode='loss')
+    with torch.no_grad():
+        maps = {k: m.maps(clips, (32, 64), 31) for k, m in (
+            ('s', model.members[0]), ('t', model.members[1]), ('i', model.initial_student))}
+    lt, li = saliency_loss(maps['t'], gt), saliency_loss(maps['i'], gt)
+    routed = lt < li
+    assert 0 < routed.sum() < 6  # both routes occur
+    ref = 0.0
+    for n in range(6):
+        p = maps['t' if routed[n] else 'i'][n].flatten().double()
+        q = maps['s'][n].flatten().double()
+        p, q = p / p.sum(), q / q.sum()
+        ref += (p * ((p + 2.2204e-16).log() - (q + 2.2204e-16).log())).sum().item()
+    assert losses['teach_b'].item() == pytest.approx(routed.float().mean().item())
+    assert losses['loss_distill'].item() == pytest.approx(ref / 6, rel=1e-3, abs=1e-6)
+    for cls, kw in ((KDMetaArch, dict(teacher='b')), (DMLMetaArch, {})):
+        out = cls([{**tmfi, 'name': 'a'}, {**tmfi, 'name': 'b'}], **kw)(clips, samples,
+                                                                         mode='loss')
+        assert torch.isfinite(out['loss_distill']) and out['loss_distill'] > 0

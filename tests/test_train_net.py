@@ -50,6 +50,33 @@ def test_train_writes_checkpoint_and_summary(one_epoch_run):
     # per-member task losses, the distillation loss and teacher shares are logged
     assert 'loss_resnet' in out and 'loss_convnext' in out and 'loss_distill' in out
     assert 'teach_resnet' in out
+    # and written for TensorBoard: losses, teacher shares and the learning rate
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    (events, ) = [os.path.join(d, f) for d, _, files in os.walk(work) for f in files
+                  if f.startswith('events.out.tfevents')]
+    tags = EventAccumulator(events).Reload().Tags()['scalars']
+    assert {'loss_resnet', 'loss_distill', 'teach_convnext', 'lr'} <= set(tags), tags
+
+
+def test_flips_match_the_per_sample_outcomes_and_the_delta(one_epoch_run):
+    """Flips against each initial member, from the per-sample files; against a member's own
+    initial self, positive - negative flips is its top-1 delta."""
+    import numpy as np
+    work = one_epoch_run[0]
+    summary = read_summary(work)
+    before = np.load(os.path.join(work, 'per_sample_before.npz'))
+    after = np.load(os.path.join(work, 'per_sample_after.npz'))
+    assert set(before.files) == set(after.files) == {'resnet', 'convnext', 'ensemble'}
+    assert len(after['resnet']) == 539  # every validation image, in dataset order
+    for m in ('resnet', 'convnext'):
+        assert 100 * after[m].mean() == pytest.approx(summary['members'][m]['after']['top1'])
+        for j in ('resnet', 'convnext'):
+            f = summary['flips'][m][j]
+            assert f['positive'] == pytest.approx(100 * (~before[j] & after[m]).mean())
+            assert f['negative'] == pytest.approx(100 * (before[j] & ~after[m]).mean())
+        own = summary['flips'][m][m]
+        assert own['positive'] - own['negative'] == pytest.approx(
+            summary['members'][m]['delta']['top1'])
 
 
 def test_training_improves_random_members(one_epoch_run):

@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """The embedded defaults: Bi-KD and its Independent control on data the project makes.
 
-    python tools/demo.py [--task digits|ade20k_toy|dhf1k_toy] [--force-pretrain]
+    python tools/demo.py [--task digits|digits_kway|ade20k_toy|dhf1k_toy] [--force-pretrain]
 
 - ``digits`` (the README's main job): scikit-learn's handwritten digits as PNG files in the
   ImageFolder layout; a ResNet-10-T and a ConvNeXt-Atto (timm).
+- ``digits_kway``: the digits pair, then with a RegNetX and a MobileNetV3 added (K = 2, 3, 4),
+  Bi-KD and the control for each through tools/run_experiment.py, and the K-way report.
 - ``ade20k_toy``: synthetic street scenes in ADE20K's layout; a small Mask2Former and a small
   UPerNet (mmseg).
 - ``dhf1k_toy``: synthetic videos of moving discs with fixations, in DHF1K's layout; a reduced
@@ -57,6 +59,12 @@ TASKS = {
                        make=_ade_data, runs='configs/ade20k_toy/m2f_upernet_{method}.yaml'),
     'dhf1k_toy': dict(members=('tmfinet', 'vinet_a'), data='datasets/dhf1k_toy',
                       make=_dhf1k_data, runs='configs/dhf1k_toy/tmfi_vinetA_{method}.yaml'),
+    # Table 6's question on the digits: the pair, then a third and a fourth member
+    'digits_kway': dict(members=('resnet', 'convnext', 'regnet', 'mobilenet'),
+                        data='datasets/digits', make=_digits_data, configs='digits',
+                        experiment=['configs/digits/resnet_convnext_bikd.yaml',
+                                    'configs/digits/resnet_convnext_regnet_bikd.yaml',
+                                    'configs/digits/resnet_convnext_regnet_mobilenet_bikd.yaml']),
 }
 
 
@@ -98,7 +106,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     start = time.time()
     task = TASKS[args.task]
-    members, out, checkpoints = task['members'], f'work_dirs/{args.task}', f'checkpoints/{args.task}'
+    members, out = task['members'], f'work_dirs/{args.task}'
+    configs = task.get('configs', args.task)  # the K-way task shares the digits' members
+    checkpoints = f'checkpoints/{configs}'
 
     from bikd.summary import format_table
 
@@ -111,11 +121,19 @@ def main(argv=None):
         if os.path.isfile(os.path.join(ROOT, checkpoints, f'{m}.pth')) and not args.force_pretrain:
             print(f'member {m}: using {checkpoints}/{m}.pth (--force-pretrain to redo)')
             continue
-        cfg = f'configs/{args.task}/pretrain_{m}.yaml'
+        cfg = f'configs/{configs}/pretrain_{m}.yaml'
         work = f'{out}/pretrain_{m}'
         run(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data])
         run(['tools/export_members.py', '--config-file', cfg, '--output-dir', checkpoints,
              f'work_dir={work}'])
+
+    if 'experiment' in task:
+        cmd = ['tools/run_experiment.py', '--methods', 'bikd,independent', '--output-dir', out]
+        for cfg in task['experiment']:
+            cmd += ['--config-file', cfg]
+        run(cmd + data)
+        print(f'demo finished in {time.time() - start:.0f} s')
+        return 0
 
     ckpts = [f'model.members.{i}.checkpoint={checkpoints}/{m}.pth' for i, m in enumerate(members)]
     summaries = {}

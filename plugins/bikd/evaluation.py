@@ -5,8 +5,9 @@ statistics of every model on a batch) and ``summarize`` (the metrics of one mode
 statistics over the whole set). Results are kept per sample, so mmengine's gathering across DDP
 ranks (which drops the sampler's padding duplicates) stays exact.
 """
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+import numpy as np
 from mmengine.evaluator import BaseMetric
 from torch import Tensor
 
@@ -25,6 +26,8 @@ class MemberwiseMetric(BaseMetric):
     def __init__(self, collect_device: str = 'cpu', prefix: str = None):
         super().__init__(collect_device=collect_device, prefix=prefix)
         self.model_names: List[str] = []
+        #: per model, the per-sample outcome of the last evaluation (see ``sample_outcome``)
+        self.last_outcomes: Dict[str, np.ndarray] = {}
 
     def sample_stats(self, preds: Tensor, data_batch: Any) -> List[Any]:
         """Per-sample statistics of all models: one entry per sample of the batch.
@@ -39,16 +42,24 @@ class MemberwiseMetric(BaseMetric):
         """Metrics of model ``model`` (index into the names) from all samples' statistics."""
         raise NotImplementedError
 
+    def sample_outcome(self, stats: List[Any], model: int) -> Optional[np.ndarray]:
+        """Per-sample ``bool`` outcome of model ``model`` (correct or not) in dataset order,
+        for flip counts; ``None`` where the task has no such notion (the default)."""
+        return None
+
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         for out in data_samples:
             self.model_names = list(out['names'])
             self.results.extend(self.sample_stats(out['preds'], data_batch))
 
     def compute_metrics(self, results: list) -> Dict[str, float]:
-        metrics = {}
+        metrics, self.last_outcomes = {}, {}
         for m, name in enumerate(self.model_names):
             for key, value in self.summarize(results, m).items():
                 metrics[f'{name}/{key}'] = float(value)
+            outcome = self.sample_outcome(results, m)
+            if outcome is not None:
+                self.last_outcomes[name] = np.asarray(outcome, dtype=bool)
         return metrics
 
 

@@ -2,6 +2,8 @@
 import math
 from typing import Dict, List, Optional
 
+import numpy as np
+
 from .evaluation import split_metrics
 from .metrics import recovered
 
@@ -33,6 +35,27 @@ def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
         out['members'][name] = entry
     if extra:
         out.update(extra)
+    return out
+
+
+def flips(before: Dict[str, np.ndarray], after: Dict[str, np.ndarray],
+          members: List[str]) -> Dict[str, Dict[str, Dict[str, float]]]:
+    """Positive and negative flips (Roth et al.) in percent of the samples, of every trained
+    member against every initial member: ``out[m][j]['positive']`` is the share of samples
+    initial member ``j`` got wrong and trained member ``m`` gets right, ``negative`` the
+    reverse. ``out[m][m]`` compares a member with its own initial self."""
+    out: Dict[str, Dict[str, Dict[str, float]]] = {}
+    for m in members:
+        if m not in after:
+            continue
+        a = after[m].astype(bool)
+        out[m] = {}
+        for j in members:
+            if j not in before or len(before[j]) != len(a):
+                continue
+            b = before[j].astype(bool)
+            out[m][j] = dict(positive=100.0 * float((~b & a).mean()),
+                             negative=100.0 * float((b & ~a).mean()))
     return out
 
 

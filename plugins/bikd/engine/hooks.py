@@ -3,13 +3,14 @@ teacher share and ``summary.json``."""
 import os.path as osp
 from typing import Dict, Optional
 
+import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from ..fileio import save_json
+from ..fileio import atomic_path, save_json
 from ..registry import HOOKS
-from ..summary import build_summary, format_table
+from ..summary import build_summary, flips, format_table
 
 
 def unwrap(model):
@@ -29,7 +30,10 @@ def primary_metric_of(runner) -> str:
 class BiKDSummaryHook(Hook):
     """Evaluates every member and the ensemble before training (iteration 0) and after it,
     accumulates the share of samples each member taught, and at the end writes
-    ``<work_dir>/summary.json`` and logs the result table.
+    ``<work_dir>/summary.json`` and logs the result table. Where the evaluator scores
+    samples as right or wrong (classification), every model's per-sample outcome before and
+    after goes to ``per_sample_{before,after}.npz`` and the flips against every initial member
+    into the summary.
 
     Its state travels in the checkpoints, so a resumed run reports against the same "before".
     """
@@ -58,10 +62,35 @@ class BiKDSummaryHook(Hook):
             return
         runner.logger.info('Evaluating every member and the ensemble before training')
         self.before = dict(runner.val_loop.run())
+        self._save_outcomes(runner, 'before')
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self.last = dict(metrics or {})
         self.last_iter = runner.iter
+
+    @staticmethod
+    def _outcomes(runner) -> Dict[str, np.ndarray]:
+        for metric in getattr(runner.val_loop.evaluator, 'metrics', []):
+            if getattr(metric, 'last_outcomes', None):
+                return dict(metric.last_outcomes)
+        return {}
+
+    def _save_outcomes(self, runner, when: str) -> Dict[str, np.ndarray]:
+        outcomes = self._outcomes(runner)
+        if outcomes and is_main_process():
+            path = osp.join(runner.work_dir, f'per_sample_{when}.npz')
+            with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+                np.savez_compressed(f, **outcomes)
+        return outcomes
+
+    def _flips(self, runner, model) -> dict:
+        after = self._save_outcomes(runner, 'after')
+        path = osp.join(runner.work_dir, 'per_sample_before.npz')
+        if not after or not osp.isfile(path):
+            return {}
+        with np.load(path) as data:
+            before = {k: data[k] for k in data.files}
+        return dict(flips=flips(before, after, model.member_names))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         shares = {k[len('teach_'):]: float(v) for k, v in (outputs or {}).items()
@@ -85,7 +114,8 @@ class BiKDSummaryHook(Hook):
             self.before, self.last, model.member_names, primary_metric_of(runner),
             method=type(model).__name__,
             extra=dict(iterations=runner.iter, epochs=runner.epoch,
-                       teacher_share=self.teacher_share(), work_dir=runner.work_dir))
+                       teacher_share=self.teacher_share(), work_dir=runner.work_dir,
+                       **self._flips(runner, model)))
         if is_main_process():
             save_json(summary, osp.join(runner.work_dir, self.filename))
             runner.logger.info('\n' + format_table(summary, f'Result of {summary["method"]}'))

@@ -1,0 +1,86 @@
+"""tools/run_experiment.py as a user runs it: every method on the same digits members, and a
+report whose numbers agree with each run's summary.json."""
+import csv
+import json
+import os
+
+import pytest
+
+from conftest import ROOT, digits_overrides, run_tool
+
+CONFIG = os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')
+
+
+@pytest.fixture(scope='module')
+def experiment(digits_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp('experiment')
+    proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
+                    *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
+                    'train_cfg.val_interval=1')
+    return out, proc.stdout
+
+
+def test_every_method_runs_and_the_report_is_written(experiment):
+    out, stdout = experiment
+    runs = sorted(os.listdir(out / 'runs'))
+    assert runs == sorted(['bikd', 'kldp_resnet', 'kldp_convnext', 'kd_from_resnet',
+                           'kd_from_convnext', 'dml', 'independent'])
+    for name in ('report.md', 'report.csv', 'report.json', 'deltas.png', 'teacher_share.png',
+                 'task_losses.png'):
+        assert (out / name).stat().st_size > 0, name
+    assert '| model | before | bikd | kldp | kd | dml | independent |' in stdout
+    assert not (out / 'ignored').exists()  # each run has its own work_dir
+
+
+def test_report_numbers_are_the_runs_numbers(experiment):
+    out, _ = experiment
+    with open(out / 'report.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 + 2 + 2  # bikd, dml, independent: both; kldp, kd: one per run
+    table = (out / 'report.md').read_text()
+    for r in rows:
+        with open(out / 'runs' / r['run'] / 'summary.json') as f:
+            member = json.load(f)['members'][r['member']]
+        before, after, delta = (float(r[k]) for k in ('before', 'after', 'delta'))
+        assert before == pytest.approx(member['before']['top1'])
+        assert after == pytest.approx(member['after']['top1'])
+        assert delta == pytest.approx(after - before)
+        assert (float(r['positive_flips_vs_self']) - float(r['negative_flips_vs_self'])
+                == pytest.approx(delta))
+        assert f'{after:.2f} ({delta:+.2f})' in table
+    # KL+DP trains one student per run: resnet learns in kldp_resnet only
+    assert {r['run'] for r in rows if r['member'] == 'resnet' and r['method'] == 'kldp'} == {
+        'kldp_resnet'}
+
+
+def test_frozen_members_evaluate_the_same_after_training(experiment):
+    out, _ = experiment
+    for run, frozen in (('kd_from_resnet', 'resnet'), ('kldp_convnext', 'resnet'),
+                        ('kldp_resnet', 'convnext')):
+        with open(out / 'runs' / run / 'summary.json') as f:
+            m = json.load(f)['members'][frozen]
+        assert m['after'] == m['before'], run
+
+
+def test_kway_report_follows_members_as_they_are_added(digits_root, tmp_path):
+    out = tmp_path / 'kway'
+    three = os.path.join(ROOT, 'configs/digits/resnet_convnext_regnet_bikd.yaml')
+    run_tool('run_experiment.py', '--config-file', CONFIG, '--config-file', three,
+             '--methods', 'bikd', '--output-dir', out,
+             *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
+             'train_cfg.val_interval=1')
+    for name in ('kway.md', 'kway.csv', 'kway.png', 'resnet_convnext_bikd/report.md',
+                 'resnet_convnext_regnet_bikd/report.md'):
+        assert (out / name).stat().st_size > 0, name
+    with open(out / 'kway.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r['member'], int(r['members'])) for r in rows) == sorted(
+        [('resnet', 2), ('convnext', 2), ('resnet', 3), ('convnext', 3), ('regnet', 3)])
+    for r in rows:
+        with open(out / r['config'] / 'runs' / 'bikd' / 'summary.json') as f:
+            summary = json.load(f)
+        assert float(r['delta']) == pytest.approx(summary['members'][r['member']]['delta']['top1'])
+    table = (out / 'kway.md').read_text()
+    assert '| model | K=2 (resnet_convnext_bikd) | K=3 (resnet_convnext_regnet_bikd) |' in table
+    regnet = next(line for line in table.splitlines() if line.startswith('| regnet |'))
+    assert regnet.split('|')[2].strip() == ''  # not in the pair

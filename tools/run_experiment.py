@@ -1,0 +1,343 @@
+#!/usr/bin/env python
+"""Compare Bi-KD with its baselines on your own members: one command, one report.
+
+    python tools/run_experiment.py --config-file FILE [--config-file FILE ...]
+                                   [--methods bikd,kldp,kd,dml,independent]
+                                   [--output-dir DIR] [key=value ...]
+
+FILE is a Bi-KD config (its members, data, schedule and seed are kept; only the
+meta-architecture changes). Each method runs through tools/train_net.py:
+
+- ``bikd``, ``independent``, ``dml``: one run with every member.
+- ``kd``: one run per teacher (each member in turn frozen, the others learn from it).
+- ``kldp``: one run per student (two members only): improving both takes two runs.
+
+The report folder (default ``work_dirs/experiments/<config name>``) holds ``report.md`` (the
+layout of the paper's Tables 2 and 3: each member's score before, after every method and the
+delta, the ensemble of the initial members and the share of it each member recovered),
+``report.csv`` (the same numbers, one row per member and run), ``deltas.png``, and, from the
+Bi-KD run's log, ``teacher_share.png`` and ``task_losses.png``. Each run keeps its own
+work_dir (``runs/<run>``) and config (``configs/<run>.py``); runs that finished are reused.
+
+Several ``--config-file`` (the same members plus one more each time, Table 6) give one
+report folder per config and ``kway.md`` / ``kway.csv`` / ``kway.png``: each member's delta
+per method as members are added.
+"""
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+METHODS = ('bikd', 'kldp', 'kd', 'dml', 'independent')
+TYPES = dict(bikd='BiKDMetaArch', independent='IndependentMetaArch', dml='DMLMetaArch',
+             kd='KDMetaArch', kldp='KLDPMetaArch')
+
+
+def plan_runs(model: dict, methods: List[str]) -> Dict[str, dict]:
+    """Run name -> the model config of that run (members unchanged)."""
+    members = model['members']
+    names = [m.get('name') for m in members]
+    temperature = model.get('temperature', 1.0)
+    partition = model.get('partition', 'confidence')
+    runs: Dict[str, dict] = {}
+    for method in methods:
+        base = dict(type=TYPES[method], members=members)
+        if method in ('bikd', 'independent'):
+            runs[method] = {**base, **{k: v for k, v in model.items()
+                                       if k not in ('type', 'members')}}
+        elif method == 'dml':
+            runs[method] = dict(base, temperature=temperature)
+        elif method == 'kd':
+            for t in names:
+                runs[f'kd_from_{t}'] = dict(base, teacher=t, temperature=temperature)
+        elif method == 'kldp':
+            if len(members) != 2:
+                print(f'kldp left out: KL+DP transfers between two members, this config has '
+                      f'{len(members)} ({names})', flush=True)
+                continue
+            for s in names:
+                runs[f'kldp_{s}'] = dict(base, student=s, temperature=temperature,
+                                         partition=partition)
+    return runs
+
+
+def trained_by(run: str, member: str, names: List[str]) -> bool:
+    """Whether ``member`` learns in ``run`` (frozen teachers and other students do not)."""
+    if run.startswith('kd_from_'):
+        return run[len('kd_from_'):] != member
+    if run.startswith('kldp_'):
+        return run[len('kldp_'):] == member
+    return True
+
+
+def method_of(run: str) -> str:
+    return 'kd' if run.startswith('kd_from_') else 'kldp' if run.startswith('kldp_') else run
+
+
+def collect(summaries: Dict[str, dict], names: List[str]) -> List[dict]:
+    """One row per (member, run) in which the member learned."""
+    rows = []
+    for run, s in summaries.items():
+        metric = s['primary_metric']
+        for m in names:
+            if not trained_by(run, m, names):
+                continue
+            r = s['members'][m]
+            row = dict(member=m, method=method_of(run), run=run, metric=metric,
+                       before=r['before'][metric], after=r['after'][metric],
+                       delta=r['delta'][metric], recovered=r.get('recovered'),
+                       ensemble_before=s['ensemble']['before'][metric])
+            for j, f in s.get('flips', {}).get(m, {}).items():
+                who = 'self' if j == m else j
+                row[f'positive_flips_vs_{who}'] = f['positive']
+                row[f'negative_flips_vs_{who}'] = f['negative']
+            rows.append(row)
+    return rows
+
+
+def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
+    """(label, {member: row}) per table column: one per method where every member learned in
+    at most one of its runs (KL+DP's two runs, KD with two members), else one per run."""
+    out, seen = [], set()
+    for run in runs:
+        method = method_of(run)
+        if method in seen:
+            continue
+        seen.add(method)
+        mine = [r for r in rows if r['method'] == method]
+        members = [r['member'] for r in mine]
+        if len(members) == len(set(members)):
+            out.append((method, {r['member']: r for r in mine}))
+        else:
+            out += [(r_, {r['member']: r for r in mine if r['run'] == r_})
+                    for r_ in runs if method_of(r_) == method]
+    return out
+
+
+def _fmt(x, digits):
+    return '-' if x is None else f'{x:.{digits}f}'
+
+
+def _table(head: List[str], body: List[List[str]]) -> List[str]:
+    return ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] + ['---:'] * (len(head) - 1))
+            + '|'] + ['| ' + ' | '.join(line) + ' |' for line in body]
+
+
+def markdown(rows: List[dict], names: List[str], runs: List[str], title: str) -> str:
+    metric = rows[0]['metric']
+    digits = 3 if all(abs(r['before']) <= 1 for r in rows) else 2
+    cols = columns(rows, runs)
+    before = {r['member']: r['before'] for r in rows}
+    main = [[m, _fmt(before[m], digits)] + [
+        'frozen' if m not in c else f'{_fmt(c[m]["after"], digits)} ({c[m]["delta"]:+.{digits}f})'
+        for _, c in cols] for m in names]
+    lines = [f'# {title}', '', f'{metric} of each member before and after each method (delta in '
+             'brackets; "frozen": the member only taught in that run).', '']
+    lines += _table(['model', 'before'] + [label for label, _ in cols], main)
+    lines += ['', f'Ensemble of the initial members: {_fmt(rows[0]["ensemble_before"], digits)}. '
+              'Recovered % of each member\'s gap to it (Eq. 14):', '']
+    lines += _table(['model'] + [label for label, _ in cols], [
+        [m] + [_fmt(c[m]['recovered'], 1) if m in c else 'frozen' for _, c in cols]
+        for m in names])
+    if any('positive_flips_vs_self' in r for r in rows):
+        lines += ['', 'Flips against the member\'s own initial self, % of the samples '
+                  '(positive: wrong -> right / negative: right -> wrong); report.csv has them '
+                  'against every initial member:', '']
+        lines += _table(['model'] + [label for label, _ in cols], [
+            [m] + [f'{c[m]["positive_flips_vs_self"]:.2f} / {c[m]["negative_flips_vs_self"]:.2f}'
+                   if m in c and 'positive_flips_vs_self' in c[m] else '-' for _, c in cols]
+            for m in names])
+    return '\n'.join(lines) + '\n'
+
+
+def _scalars(work_dir: str) -> List[dict]:
+    """The training log's scalars (mmengine's vis_data/scalars.json of the latest start)."""
+    stamps = sorted(d for d in os.listdir(work_dir)
+                    if os.path.isfile(os.path.join(work_dir, d, 'vis_data', 'scalars.json')))
+    records = []
+    for stamp in stamps:  # a resumed run continues in a new folder
+        with open(os.path.join(work_dir, stamp, 'vis_data', 'scalars.json')) as f:
+            records += [json.loads(line) for line in f if line.strip()]
+    return [r for r in records if 'loss' in r]
+
+
+def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, out: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    cols = columns(rows, runs)
+    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(names) * len(cols), 3.6))
+    width = 0.8 / len(cols)
+    for i, (label, cells) in enumerate(cols):
+        xs = [k + i * width for k, m in enumerate(names) if m in cells]
+        bars = ax.bar(xs, [cells[m]['delta'] for m in names if m in cells], width, label=label)
+        ax.bar_label(bars, fmt='%+.3g', fontsize=7)
+    ax.axhline(0, color='black', lw=0.8)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names)
+    ax.set_ylabel(f'delta {rows[0]["metric"]}')
+    ax.legend(fontsize=8)
+    ax.set_title('change of each member, per method')
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'deltas.png'), dpi=120)
+    plt.close(fig)
+    if not bikd_dir or not os.path.isdir(bikd_dir):
+        return
+    records = _scalars(bikd_dir)
+    for keys, ylabel, name in (([f'teach_{m}' for m in names], 'share of the batch taught',
+                                'teacher_share.png'),
+                               ([f'loss_{m}' for m in names] + ['loss_distill'], 'loss',
+                                'task_losses.png')):
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for key in keys:
+            pts = [(r['iter'], r[key]) for r in records if key in r]
+            if pts:
+                ax.plot(*zip(*pts), label=key)
+        ax.set_xlabel('iteration')
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, name), dpi=120)
+        plt.close(fig)
+
+
+def _write_csv(rows: List[dict], path: str) -> None:
+    from bikd.fileio import atomic_path
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _write_text(text: str, path: str) -> None:
+    from bikd.fileio import atomic_path
+    with atomic_path(path) as tmp, open(tmp, 'w') as f:
+        f.write(text)
+
+
+def run_config(config: str, methods: List[str], out: str, opts: List[str]):
+    """Every run of ``methods`` on ``config`` (reusing finished ones) and its report in
+    ``out``; returns the report's rows, the member names and the run order."""
+    from bikd.engine import load_config
+    from bikd.fileio import save_json
+
+    stem = os.path.splitext(os.path.basename(config))[0]
+    cfg = load_config(config, opts)
+    runs = plan_runs(cfg.model.to_dict(), methods)
+    names = [m['name'] for m in cfg.model.members]
+    summaries = {}
+    for i, (run, model) in enumerate(runs.items(), start=1):
+        work = os.path.join(out, 'runs', run)
+        summary_path = os.path.join(work, 'summary.json')
+        if os.path.isfile(summary_path):
+            print(f'[{stem} {i}/{len(runs)}] {run}: done before ({summary_path})', flush=True)
+        else:
+            run_cfg = cfg.copy()
+            run_cfg.model = model
+            run_cfg.work_dir = work
+            path = os.path.join(out, 'configs', f'{run}.py')
+            _write_text(run_cfg.pretty_text, path)
+            print(f'\n[{stem} {i}/{len(runs)}] {run}: tools/train_net.py --config-file {path}',
+                  flush=True)
+            subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
+                            '--config-file', path], check=True)
+        with open(summary_path) as f:
+            summaries[run] = json.load(f)
+
+    rows = collect(summaries, names)
+    order = list(runs)
+    report = markdown(rows, names, order, f'{stem}: {", ".join(methods)}')
+    _write_text(report, os.path.join(out, 'report.md'))
+    _write_csv(rows, os.path.join(out, 'report.csv'))
+    save_json(dict(config=os.path.abspath(config), runs=order, rows=rows),
+              os.path.join(out, 'report.json'))
+    plots(rows, names, order, os.path.join(out, 'runs', 'bikd') if 'bikd' in runs else '', out)
+    print('\n' + report)
+    print(f'report: {out}/report.md, report.csv, deltas.png')
+    return rows, names, order
+
+
+def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
+    """How each member's delta changes as members are added: one table per method, rows the
+    members (in order of appearance), columns the configs (K members each)."""
+    members = list(dict.fromkeys(n for _, names, _ in results.values() for n in names))
+    metric = next(iter(results.values()))[0][0]['metric']
+    digits = 3 if all(abs(r['before']) <= 1 for rows, _, _ in results.values() for r in rows) \
+        else 2
+    lines, flat = [f'# Members added one at a time: change of {metric}', ''], []
+    for method in methods:
+        head = ['model'] + [f'K={len(names)} ({stem})' for stem, (_, names, _) in results.items()]
+        body = []
+        for m in members:
+            line = [m]
+            for stem, (rows, names, _) in results.items():
+                mine = [r for r in rows if r['member'] == m and r['method'] == method]
+                line.append(', '.join(f'{r["delta"]:+.{digits}f}' for r in mine) or '')
+                flat += [dict(r, config=stem, members=len(names)) for r in mine]
+            body.append(line)
+        lines += [f'## {method}', ''] + _table(head, body) + ['']
+    _write_csv(flat, os.path.join(out, 'kway.csv'))
+    text = '\n'.join(lines)
+    _write_text(text, os.path.join(out, 'kway.md'))
+
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    styles = ['-', '--', ':', '-.']
+    for k, method in enumerate(methods):  # one colour per member, one line style per method
+        for c, m in enumerate(members):
+            pts = [(r['members'], r['delta']) for r in flat if r['member'] == m
+                   and r['method'] == method]
+            if pts:
+                ax.plot(*zip(*sorted(pts)), marker='o', color=f'C{c}',
+                        linestyle=styles[k % len(styles)], label=f'{m} ({method})')
+    ax.axhline(0, color='black', lw=0.8)
+    ax.set_xlabel('members trained together (K)')
+    ax.set_ylabel(f'delta {metric}')
+    ax.set_xticks(sorted({r['members'] for r in flat}))
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, 'kway.png'), dpi=120)
+    plt.close(fig)
+    return text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config-file', required=True, metavar='FILE', action='append',
+                        help='a Bi-KD config; give several (K = 2, 3, 4 members) for the '
+                             'K-way report')
+    parser.add_argument('--methods', default=','.join(METHODS),
+                        help=f'comma-separated, from {",".join(METHODS)}')
+    parser.add_argument('--output-dir', help='default: work_dirs/experiments/<config name>')
+    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
+    args = parser.parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(',') if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f'unknown method(s) {unknown}; choose from {list(METHODS)}')
+    stems = [os.path.splitext(os.path.basename(c))[0] for c in args.config_file]
+    if len(set(stems)) != len(stems):
+        raise SystemExit(f'config files need distinct names, got {stems}')
+    default = stems[0] if len(stems) == 1 else f'kway_{stems[0]}'
+    out = os.path.abspath(args.output_dir or os.path.join('work_dirs', 'experiments', default))
+    if len(stems) == 1:
+        run_config(args.config_file[0], methods, out, args.opts)
+        return 0
+    results = {stem: run_config(c, methods, os.path.join(out, stem), args.opts)
+               for stem, c in zip(stems, args.config_file)}
+    print('\n' + kway(results, methods, out))
+    print(f'K-way report: {out}/kway.md, kway.csv, kway.png')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
