@@ -53,6 +53,23 @@ def test_report_numbers_are_the_runs_numbers(experiment):
         'kldp_resnet'}
 
 
+def test_finished_runs_are_reused_only_with_the_same_config(experiment, digits_root):
+    out, _ = experiment
+    args = ['run_experiment.py', '--config-file', CONFIG, '--output-dir', out, '--methods',
+            'dml', *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
+            'train_cfg.val_interval=1']
+    assert 'dml: done before' in run_tool(*args).stdout
+    # a changed schedule is not "done": the earlier run is kept aside, the new one runs
+    proc = run_tool(*args[:-2], 'train_cfg.max_epochs=1', 'train_cfg.val_interval=1',
+                    'optim_wrapper.optimizer.lr=0.0')
+    assert 'dml: the config changed; the earlier run moved to' in proc.stdout
+    stale = [d for d in os.listdir(out / 'runs') if d.startswith('dml.stale-')]
+    assert len(stale) == 1 and (out / 'runs' / stale[0] / 'summary.json').is_file()
+    assert 'lr=0.0' in (out / 'configs' / 'dml.py').read_text()
+    assert (out / 'runs' / 'dml' / 'summary.json').stat().st_mtime > \
+        (out / 'runs' / stale[0] / 'summary.json').stat().st_mtime
+
+
 def test_frozen_members_evaluate_the_same_after_training(experiment):
     out, _ = experiment
     for run, frozen in (('kd_from_resnet', 'resnet'), ('kldp_convnext', 'resnet'),

@@ -17,7 +17,9 @@ layout of the paper's Tables 2 and 3: each member's score before, after every me
 delta, the ensemble of the initial members and the share of it each member recovered),
 ``report.csv`` (the same numbers, one row per member and run), ``deltas.png``, and, from the
 Bi-KD run's log, ``teacher_share.png`` and ``task_losses.png``. Each run keeps its own
-work_dir (``runs/<run>``) and config (``configs/<run>.py``); runs that finished are reused.
+work_dir (``runs/<run>``) and config (``configs/<run>.py``); a run that finished with the
+same config is reused, one whose config changed is moved aside (``runs/<run>.stale-<time>``)
+and run again.
 
 Several ``--config-file`` (the same members plus one more each time, Table 6) give one
 report folder per config and ``kway.md`` / ``kway.csv`` / ``kway.png``: each member's delta
@@ -29,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from typing import Dict, List
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,8 +49,10 @@ def plan_runs(model: dict, methods: List[str]) -> Dict[str, dict]:
     temperature = model.get('temperature', 1.0)
     partition = model.get('partition', 'confidence')
     runs: Dict[str, dict] = {}
+    # arguments every meta-architecture takes (random_init: tests, tools that load weights next)
+    common = {k: model[k] for k in ('random_init', 'data_preprocessor', 'init_cfg') if k in model}
     for method in methods:
-        base = dict(type=TYPES[method], members=members)
+        base = dict(type=TYPES[method], members=members, **common)
         if method in ('bikd', 'independent'):
             runs[method] = {**base, **{k: v for k, v in model.items()
                                        if k not in ('type', 'members')}}
@@ -201,7 +206,11 @@ def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, ou
                 ax.plot(*zip(*pts), label=key)
         ax.set_xlabel('iteration')
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
+        else:  # a run shorter than the logging interval
+            ax.text(0.5, 0.5, 'no training iterations logged', ha='center',
+                    transform=ax.transAxes)
         fig.tight_layout()
         fig.savefig(os.path.join(out, name), dpi=120)
         plt.close(fig)
@@ -235,14 +244,20 @@ def run_config(config: str, methods: List[str], out: str, opts: List[str]):
     for i, (run, model) in enumerate(runs.items(), start=1):
         work = os.path.join(out, 'runs', run)
         summary_path = os.path.join(work, 'summary.json')
-        if os.path.isfile(summary_path):
+        run_cfg = cfg.copy()
+        run_cfg.model = model
+        run_cfg.work_dir = work
+        path = os.path.join(out, 'configs', f'{run}.py')
+        text = run_cfg.pretty_text
+        same = os.path.isfile(path) and open(path).read() == text
+        if os.path.isfile(summary_path) and same:
             print(f'[{stem} {i}/{len(runs)}] {run}: done before ({summary_path})', flush=True)
         else:
-            run_cfg = cfg.copy()
-            run_cfg.model = model
-            run_cfg.work_dir = work
-            path = os.path.join(out, 'configs', f'{run}.py')
-            _write_text(run_cfg.pretty_text, path)
+            if os.path.isdir(work) and not same:  # another config ran here: keep it aside
+                stale = f'{work}.stale-{time.strftime("%Y%m%d_%H%M%S")}'
+                os.replace(work, stale)
+                print(f'{run}: the config changed; the earlier run moved to {stale}')
+            _write_text(text, path)
             print(f'\n[{stem} {i}/{len(runs)}] {run}: tools/train_net.py --config-file {path}',
                   flush=True)
             subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
