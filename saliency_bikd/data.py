@@ -126,29 +126,31 @@ class VideoSaliencyDataset(Dataset):
             union |= (fix > 0).astype(np.uint8)
         return union
 
-    def _trainable_target(self, v: int, t: int) -> int:
-        """``t``, or in training, when its map is all zero (KL and CC are undefined, so no
-        loss can be taken on it), the nearest target frame of the same video whose map is not;
-        each substitution is warned about once per file and counted in ``substituted``."""
+    def _target_map(self, v: int, t: int) -> Tuple[int, np.ndarray]:
+        """The target frame and its saliency map (``uint8``): ``t``, or in training, when its
+        map is all zero (KL and CC are undefined, so no loss can be taken on it), the nearest
+        target frame of the same video whose map is not; each substitution is warned about
+        once per file and counted in ``substituted``."""
         video = self.videos[v]
         if self.test_mode:
-            return t
+            return t, _read(video['maps'][t], cv2.IMREAD_GRAYSCALE)
         first, last = self.clip_len - 1, len(video['images']) - 1
         for cand in sorted(range(first, last + 1), key=lambda k: (abs(k - t), k)):
-            if _read(video['maps'][cand], cv2.IMREAD_GRAYSCALE).any():
+            sal = _read(video['maps'][cand], cv2.IMREAD_GRAYSCALE)
+            if sal.any():
                 if cand != t:
                     if video['maps'][t] not in self.substituted:
                         warnings.warn(f'{video["maps"][t]} is all zero (no loss is defined on '
                                       f'it); training on frame {cand + 1} of {video["name"]} '
                                       'in its place')
                     self.substituted.add(video['maps'][t])
-                return cand
+                return cand, sal
         raise ValueError(f'every saliency map of {video["name"]} is all zero; remove the video '
                          'from the training set')
 
     def __getitem__(self, idx: int) -> dict:
         v, t = self.index[idx]
-        t = self._trainable_target(v, t)
+        t, sal = self._target_map(v, t)
         video = self.videos[v]
         h, w = self.frame_size
         frames = []
@@ -157,7 +159,7 @@ class VideoSaliencyDataset(Dataset):
             img = _read(video['images'][min(max(k, 0), last)], cv2.IMREAD_COLOR)[:, :, ::-1]
             frames.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
         clip = torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2)
-        sal = _read(video['maps'][t], cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+        sal = sal.astype(np.float32) / 255.0
         fix = (_read(video['fixation'][t], cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
         if sal.shape != fix.shape:
             raise ValueError(f'{video["maps"][t]} is {sal.shape}, its fixation map '

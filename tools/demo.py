@@ -110,7 +110,7 @@ def main(argv=None):
     configs = task.get('configs', args.task)  # the K-way task shares the digits' members
     checkpoints = f'checkpoints/{configs}'
 
-    from bikd.summary import format_table
+    from bikd.summary import format_table, metric_digits
 
     described, data_root = task['make'](task['data'])
     print(f'{args.task}: {described} in {task["data"]}')
@@ -150,9 +150,7 @@ def main(argv=None):
         print()
     metric = summaries['bikd']['primary_metric']
     print(f'Bi-KD vs Independent, change of {metric}:')
-    # metrics in [0, 1] (CC, AUC) get three decimals, percentages two, as the tables
-    digits = 3 if all(abs(summaries['bikd']['members'][m]['before'][metric]) <= 1
-                      for m in members) else 2
+    digits = metric_digits(summaries['bikd']['members'][m]['before'][metric] for m in members)
     for m in members:
         b = summaries['bikd']['members'][m]['delta'][metric]
         i = summaries['independent']['members'][m]['delta'][metric]

@@ -37,6 +37,8 @@ from typing import Dict, List
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bikd.summary import metric_digits  # noqa: E402
+
 METHODS = ('bikd', 'kldp', 'kd', 'dml', 'independent')
 TYPES = dict(bikd='BiKDMetaArch', independent='IndependentMetaArch', dml='DMLMetaArch',
              kd='KDMetaArch', kldp='KLDPMetaArch')
@@ -136,7 +138,7 @@ def _table(head: List[str], body: List[List[str]]) -> List[str]:
 
 def markdown(rows: List[dict], names: List[str], runs: List[str], title: str) -> str:
     metric = rows[0]['metric']
-    digits = 3 if all(abs(r['before']) <= 1 for r in rows) else 2
+    digits = metric_digits(r['before'] for r in rows)
     cols = columns(rows, runs)
     before = {r['member']: r['before'] for r in rows}
     main = [[m, _fmt(before[m], digits)] + [
@@ -283,8 +285,7 @@ def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
     members (in order of appearance), columns the configs (K members each)."""
     members = list(dict.fromkeys(n for _, names, _ in results.values() for n in names))
     metric = next(iter(results.values()))[0][0]['metric']
-    digits = 3 if all(abs(r['before']) <= 1 for rows, _, _ in results.values() for r in rows) \
-        else 2
+    digits = metric_digits(r['before'] for rows, _, _ in results.values() for r in rows)
     lines, flat = [f'# Members added one at a time: change of {metric}', ''], []
     for method in methods:
         head = ['model'] + [f'K={len(names)} ({stem})' for stem, (_, names, _) in results.items()]

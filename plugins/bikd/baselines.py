@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .losses import at_least_fp32, distillation_loss
 from .member import Member, MemberOutput
-from .meta_arch import PARTITIONS, MultiMemberMetaArch
+from .meta_arch import PARTITIONS, MultiMemberMetaArch, positive_temperature
 from .partition import select_teachers
 from .registry import META_ARCH
 
@@ -76,11 +76,9 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
         if unsupervised and partition != 'confidence':
             raise ValueError("unsupervised KL+DP compares maximum class probabilities: it needs "
                              "partition='confidence'")
-        if temperature <= 0:
-            raise ValueError(f'temperature must be positive, got {temperature}')
         self.student_index = _member_index(self.members, student, 'student')
         self.teacher_index = 1 - self.student_index
-        self.partition, self.temperature = partition, float(temperature)
+        self.partition, self.temperature = partition, positive_temperature(temperature)
         self.unsupervised = bool(unsupervised)
         self.initial_student = copy.deepcopy(self.members[self.student_index])
         self._freeze()
@@ -131,10 +129,8 @@ class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
     def __init__(self, members: Sequence[Union[dict, Member]], teacher: str,
                  temperature: float = 1.0, **kwargs):
         super().__init__(members, **kwargs)
-        if temperature <= 0:
-            raise ValueError(f'temperature must be positive, got {temperature}')
         self.teacher_index = _member_index(self.members, teacher, 'teacher')
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
         self._freeze()
 
     def frozen_modules(self):
@@ -168,9 +164,7 @@ class DMLMetaArch(MultiMemberMetaArch):
     def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
                  **kwargs):
         super().__init__(members, **kwargs)
-        if temperature <= 0:
-            raise ValueError(f'temperature must be positive, got {temperature}')
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
 
     def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
         outputs = [m.forward_train(inputs, data_samples) for m in self.members]

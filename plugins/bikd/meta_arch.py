@@ -20,6 +20,13 @@ from .registry import MEMBERS, META_ARCH
 PARTITIONS = ('confidence', 'loss')
 
 
+def positive_temperature(temperature: float) -> float:
+    """``temperature`` as a float; a clear error if it is not positive."""
+    if temperature <= 0:
+        raise ValueError(f'temperature must be positive, got {temperature}')
+    return float(temperature)
+
+
 class PartitionWarning(UserWarning):
     """The configured partition is unlikely to mean what the user wants."""
 
@@ -133,10 +140,8 @@ class BiKDMetaArch(MultiMemberMetaArch):
         super().__init__(members, **kwargs)
         if partition not in PARTITIONS:
             raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
-        if temperature <= 0:
-            raise ValueError(f'temperature must be positive, got {temperature}')
         self.partition = partition
-        self.temperature = float(temperature)
+        self.temperature = positive_temperature(temperature)
         self.detach_teacher = bool(detach_teacher)
         kinds = {m.name: m.partition_loss_kind for m in self.members}
         if partition == 'loss' and len(set(kinds.values())) > 1:

@@ -59,6 +59,12 @@ def flips(before: Dict[str, np.ndarray], after: Dict[str, np.ndarray],
     return out
 
 
+def metric_digits(values) -> int:
+    """Decimals to print a metric with: 3 for metrics in [0, 1] (CC, AUC), 2 for percentages."""
+    values = [abs(v) for v in values]
+    return 3 if values and max(values) <= 1.0 else 2
+
+
 def _fmt(x, digits=2, sign=False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return '-'
@@ -69,9 +75,7 @@ def format_table(summary: dict, title: str = '') -> str:
     """Plain-text table of a summary: one row per member, then the ensemble."""
     metric = summary['primary_metric']
     has_after = any(m.get('after') is not None for m in summary['members'].values())
-    # metrics in [0, 1] (CC, AUC) need a third decimal; percentages do not
-    values = [abs(m['before'].get(metric, 0.0)) for m in summary['members'].values()]
-    digits = 3 if values and max(values) <= 1.0 else 2
+    digits = metric_digits(m['before'].get(metric, 0.0) for m in summary['members'].values())
 
     def fmt(x, sign=False):
         return _fmt(x, digits, sign)
