@@ -4,5 +4,6 @@ Importing the package registers its classes.
 """
 from .evaluator import SemSegEvaluator
 from .member import MMSegMember
+from .transforms import CheckSegAnnotation
 
-__all__ = ['MMSegMember', 'SemSegEvaluator']
+__all__ = ['CheckSegAnnotation', 'MMSegMember', 'SemSegEvaluator']

@@ -87,3 +87,20 @@ def test_train_net_reports_missing_data_folder(tmp_path):
                     expect_ok=False)
     assert proc.returncode != 0
     assert f'dataset folder not found: {tmp_path / "no_digits" / "train"}' in proc.stdout
+
+
+@pytest.mark.parametrize('override, message', [
+    ('trian_cfg.max_epochs=2', "unknown top-level key 'trian_cfg'; did you mean 'train_cfg'?"),
+    ('model.temprature=2', "model.temprature is not an argument of BiKDMetaArch; did you mean "
+                           "'temperature'?"),
+    ('model.members.1.chekpoint=x.pth', "model.members.1.chekpoint is not an argument of "
+                                        "TimmMember; did you mean 'checkpoint'?"),
+])
+def test_misspelt_config_key_is_named_with_the_closest_valid_one(tmp_path, override, message):
+    proc = run_tool('train_net.py', '--config-file',
+                    os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'),
+                    *digits_overrides(str(tmp_path / 'digits'), str(tmp_path / 'w')), override,
+                    expect_ok=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout
+    assert not (tmp_path / 'w').exists()  # refused before anything was written

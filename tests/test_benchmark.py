@@ -1,20 +1,56 @@
-"""tools/benchmark.py runs on a tiny config and prints its rows (a benchmark is not a test:
+"""tools/benchmark.py runs on tiny configs and prints its rows (a benchmark is not a test:
 no timing is asserted)."""
+import os
 import re
 
 from conftest import digits_overrides, run_tool
 
+VARIANT_ROW = r'\s+\d+\.\d{4}\s+\d+\.\d\s+\d+'
+K_ROW = r'^\s+(\d)\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d{2}\s+(\d+\.\d)$'
 
-def test_benchmark_prints_every_variant_and_the_ratios(digits_root, tmp_path):
-    proc = run_tool('benchmark.py', '--config-file', 'configs/digits/resnet_convnext_bikd.yaml',
-                    '--iters', '2', '--warmup', '1', '--device', 'cpu',
-                    *digits_overrides(digits_root, tmp_path))
-    out = proc.stdout
-    for row in ('resnet alone', 'convnext alone', 'Bi-KD (all members)',
-                'KL+DP, student resnet', 'KL+DP, student convnext'):
-        assert re.search(re.escape(row) + r'\s+\d+\.\d{4}\s+\d+\.\d\s+\d+', out), row
+
+def check_common_rows(out, names):
+    for name in names:
+        assert re.search(re.escape(f'{name} alone') + VARIANT_ROW, out), name
+        assert re.search(re.escape(f'KL+DP, student {name}') + VARIANT_ROW, out), name
+    assert re.search(r'Bi-KD \(all members\)' + VARIANT_ROW, out)
     assert re.search(r'Bi-KD / sum of the members alone: \d+\.\d{3}', out)
     assert re.search(r'KL\+DP for both members \(two runs\) / Bi-KD: \d+\.\d{3}', out)
-    ks = re.findall(r'^\s+(\d)\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+$', out, flags=re.M)
-    assert ks == [str(k) for k in range(2, 9)]
+    assert re.search(r'at the physical limit .* Bi-KD would cost \d\.\d\dx KL\+DP', out)
+    assert re.search(r'data loader alone \(\d+ workers, \d+ batches\): \d+\.\d samples/s = '
+                     r'\d+\.\dx what a Bi-KD step consumes', out)
+    rows = re.findall(K_ROW, out, flags=re.M)
+    assert [k for k, _ in rows] == [str(k) for k in range(2, 9)]
+    # the term's own peak, in units of one member's output, grows linearly in K: at most
+    # a constant plus ~2 outputs per member (softmax kept for backward, gradient), never K^2
+    per_output = [float(x) for _, x in rows]
+    assert all(x <= 2 * k + 4 for x, k in zip(per_output, range(2, 9))), per_output
+    assert re.search(r'its share of a Bi-KD step at K = 2: \d+\.\d% of the time, \d+\.\d% of '
+                     r'the peak tensor memory', out)
+
+
+def test_benchmark_on_digits_prints_every_variant_ratio_and_profile(digits_root, tmp_path):
+    proc = run_tool('benchmark.py', '--config-file', 'configs/digits/resnet_convnext_bikd.yaml',
+                    '--iters', '2', '--warmup', '1', '--device', 'cpu', '--profile',
+                    *digits_overrides(digits_root, tmp_path))
+    out = proc.stdout
+    check_common_rows(out, ['resnet', 'convnext'])
     assert 'output (32, 10)' in out  # the members' real logits shape
+    for part in ('bikd.forward.resnet', 'bikd.forward.convnext', 'bikd.distillation',
+                 'backward (autograd)', 'Optimizer.step'):
+        assert re.search(re.escape(part) + r'.*\d+\.\d\d ms\s+\d+\.\d%', out), part
+
+
+def test_benchmark_on_the_segmentation_toy_distils_150_classes_at_quarter_resolution(tmp_path):
+    from tools.make_ade20k_toy import make_ade20k_toy
+    make_ade20k_toy(str(tmp_path / 'toy'), n_train=6, n_val=2, size=64)
+    root = os.path.join(tmp_path, 'toy', 'ADEChallengeData2016')
+    proc = run_tool('benchmark.py', '--config-file', 'configs/ade20k_toy/m2f_upernet_bikd.yaml',
+                    '--iters', '1', '--warmup', '1', '--device', 'cpu',
+                    f'train_dataloader.dataset.data_root={root}',
+                    'train_dataloader.num_workers=0', 'train_dataloader.batch_size=2')
+    check_common_rows(proc.stdout, ['mask2former', 'upernet'])
+    # 150 classes at 1/4 of the crop (at most 128x128; smaller where the random scale
+    # made the image smaller)
+    h, w = map(int, re.search(r'output \(2, 150, (\d+), (\d+)\)', proc.stdout).groups())
+    assert 16 <= h <= 32 and 16 <= w <= 32

@@ -95,3 +95,11 @@ def test_saliency_paper_configs_build_with_paper_settings(stem):
     ind_cfg, ind = build(os.path.join(ROOT, f'configs/{stem}_independent.yaml'))
     assert type(ind).__name__ == 'IndependentMetaArch' and ind.member_names == model.member_names
     assert ind_cfg.optim_wrapper == cfg.optim_wrapper and ind_cfg.train_cfg == cfg.train_cfg
+
+
+@pytest.mark.parametrize('path', sorted(
+    p for p in glob.glob(os.path.join(ROOT, 'configs/*/*.yaml'))
+    if '_base_' not in p), ids=lambda p: os.path.relpath(p, ROOT))
+def test_evaluation_runs_batched(path):
+    cfg = load_config(path, import_modules=False)
+    assert cfg.val_dataloader.batch_size > 1, 'evaluation one sample at a time'

@@ -1,10 +1,15 @@
 """BiKDMetaArch and IndependentMetaArch on tiny timm members: the loss is Eq. 13."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import classification_bikd  # noqa: F401  (registers TimmMember)
 from bikd import BiKDMetaArch, IndependentMetaArch
+from bikd.losses import distillation_loss
 
 TINY_VIT = dict(type='TimmMember', model_name='vit_tiny_patch16_224', pretrained=False,
                 num_classes=5, input_size=[16, 16],
@@ -91,3 +96,32 @@ def test_members_normalise_with_their_own_statistics():
     x = members[1].normalize(images)
     expected = (1 - torch.tensor(imagenet_mean)) / torch.tensor(imagenet_std)
     assert torch.allclose(x[0, :, 0, 0], expected)
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the size of the largest tensor any operator produces."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize('k', [2, 5])
+def test_distillation_term_never_builds_a_tensor_larger_than_one_members_output(k):
+    # 150 classes at a segmentation member's distillation resolution: stacking the K members'
+    # outputs (or pairwise K x K KLs) would build a tensor K (or K^2) times one output.
+    shape = (3, 150, 12, 16)
+    torch.manual_seed(0)
+    logits = [torch.randn(shape, requires_grad=True) for _ in range(k)]
+    teachers = torch.tensor([k - 1, 0, 1])
+    with _LargestTensor() as mode:
+        distillation_loss(logits, teachers).backward()
+    assert mode.largest == math.prod(shape)
+    assert all(z.grad is not None for z in logits)

@@ -187,3 +187,34 @@ def test_loss_partition_over_differently_defined_losses_warns():
     with warnings.catch_warnings():
         warnings.simplefilter('error', PartitionWarning)
         BiKDMetaArch([{**m, 'partition_loss': 'pixel_ce'} for m in members], partition='loss')
+
+
+def test_bad_annotations_are_named(tmp_path):
+    """An image without its annotation, labels outside the 150 classes, an annotation of
+    another size: each error names the file (and the image) at fault."""
+    import numpy as np
+    from mmengine.registry import DATASETS
+    from PIL import Image
+
+    from tools.make_ade20k_toy import make_ade20k_toy
+    make_ade20k_toy(str(tmp_path / 'toy'), n_train=3, n_val=1, size=64)
+    root = tmp_path / 'toy' / 'ADEChallengeData2016'
+    cfg = load_config(TOY, [f'train_dataloader.dataset.data_root={root}'])
+    init_default_scope('bikd')
+    dataset = DATASETS.build(cfg.train_dataloader.dataset)
+    infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+    anns = [d['seg_map_path'] for d in infos]
+    assert len(anns) == 3
+    os.remove(anns[0])
+    with pytest.raises(FileNotFoundError, match=os.path.basename(anns[0])):
+        dataset[0]
+    label = np.array(Image.open(anns[1]))
+    label[:3, :3] = 200  # 199 after reduce_zero_label
+    Image.fromarray(label).save(anns[1])
+    with pytest.raises(ValueError, match=rf'{anns[1]} .*labels \[199\] outside the 150 classes'):
+        dataset[1]
+    img = Image.open(anns[2])
+    img.resize((img.width // 2, img.height)).save(anns[2])
+    with pytest.raises(ValueError, match=rf'annotation {anns[2]} is \d+x\d+ pixels but its '
+                                         rf'image {infos[2]["img_path"]}'):
+        dataset[2]

@@ -161,3 +161,61 @@ def test_evaluation_in_two_processes_matches_one(digits_root, tmp_path, one_epoc
     for name in ('resnet', 'convnext'):
         assert one['members'][name]['before'] == two['members'][name]['before']
     assert one['ensemble']['before'] == two['ensemble']['before']
+
+
+def test_bf16_and_channels_last_switches_train_from_the_command_line(digits_root, tmp_path):
+    work = tmp_path / 'amp'
+    run_tool('train_net.py', '--config-file', CONFIG, '--amp', 'bf16', '--channels-last',
+             *digits_overrides(digits_root, str(work)), 'train_cfg.max_epochs=1',
+             'train_cfg.val_interval=1')
+    summary = read_summary(work)
+    assert summary['iterations'] == 40
+    for name, m in summary['members'].items():
+        assert m['after']['top1'] > m['before']['top1'] + 10, name
+    ckpt = torch.load(work / 'epoch_1.pth', map_location='cpu', weights_only=False)
+    assert 'loss_scaler' in ckpt['optim_wrapper' if 'optim_wrapper' in ckpt else 'optimizer']
+    convs = [v for k, v in ckpt['state_dict'].items() if v.dim() == 4 and v.shape[1] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
+
+
+def test_killed_run_resumes_to_the_same_weights_bit_for_bit(digits_root, tmp_path):
+    """SIGKILL in the middle of the second epoch, then --resume: every member's weights and
+    the optimiser state at the end equal those of an uninterrupted run with the same seed
+    (sampler, augmentation and model random states, optimiser and scheduler restored)."""
+    import signal
+    import subprocess
+    import sys
+
+    def opts(work):
+        return [*digits_overrides(digits_root, str(work)), 'train_dataloader.batch_size=64',
+                'train_cfg.max_epochs=2', 'train_cfg.val_interval=1',
+                'default_hooks.logger.interval=2']
+
+    run_tool('train_net.py', '--config-file', CONFIG, *opts(tmp_path / 'whole'))
+
+    cut = tmp_path / 'cut'
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
+                             '--config-file', CONFIG, *opts(cut)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, 'PYTHONUNBUFFERED': '1'})
+    seen = []
+    for line in proc.stdout:  # kill once epoch 2 has run a few iterations
+        seen.append(line)
+        if re.search(r'Epoch\(train\)\s+\[2\]\[\s*6/20\]', line):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, ''.join(seen[-30:])
+    assert not (cut / 'epoch_2.pth').exists() and (cut / 'epoch_1.pth').exists()
+    out = run_tool('train_net.py', '--config-file', CONFIG, '--resume', *opts(cut)).stdout
+    assert 'resumed epoch: 1' in out
+
+    whole = torch.load(tmp_path / 'whole' / 'epoch_2.pth', map_location='cpu', weights_only=True)
+    resumed = torch.load(cut / 'epoch_2.pth', map_location='cpu', weights_only=True)
+    assert whole['state_dict'].keys() == resumed['state_dict'].keys()
+    differ = [k for k, v in whole['state_dict'].items()
+              if not torch.equal(v, resumed['state_dict'][k])]
+    assert not differ, differ[:5]
+    for a, b in zip(whole['optimizer']['state'].values(), resumed['optimizer']['state'].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_summary(tmp_path / 'whole')['members'] == read_summary(cut)['members']

@@ -1,24 +1,32 @@
 #!/usr/bin/env python
 """What Bi-KD costs against its members alone and against KL+DP, measured side by side.
 
-    python tools/benchmark.py --config-file FILE [--iters N] [--warmup W] [--device cpu|cuda]
-                              [--pretrained] [key=value ...]
+    python tools/benchmark.py --config-file FILE [--iters N] [--warmup W] [--rounds R]
+                              [--device cpu|cuda] [--pretrained] [--profile] [key=value ...]
 
 On the same batches (drawn once from the config's training loader) and the same initial
 members (random weights unless --pretrained), it times full training steps (forward, backward,
 optimiser) of: each member trained alone, BiKDMetaArch with all members, and one KLDPMetaArch
-run per student (a trainable student plus its frozen teacher and frozen initial copy). For
-each: median seconds per iteration, samples/s and peak memory (the CUDA allocator's peak, or
-the process's peak resident set on CPU, reset before each variant). Then the ratios measured
-in this one run: Bi-KD / sum of the members alone, and KL+DP's runs for every member / Bi-KD.
-Last, the distillation term alone (partition + masked KL, forward and backward) for K = 2..8
-members on the members' real output shape: its cost should grow linearly in K.
+run per student (a trainable student plus its frozen teacher and frozen initial copy). Every
+variant is built and warmed up first, then all are timed round-robin in --rounds rounds, so
+that the machine's drifts fall on all alike. For each: median seconds per iteration,
+samples/s and its own memory (weights, buffers and optimiser state plus the peak of the tensors
+a training step allocates: the CUDA allocator's peak, or torch's memory profile on CPU). Then the ratios measured in this one run:
+Bi-KD / sum of the members alone, KL+DP's runs for every member / Bi-KD, and the bound on the
+latter that the members' frozen-forward cost sets. Then the data loader's throughput against
+what a Bi-KD step consumes, and the distillation term alone (partition + masked KL, forward
+and backward) for K = 2..8 members on the members' real output shape: time, and the memory it
+allocates in units of one member's output, both linear in K. --profile adds a torch.profiler
+breakdown of one Bi-KD step.
 
 Timings are medians over --iters steps after --warmup steps; on a shared or small machine
-compare ratios from one run, not absolute figures across runs.
+compare ratios from one run, not absolute figures across runs. Mixed precision and
+channels-last are the configs' own switches, e.g. ``optim_wrapper.type=AmpOptimWrapper
+optim_wrapper.dtype=bfloat16 model.channels_last=true``; every variant runs under them.
 """
 import argparse
 import copy
+import math
 import os
 import statistics
 import sys
@@ -36,31 +44,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _reset_peak(device: str) -> None:
-    if device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
-        return
-    try:  # Linux: writing 5 resets the process's peak RSS (VmHWM) to its current RSS
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')
-    except OSError:
-        pass
-
-
-def _peak_mib(device: str) -> float:
-    if device.startswith('cuda'):
-        return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def time_steps(step: Callable[[int], None], iters: int, warmup: int, device: str) -> List[float]:
     for i in range(warmup):
         step(i)
@@ -74,21 +57,112 @@ def time_steps(step: Callable[[int], None], iters: int, warmup: int, device: str
     return times
 
 
-def measure(name: str, model, optim_cfg: dict, batches: list, iters: int, warmup: int,
-            device: str) -> dict:
-    from mmengine.optim import build_optim_wrapper
-    model = model.to(device)
-    model.train()
-    wrapper = build_optim_wrapper(model, copy.deepcopy(optim_cfg))
-    _reset_peak(device)
+def static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the weights, buffers and optimiser state (each tensor once)."""
+    seen, total = set(), 0
+    state = [t for s in optimizer.state.values() for t in s.values() if torch.is_tensor(t)]
+    for t in [*model.parameters(), *model.buffers(), *state]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+class Variant:
+    """One way of training, built and warmed up. Its own memory: weights, buffers and
+    optimiser state, plus the peak of the tensors one training step allocates (activations,
+    gradients, temporaries; the allocator's peak on CUDA, torch's memory profile on CPU)."""
+
+    def __init__(self, name: str, build: Callable[[], torch.nn.Module], optim_cfg: dict,
+                 batches: list, warmup: int, device: str):
+        self.name, self.batches, self.device = name, batches, device
+        self.model = build().to(device).train()
+        self.wrapper = build_optim_wrapper_for(self.model, optim_cfg)
+        for i in range(max(warmup, 1)):
+            self.step(i)
+        _sync(device)
+        step_peak = tensor_peak_bytes(lambda: self.step(0), device)
+        self.peak_mib = (static_bytes(self.model, self.wrapper.optimizer) + step_peak) / 2**20
+        self.times: List[float] = []
+
+    def step(self, i: int) -> None:
+        self.model.train_step(self.batches[i % len(self.batches)], self.wrapper)
+
+    def time(self, iters: int, start: int) -> None:
+        self.times += time_steps(lambda i: self.step(start + i), iters, 0, self.device)
+
+    def result(self) -> dict:
+        med = statistics.median(self.times)
+        return dict(name=self.name, seconds=med, samples_per_s=_batch_size(self.batches[0]) / med,
+                    peak_mib=self.peak_mib)
+
+
+def measure_interleaved(variants: Dict[str, Callable[[], torch.nn.Module]], optim_cfg: dict,
+                        batches: list, iters: int, warmup: int, rounds: int,
+                        device: str) -> Dict[str, dict]:
+    """Build and warm up every variant, then time them in ``rounds`` round-robin rounds of
+    ``iters / rounds`` steps each: slow drifts of the machine (clock, other tenants) fall on
+    all variants alike instead of on whichever ran last."""
+    built = []
+    for i, (name, build) in enumerate(variants.items(), start=1):
+        print(f'[{i}/{len(variants)}] building and warming up {name} ...', flush=True)
+        built.append(Variant(name, build, optim_cfg, batches, warmup, device))
+    rounds = max(1, min(rounds, iters))
+    per_round = [iters // rounds + (r < iters % rounds) for r in range(rounds)]
+    for r, n in enumerate(per_round):
+        print(f'timing round {r + 1}/{rounds}: {n} steps of each variant', flush=True)
+        for v in built:
+            v.time(n, warmup + sum(per_round[:r]))
+    return {v.name: v.result() for v in built}
+
+
+def frozen_forward_seconds(member, model, batches: list, args) -> float:
+    """Median seconds of one member's forward in eval mode without gradients."""
+    member = copy.deepcopy(member).to(args.device).eval()
+    preprocess = model.data_preprocessor.to(args.device)
 
     def step(i):
-        model.train_step(batches[i % len(batches)], wrapper)
+        with torch.no_grad():
+            data = preprocess(batches[i % len(batches)], True)
+            member.forward_train(data['inputs'], data['data_samples'])
 
-    times = time_steps(step, iters, warmup, device)
-    n = _batch_size(batches[0])
-    med = statistics.median(times)
-    return dict(name=name, seconds=med, samples_per_s=n / med, peak_mib=_peak_mib(device))
+    return statistics.median(time_steps(step, args.iters, args.warmup, args.device))
+
+
+def profile_step(model, optim_cfg: dict, batches: list, args) -> None:
+    """One Bi-KD step under torch.profiler (after warm-up): the parts the meta-architecture
+    labels (``bikd.forward.<member>``, ``bikd.distillation``), the backward pass and the
+    optimiser step, then the operators with the most self time."""
+    from torch.profiler import ProfilerActivity, profile
+    model = copy.deepcopy(model).to(args.device).train()
+    wrapper = build_optim_wrapper_for(model, optim_cfg)
+    for i in range(args.warmup):
+        model.train_step(batches[i % len(batches)], wrapper)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
+                                           if args.device.startswith('cuda') else [])
+    _sync(args.device)
+    with profile(activities=activities) as prof:
+        model.train_step(batches[0], wrapper)
+        _sync(args.device)
+    events = prof.key_averages()
+    parts = [(e.key, e.cpu_time_total) for e in events
+             if e.key.startswith('bikd.') or e.key.startswith('Optimizer.step')]
+    # every autograd node runs as one (non-nested) evaluate_function event
+    parts.append(('backward (autograd)', sum(e.cpu_time_total for e in events if e.key.startswith(
+        'autograd::engine::evaluate_function'))))
+    total = sum(e.self_cpu_time_total for e in events)
+    parts.append(('other (batch preparation, loss sum, logging)',
+                  total - sum(us for _, us in parts)))
+    print(f'\nprofile of one Bi-KD step ({total / 1e3:.1f} ms of operator time on the CPU side)')
+    for key, us in parts:
+        print(f'  {key:<46}{us / 1e3:>10.2f} ms {100 * us / max(total, 1):>6.1f}%')
+    sort = 'self_cuda_time_total' if args.device.startswith('cuda') else 'self_cpu_time_total'
+    print(events.table(sort_by=sort, row_limit=12, max_name_column_width=40))
+
+
+def build_optim_wrapper_for(model, optim_cfg: dict):
+    from mmengine.optim import build_optim_wrapper
+    return build_optim_wrapper(model, copy.deepcopy(optim_cfg))
 
 
 def _batch_size(batch) -> int:
@@ -96,23 +170,69 @@ def _batch_size(batch) -> int:
     return len(inputs)
 
 
+def tensor_peak_bytes(fn: Callable[[], None], device: str) -> int:
+    """Peak bytes of the tensors ``fn`` allocates beyond those alive before it: the CUDA
+    allocator's peak, or on CPU the peak of the live tensors in torch's memory profile."""
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                 with_stack=True) as prof:
+        fn()
+    live = peak = 0
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            live += size
+        elif action == Action.DESTROY:
+            live -= size
+        peak = max(peak, live)
+    return peak
+
+
 def distill_table(shape, ks, iters: int, device: str) -> List[dict]:
-    """Partition + masked KL, forward and backward, for K members of output ``shape``."""
+    """Partition + masked KL (from the members' raw outputs: softmax, teacher pick, KL),
+    forward and backward, for K members of output ``shape``: median time, and the peak of the
+    tensors it allocates in units of one member's output."""
     from bikd.losses import distillation_loss
     from bikd.partition import select_teachers
     rows = []
+    one_output = math.prod(shape) * 4
     for k in ks:
         logits = [torch.randn(shape, device=device, requires_grad=True) for _ in range(k)]
         scores = torch.rand(k, shape[0], device=device)
 
-        def step(_):
+        def step(_=None):
+            for z in logits:
+                z.grad = None
             loss = distillation_loss(logits, select_teachers(scores))
             loss.backward()
 
-        _reset_peak(device)
         times = time_steps(step, iters, 2, device)
-        rows.append(dict(k=k, ms=1000 * statistics.median(times), peak_mib=_peak_mib(device)))
+        for z in logits:
+            z.grad = None
+        peak = tensor_peak_bytes(step, device)
+        rows.append(dict(k=k, ms=1000 * statistics.median(times), peak_mib=peak / 2**20,
+                         outputs=peak / one_output))
     return rows
+
+
+def loader_throughput(loader_cfg: dict, batches: int) -> float:
+    """Samples/s of the training data loader alone, as configured (workers included), after
+    its first batch (worker start-up)."""
+    from mmengine.runner import Runner
+    loader = Runner.build_dataloader(copy.deepcopy(loader_cfg), seed=0)
+    it = iter(loader)
+    next(it)
+    start, n = time.perf_counter(), 0
+    for _ in range(batches):
+        n += _batch_size(next(it))
+    return n / (time.perf_counter() - start)
 
 
 def main(argv=None):
@@ -121,9 +241,15 @@ def main(argv=None):
     parser.add_argument('--config-file', required=True, metavar='FILE')
     parser.add_argument('--iters', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--rounds', type=int, default=5,
+                        help='round-robin rounds the timed steps are split into')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--pretrained', action='store_true',
                         help="load the members' weights (default: random, same for all variants)")
+    parser.add_argument('--profile', action='store_true',
+                        help='also profile one Bi-KD step with torch.profiler: time per part '
+                             '(each member\'s forward, partition + KL, backward, optimiser) '
+                             'and the top operators')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
 
@@ -148,27 +274,28 @@ def main(argv=None):
     batches, it = [], iter(loader)
     for _ in range(n_batches):
         batches.append(next(it))
+    amp = cfg.optim_wrapper.get('type') == 'AmpOptimWrapper'
+    precision = f'AMP {cfg.optim_wrapper.get("dtype") or "default dtype"}' if amp else 'float32'
     print(f'{args.config_file}: members {names}, {n_batches} distinct batches of '
           f'{_batch_size(batches[0])}, {args.iters} timed steps after {args.warmup}, '
-          f'device {args.device}', flush=True)
+          f'device {args.device}, {precision}'
+          f'{", channels-last" if bikd.channels_last else ""}', flush=True)
 
     variants: Dict[str, Callable[[], torch.nn.Module]] = {}
+    fmt = dict(channels_last=bikd.channels_last)
     for m in members:
-        variants[f'{m.name} alone'] = lambda m=m: IndependentMetaArch([copy.deepcopy(m)])
+        variants[f'{m.name} alone'] = lambda m=m: IndependentMetaArch([copy.deepcopy(m)], **fmt)
     variants['Bi-KD (all members)'] = lambda: copy.deepcopy(bikd)
     if len(members) == 2:
         for m in members:
             variants[f'KL+DP, student {m.name}'] = lambda m=m: KLDPMetaArch(
                 [copy.deepcopy(x) for x in members], student=m.name,
-                partition=getattr(bikd, 'partition', 'confidence'))
-    results = {}
-    for i, (name, build) in enumerate(variants.items(), start=1):
-        print(f'[{i}/{len(variants)}] {name} ...', flush=True)
-        results[name] = measure(name, build(), cfg.optim_wrapper, batches, args.iters,
-                                args.warmup, args.device)
+                partition=getattr(bikd, 'partition', 'confidence'), **fmt)
+    results = measure_interleaved(variants, cfg.optim_wrapper, batches, args.iters, args.warmup,
+                                  args.rounds, args.device)
 
     width = max(len(n) for n in results) + 2
-    print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"peak MiB":>11}')
+    print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"own MiB":>11}')
     for r in results.values():
         print(f'{r["name"]:<{width}}{r["seconds"]:>10.4f}{r["samples_per_s"]:>12.1f}'
               f'{r["peak_mib"]:>11.0f}')
@@ -179,19 +306,52 @@ def main(argv=None):
         kldp = sum(results[f'KL+DP, student {n}']['seconds'] for n in names)
         print(f'KL+DP for both members (two runs) / Bi-KD: {kldp / ours:.3f}  '
               f'(Bi-KD costs {ours / kldp:.2f}x KL+DP)')
+        # Each KL+DP run is a training step of its student plus frozen forwards of the teacher
+        # and of the initial student, so the two runs cost sum(T) + 2 sum(F), while Bi-KD
+        # costs at least sum(T): Bi-KD / KL+DP >= sum(T) / (sum(T) + 2 sum(F)).
+        frozen = {m.name: frozen_forward_seconds(m, bikd, batches, args) for m in members}
+        bound = alone / (alone + 2 * sum(frozen.values()))
+        print('frozen forward (no grad, as KL+DP runs its teacher and initial student): ' +
+              ', '.join(f'{n} {t:.4f} s = {t / results[f"{n} alone"]["seconds"]:.2f}x its '
+                        'training step' for n, t in frozen.items()))
+        print(f'at the physical limit (Bi-KD = sum of the members alone) Bi-KD would cost '
+              f'{bound:.2f}x KL+DP: sum(T) / (sum(T) + 2 sum(F)) with T a member\'s training '
+              'step and F its frozen forward')
+
+    if args.profile:
+        profile_step(bikd, cfg.optim_wrapper, batches, args)
+
+    # the data pipeline: the loader alone against what a Bi-KD step consumes
+    n_load = max(min(len(loader) - 1, 2 * (args.iters + args.warmup)), 1)
+    load = loader_throughput(cfg.train_dataloader, n_load)
+    consumed = results['Bi-KD (all members)']['samples_per_s']
+    print(f'\ndata loader alone ({cfg.train_dataloader.get("num_workers", 0)} workers, '
+          f'{n_load} batches): {load:.1f} samples/s = {load / consumed:.1f}x what a Bi-KD step '
+          'consumes (target >= 2)')
 
     # the distillation term alone, on the members' real output shape
+    bikd = bikd.to(args.device)
     with torch.no_grad():
-        data = bikd.to(args.device).data_preprocessor(batches[0], True)
+        data = bikd.data_preprocessor(batches[0], True)
         out = bikd.members[0].forward_train(data['inputs'], data['data_samples'])
     shape = tuple(out.distill.shape)
     rows = distill_table(shape, range(2, 9), max(args.iters // 2, 5), args.device)
     print(f'\ndistillation term alone (partition + masked KL, forward + backward), output {shape}')
-    print(f'{"K":>3}{"ms":>10}{"ms / (K-1)":>12}{"peak MiB":>11}')
+    print(f'{"K":>3}{"ms":>10}{"ms / (K-1)":>12}{"peak MiB":>11}{"x output":>10}')
     for r in rows:
-        print(f'{r["k"]:>3}{r["ms"]:>10.3f}{r["ms"] / (r["k"] - 1):>12.3f}{r["peak_mib"]:>11.0f}')
-    share = rows[len(members) - 2]['ms'] / 1000 / ours if len(members) <= 8 else float('nan')
-    print(f'its share of a Bi-KD step at K = {len(members)}: {100 * share:.1f}%')
+        print(f'{r["k"]:>3}{r["ms"]:>10.3f}{r["ms"] / (r["k"] - 1):>12.3f}{r["peak_mib"]:>11.2f}'
+              f'{r["outputs"]:>10.1f}')
+    print('(peak MiB: tensors the term allocates; x output: that peak in units of one member\'s '
+          'output; both grow linearly in K, never as K x K)')
+    if len(members) <= 8:
+        term = rows[len(members) - 2]
+        wrapper = build_optim_wrapper_for(bikd, cfg.optim_wrapper)
+        step_peak = tensor_peak_bytes(
+            lambda: bikd.train_step(batches[0], wrapper), args.device) / 2**20
+        print(f'its share of a Bi-KD step at K = {len(members)}: '
+              f'{100 * term["ms"] / 1000 / ours:.1f}% of the time, '
+              f'{100 * term["peak_mib"] / step_peak:.1f}% of the peak tensor memory '
+              f'({term["peak_mib"]:.2f} of {step_peak:.1f} MiB)')
     return 0
 
 

@@ -52,7 +52,8 @@ def plan_runs(model: dict, methods: List[str]) -> Dict[str, dict]:
     partition = model.get('partition', 'confidence')
     runs: Dict[str, dict] = {}
     # arguments every meta-architecture takes (random_init: tests, tools that load weights next)
-    common = {k: model[k] for k in ('random_init', 'data_preprocessor', 'init_cfg') if k in model}
+    common = {k: model[k] for k in ('random_init', 'data_preprocessor', 'init_cfg', 'channels_last')
+              if k in model}
     for method in methods:
         base = dict(type=TYPES[method], members=members, **common)
         if method in ('bikd', 'independent'):

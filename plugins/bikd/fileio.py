@@ -2,7 +2,7 @@
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
@@ -14,15 +14,25 @@ def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path in ``path``'s folder; it replaces ``path`` only on success."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp',
-                               dir=os.path.dirname(path))
-    os.close(fd)
+    # A unique hidden name in the same folder (same file system, so the rename is atomic),
+    # created by the writer with the usual permissions.
+    tmp = os.path.join(os.path.dirname(path),
+                       f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_bytes(data: bytes, path: str) -> None:
+    """``data`` to ``path`` atomically and durably (flushed to disk before the rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def save_json(obj: Any, path: str) -> None:

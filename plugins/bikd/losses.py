@@ -27,8 +27,8 @@ def masked_kl(log_probs: Sequence[Tensor], teacher: Tensor, detach_teacher: bool
     Returns:
         Scalar: ``sum_i sum_{j != t_i} mean_spatial sum_c p_t (log p_t - log p_j)``.
 
-    Cost: one gather of the teachers' distributions and K KL terms per sample, never the K x K
-    pairwise KLs.
+    Cost: K KL terms per sample, never the K x K pairwise KLs; memory beyond the inputs stays
+    a few output-sized tensors plus one gradient per member, linear in K.
     """
     k = len(log_probs)
     if k < 2:
@@ -40,16 +40,19 @@ def masked_kl(log_probs: Sequence[Tensor], teacher: Tensor, detach_teacher: bool
     n = log_probs[0].shape[0]
     if teacher.shape != (n, ):
         raise ValueError(f'teacher must have shape [{n}], got {tuple(teacher.shape)}')
-    teacher = teacher.to(log_probs[0].device)
-    samples = torch.arange(n, device=teacher.device)
-    lp_teacher = torch.stack(log_probs)[teacher, samples]  # [N, C, *spatial]
+    teacher = teacher.to(log_probs[0].device).view(n, *[1] * (log_probs[0].dim() - 1))
+    # The teachers' distributions, picked sample by sample without stacking the K members'
+    # outputs: at most two output-sized tensors are alive at once, whatever K.
+    lp_teacher = log_probs[-1]
+    for j in range(k - 2, -1, -1):
+        lp_teacher = torch.where(teacher == j, log_probs[j], lp_teacher)
+    teacher = teacher.view(n)
     if detach_teacher:
         lp_teacher = lp_teacher.detach()
     p_teacher = lp_teacher.exp()
-    # sum_c p_t log p_t once per sample (0 log 0 = 0, so an underflowed probability gives no
-    # NaN); each student then costs one cross term sum_c p_t log p_j.
-    neg_entropy = torch.where(p_teacher > 0, p_teacher * lp_teacher, torch.zeros_like(p_teacher))
-    neg_entropy = neg_entropy.sum(dim=1)  # [N, *spatial]
+    # sum_c p_t log p_t once per sample (0 log 0 = 0, so a zero probability gives no NaN);
+    # each student then costs one cross term sum_c p_t log p_j.
+    neg_entropy = torch.where(p_teacher > 0, p_teacher * lp_teacher, 0.0).sum(dim=1)
     total = log_probs[0].new_zeros(())
     for j, lp in enumerate(log_probs):
         student = teacher != j

@@ -114,4 +114,7 @@ def format_table(summary: dict, title: str = '') -> str:
                  if summary.get('method') == 'IndependentMetaArch' else 'share of samples taught')
         text.append(f'{label}: ' +
                     ', '.join(f'{k} {100 * v:.1f}%' for k, v in share.items()))
+    if summary.get('skipped_steps'):
+        text.append(f'steps dropped for a non-finite loss: {summary["skipped_steps"]} of '
+                    f'{summary.get("iterations", "?")} (see the log for members and iterations)')
     return '\n'.join(text)

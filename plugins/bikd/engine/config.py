@@ -7,11 +7,15 @@ relative to the including file, or mmengine config references such as ``mmseg::m
 which mmengine reads. Code is imported from a config only through its explicit
 ``custom_imports`` list.
 """
+import difflib
+import inspect
 import os
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
+import torch
 import yaml
 from mmengine.config import Config
+from mmengine.registry import DefaultScope
 from mmengine.utils import import_modules_from_strings
 
 YAML_SUFFIXES = ('.yaml', '.yml')
@@ -78,5 +82,72 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
         cfg.merge_from_dict(parse_overrides(overrides), allow_list_keys=True)
     if import_modules and cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
+    check_keys(cfg, path, members=import_modules)
     return cfg
+
+
+#: Top-level keys mmengine's Runner (``Runner.from_cfg``, ``wrap_model``) and this suite read.
+TOP_LEVEL_KEYS = frozenset({
+    'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
+    'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
+    'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
+    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
+    'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
+    'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
+    'efficient_conv_bn_eval', 'custom_imports'})
+
+
+class ConfigKeyError(KeyError):
+    """A config key that nothing reads (printed without KeyError's quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ''
+
+
+def accepted_arguments(cls) -> Optional[set]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class
+    hierarchy; ``None`` if they cannot be known (a ``**kwargs`` that goes elsewhere)."""
+    names = set()
+    for klass in cls.__mro__:
+        if klass in (object, torch.nn.Module) or '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            return names - {'self'}
+    return names - {'self'}
+
+
+def _check_arguments(section: dict, registry, where: str, path: str) -> None:
+    cls = registry.get(section.get('type')) if isinstance(section.get('type'), str) else None
+    if cls is None or not inspect.isclass(cls):
+        return  # an unknown type is reported when it is built
+    valid = accepted_arguments(cls)
+    for key in section:
+        if key not in ('type', '_scope_') and valid is not None and key not in valid:
+            raise ConfigKeyError(f'config {path}: {where}.{key} is not an argument of '
+                           f'{cls.__name__}{_suggest(key, valid)}')
+
+
+def check_keys(cfg: Config, path: str, members: bool = True) -> None:
+    """A misspelt key is an error that names it and suggests the closest valid one: top-level
+    keys, the meta-architecture's arguments and, with ``members``, each member's."""
+    for key in cfg.keys():
+        if key not in TOP_LEVEL_KEYS:
+            raise ConfigKeyError(f'config {path}: unknown top-level key {key!r}'
+                           f'{_suggest(key, TOP_LEVEL_KEYS)}')
+    model = cfg.get('model')
+    if not isinstance(model, dict):
+        return
+    from ..registry import MEMBERS, META_ARCH
+    with DefaultScope.overwrite_default_scope('bikd'):
+        _check_arguments(model, META_ARCH, 'model', path)
+        for i, member in enumerate(model.get('members') or []):
+            if members and isinstance(member, dict):
+                _check_arguments(member, MEMBERS, f'model.members.{i}', path)
 

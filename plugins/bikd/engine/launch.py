@@ -14,10 +14,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from mmengine.model import MMDistributedDataParallel
+
 from ..fileio import save_json
+from ..registry import MODEL_WRAPPERS
 from ..summary import build_summary, format_table
 from .checkpoint import allow_mmengine_checkpoints
 from .config import load_config
+from .optim import AMP_DTYPES
 
 
 def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
@@ -33,6 +37,11 @@ def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
                         help='evaluate every member and the ensemble, no training')
     parser.add_argument('--resume', action='store_true',
                         help='continue from the last checkpoint in the work_dir')
+    parser.add_argument('--amp', choices=['bf16', 'fp16'],
+                        help='mixed precision: the same as optim_wrapper.type=AmpOptimWrapper '
+                             'optim_wrapper.dtype=... (bf16 also on CPU)')
+    parser.add_argument('--channels-last', action='store_true',
+                        help='channels-last memory format: the same as model.channels_last=true')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value',
                         help='config overrides')
     return parser
@@ -60,22 +69,36 @@ def launch(main_func: Callable, num_gpus: int, args) -> None:
         main_func(args)
 
 
+@MODEL_WRAPPERS.register_module()
+class BiKDDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper whose training step ends in the meta-architecture's own update
+    (:meth:`bikd.MultiMemberMetaArch.update_from_losses`: non-finite losses dropped or
+    raised on every process alike)."""
+
+    def train_step(self, data, optim_wrapper):
+        with optim_wrapper.optim_context(self):
+            data = self.module.data_preprocessor(data, training=True)
+            losses = self._run_forward(data, mode='loss')
+        return self.module.update_from_losses(losses, optim_wrapper)
+
+
 def _setup_distributed(cfg) -> str:
-    """The launcher for mmengine; on machines without CUDA, start gloo here (mmengine's
-    initialisation assumes a GPU per process)."""
+    """The launcher for mmengine and its DDP wrapper; on machines without CUDA, start gloo
+    here (mmengine's initialisation assumes a GPU per process)."""
     if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
         return 'none'
     cuda = torch.cuda.is_available()
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     cfg.env_cfg.dist_cfg['backend'] = 'nccl' if cuda else 'gloo'
+    wrapper = cfg.get('model_wrapper_cfg') or dict(
+        type='bikd.BiKDDistributedDataParallel', broadcast_buffers=False,
+        find_unused_parameters=cfg.get('find_unused_parameters', False))
     if not cuda:
         if not dist.is_initialized():
             dist.init_process_group('gloo')
         # mmengine passes the local rank as a CUDA device id; CPU modules take none.
-        wrapper = cfg.get('model_wrapper_cfg') or dict(type='MMDistributedDataParallel',
-                                                       broadcast_buffers=False)
         wrapper['device_ids'] = None
-        cfg.model_wrapper_cfg = wrapper
+    cfg.model_wrapper_cfg = wrapper
     return 'pytorch'
 
 
@@ -92,6 +115,10 @@ def find_last_checkpoint(work_dir: str) -> Optional[str]:
 def setup(args):
     """Config from the command line: overrides, work_dir, launcher."""
     cfg = load_config(args.config_file, args.opts)
+    if getattr(args, 'amp', None):
+        cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype=AMP_DTYPES[args.amp])
+    if getattr(args, 'channels_last', False):
+        cfg.model.channels_last = True
     if not cfg.get('work_dir'):
         cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(args.config_file))[0])
     cfg.launcher = _setup_distributed(cfg)

@@ -1,0 +1,39 @@
+"""A check of every segmentation annotation as it is loaded: its size equals its image's and
+its labels lie in the class range, or the error names both files."""
+import numpy as np
+
+from bikd.registry import TRANSFORMS
+
+
+@TRANSFORMS.register_module()
+class CheckSegAnnotation:
+    """Place right after ``LoadAnnotations`` (as ``type: bikd.CheckSegAnnotation`` in an mmseg
+    pipeline).
+
+    Args:
+        num_classes: labels must lie in ``[0, num_classes)`` after ``reduce_zero_label``...
+        ignore_index: ... or equal this value (ignored pixels).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+
+    def __call__(self, results: dict) -> dict:
+        gt = results['gt_seg_map']
+        ann, img = results.get('seg_map_path'), results.get('img_path')
+        h, w = results.get('ori_shape') or results['img'].shape[:2]
+        if tuple(gt.shape[:2]) != (h, w):
+            raise ValueError(f'annotation {ann} is {gt.shape[1]}x{gt.shape[0]} pixels but its '
+                             f'image {img} is {w}x{h}; an annotation must match its image')
+        bad = np.unique(gt[(gt >= self.num_classes) & (gt != self.ignore_index)])
+        if bad.size:
+            reduced = ' after reduce_zero_label' if results.get('reduce_zero_label') else ''
+            raise ValueError(f'annotation {ann} (image {img}) has labels {bad[:8].tolist()} '
+                             f'outside the {self.num_classes} classes (0..{self.num_classes - 1}'
+                             f', {self.ignore_index} = ignore){reduced}; is it an annotation of '
+                             'another dataset?')
+        return results
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(num_classes={self.num_classes})'

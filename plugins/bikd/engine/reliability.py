@@ -1,0 +1,114 @@
+"""Long runs that survive faults: atomic writes of everything mmengine saves, and a resume
+that continues the random streams where they stopped.
+
+* :class:`AtomicLocalBackend` replaces mmengine's local file backend (under the prefix-less
+  paths every local run uses): checkpoints, the ``last_checkpoint`` marker and every other
+  ``put`` go to a temporary file in the same folder, are flushed to disk and renamed over the
+  target. A run killed during a save leaves the previous checkpoint and marker intact.
+* :class:`RandomStateHook` stores the random generators' states (torch CPU and CUDA, numpy,
+  Python) in every checkpoint and restores them when training continues from it, so that a
+  resumed run draws the same augmentations, dropout masks and point samples as an
+  uninterrupted one. Evaluation runs on a forked random state and leaves training's stream
+  untouched, so it does not matter whether a run was evaluated before it was killed.
+
+Exactness has one limit that comes from mmengine: an iteration-based loop resumes by drawing
+and discarding the batches it already trained on; with ``num_workers > 0`` (every shipped
+config) the workers are reseeded and replay the same batches, with ``num_workers = 0`` the
+discarded batches' augmentations consume the main process's generators and the data differs.
+"""
+import random
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
+from mmengine.hooks import Hook
+from mmengine.runner import EpochBasedTrainLoop
+
+from ..fileio import write_bytes
+from ..registry import HOOKS
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local backend whose writes are atomic (temporary file, fsync, rename)."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        write_bytes(obj, str(filepath))
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        write_bytes(obj.encode(encoding), str(filepath))
+
+
+def use_atomic_local_writes() -> None:
+    """Make :class:`AtomicLocalBackend` mmengine's backend for local paths (idempotent)."""
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+    from mmengine.fileio import io
+    # file backends already created (cached per arguments) keep the old class
+    for key, backend in list(io.backend_instances.items()):
+        if type(backend) is LocalBackend:
+            io.backend_instances[key] = AtomicLocalBackend()
+
+
+def get_random_state() -> dict:
+    """Every generator's state, in types that ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = dict(torch=torch.get_rng_state(), python=random.getstate(),
+                 numpy=(kind, torch.from_numpy(keys.astype(np.int64)), int(pos),
+                        int(has_gauss), float(gauss)))
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_random_state(state: dict) -> None:
+    torch.set_rng_state(state['torch'])
+    random.setstate(state['python'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if state.get('cuda') is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+@HOOKS.register_module()
+class RandomStateHook(Hook):
+    """Random states in checkpoints, restored on resume; evaluation on a forked state.
+
+    The states are put back at the last moment before training draws from them again: at the
+    start of the resumed epoch (epoch-based loops, before the data loader is iterated) or of
+    the resumed iteration (iteration-based loops).
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self):
+        self._pending: Optional[dict] = None
+        self._saved_for_val: Optional[dict] = None
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint['random_state'] = get_random_state()
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self._pending = checkpoint.get('random_state')
+
+    def _restore(self) -> None:
+        if self._pending is not None:
+            set_random_state(self._pending)
+            self._pending = None
+
+    def before_train(self, runner) -> None:
+        if runner.iter == 0:  # load_from (weights only): nothing to continue
+            self._pending = None
+
+    def before_train_epoch(self, runner) -> None:
+        if isinstance(runner.train_loop, EpochBasedTrainLoop):
+            self._restore()
+
+    def before_train_iter(self, runner, batch_idx: int, data_batch: Any = None) -> None:
+        self._restore()
+
+    def before_val(self, runner) -> None:
+        self._saved_for_val = get_random_state()
+
+    def after_val(self, runner) -> None:
+        if self._saved_for_val is not None:
+            set_random_state(self._saved_for_val)
+            self._saved_for_val = None

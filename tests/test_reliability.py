@@ -1,0 +1,171 @@
+"""Faults: non-finite losses never update a member, saves are atomic, random states travel in
+checkpoints."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mmengine.logging import MessageHub
+from mmengine.optim import OptimWrapper
+
+import bikd.engine  # noqa: F401  (atomic local writes)
+from bikd import BiKDMetaArch
+from bikd.engine.reliability import AtomicLocalBackend, get_random_state, set_random_state
+from conftest import ROOT
+from test_meta_arch import batch, tiny
+
+
+def model_and_optimizer(**kw):
+    torch.manual_seed(0)
+    model = BiKDMetaArch([tiny('a'), tiny('b')], **kw)
+    return model, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.5))
+
+
+def poison(model, member: str, key: str = 'loss', times: int = 1):
+    """The next ``times`` forwards of ``member`` give a NaN ``key`` (loss or distill)."""
+    m = model.members[model.member_names.index(member)]
+    original, left = m.forward_train, [times]
+
+    def forward_train(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if left[0] > 0:
+            left[0] -= 1
+            setattr(out, key, getattr(out, key) * float('nan'))
+        return out
+
+    m.forward_train = forward_train
+
+
+def step(model, optim, seed=0):
+    images, samples = batch(seed=seed)
+    return model.train_step(dict(inputs=images, data_samples=samples), optim)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def same(a, b):
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_member_loss_drops_the_step_and_is_counted(caplog):
+    model, optim = model_and_optimizer(max_nonfinite_in_a_row=2)
+    MessageHub.get_current_instance().update_info('iter', 6)
+    before = weights(model)
+    poison(model, 'a')
+    log = step(model, optim)
+    assert same(before, weights(model)), 'a weight was updated from a NaN loss'
+    assert log['skipped_steps'].item() == 1 and 'loss_a' not in log and 'loss_b' in log
+    assert model.skipped_steps == 1
+    log = step(model, optim)  # a finite step updates and resets the run of dropped steps
+    assert 'skipped_steps' not in log and not same(before, weights(model))
+    poison(model, 'b', times=2)
+    after_good = weights(model)
+    step(model, optim)
+    with pytest.raises(FloatingPointError, match=r"member 'b' at iteration 7 .*2 steps in a "
+                                                 r'row were dropped'):
+        step(model, optim)
+    assert same(after_good, weights(model))
+    assert model.skipped_steps == 3
+
+
+def test_nonfinite_policy_raise_names_member_and_iteration():
+    model, optim = model_and_optimizer(nonfinite_policy='raise')
+    MessageHub.get_current_instance().update_info('iter', 41)
+    before = weights(model)
+    poison(model, 'b')
+    with pytest.raises(FloatingPointError, match=r"non-finite loss of member 'b' at iteration "
+                                                 r'42 \(loss_b=nan\); no weights were updated'):
+        step(model, optim)
+    assert same(before, weights(model))
+
+
+def test_nonfinite_distillation_term_is_named():
+    model, optim = model_and_optimizer(nonfinite_policy='raise')
+    poison(model, 'a', key='distill')
+    with pytest.raises(FloatingPointError, match='the distillation term'):
+        step(model, optim)
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(ValueError, match="nonfinite_policy must be one of .*'ignore'"):
+        BiKDMetaArch([tiny('a'), tiny('b')], nonfinite_policy='ignore')
+
+
+def test_random_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+    state = get_random_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.save(dict(random_state=state), tmp_path / 'c.pth')
+    torch.rand(5), np.random.rand(5), random.random()
+    set_random_state(torch.load(tmp_path / 'c.pth', weights_only=True)['random_state'])
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0]) and np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+def test_mmengine_saves_go_through_the_atomic_backend(tmp_path, monkeypatch):
+    from mmengine.fileio import get_file_backend
+    from mmengine.runner.checkpoint import save_checkpoint
+    path = str(tmp_path / 'iter_1.pth')
+    assert isinstance(get_file_backend(path), AtomicLocalBackend)
+    save_checkpoint(dict(state_dict=dict(w=torch.ones(3))), path)
+
+    def disk_full(fd):
+        raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(os, 'fsync', disk_full)
+    with pytest.raises(OSError, match='No space'):
+        save_checkpoint(dict(state_dict=dict(w=torch.zeros(3))), path)
+    # the earlier checkpoint is intact and no temporary file is left behind
+    assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(3))
+    assert os.listdir(tmp_path) == ['iter_1.pth']
+
+
+SAVER = '''
+import sys, torch
+sys.path.insert(0, {plugins!r})
+import bikd.engine
+from mmengine.runner.checkpoint import save_checkpoint
+for i in range(1, 1000):
+    save_checkpoint(dict(state_dict=dict(w=torch.full((16_000_000,), float(i)))), {path!r})
+    print(i, flush=True)
+'''
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
+    """A process keeps rewriting one 64 MB checkpoint through mmengine; it is SIGKILLed while a
+    file in the folder is caught half-written. The checkpoint path still holds one complete
+    save (a plain write would have left it truncated)."""
+    path = tmp_path / 'last.pth'
+    code = SAVER.format(plugins=os.path.join(ROOT, 'plugins'), path=str(path))
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+    try:
+        while proc.stdout.readline().strip() != '1':  # (mmengine logs a warning first)
+            assert proc.poll() is None, 'the saver died on its own'
+        full = path.stat().st_size
+        caught = None
+        deadline = time.time() + 60
+        while caught is None and time.time() < deadline:
+            for entry in os.scandir(tmp_path):
+                try:
+                    size = entry.stat().st_size
+                except FileNotFoundError:  # renamed away meanwhile
+                    continue
+                if 0 < size < full:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    caught = entry.name
+                    break
+        assert caught, 'never saw a save in progress'
+    finally:
+        proc.kill()
+        proc.wait()
+    w = torch.load(path, weights_only=True)['state_dict']['w']
+    assert w.numel() == 16_000_000 and bool((w == w[0]).all()) and w[0] >= 1
+    assert caught != 'last.pth' and caught.endswith('.tmp')
