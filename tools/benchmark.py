@@ -34,8 +34,10 @@ import time
 from typing import Callable, Dict, List
 
 import torch
+from mmengine.optim import build_optim_wrapper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIKD = 'Bi-KD (all members)'  # the variant's name in the table
 sys.path.insert(0, ROOT)
 
 
@@ -77,12 +79,13 @@ class Variant:
                  batches: list, warmup: int, device: str):
         self.name, self.batches, self.device = name, batches, device
         self.model = build().to(device).train()
-        self.wrapper = build_optim_wrapper_for(self.model, optim_cfg)
+        self.wrapper = build_optim_wrapper(self.model, copy.deepcopy(optim_cfg))
         for i in range(max(warmup, 1)):
             self.step(i)
         _sync(device)
-        step_peak = tensor_peak_bytes(lambda: self.step(0), device)
-        self.peak_mib = (static_bytes(self.model, self.wrapper.optimizer) + step_peak) / 2**20
+        self.step_peak_mib = tensor_peak_bytes(lambda: self.step(0), device) / 2**20
+        self.peak_mib = static_bytes(self.model, self.wrapper.optimizer) / 2**20 + \
+            self.step_peak_mib
         self.times: List[float] = []
 
     def step(self, i: int) -> None:
@@ -99,7 +102,7 @@ class Variant:
 
 def measure_interleaved(variants: Dict[str, Callable[[], torch.nn.Module]], optim_cfg: dict,
                         batches: list, iters: int, warmup: int, rounds: int,
-                        device: str) -> Dict[str, dict]:
+                        device: str) -> Dict[str, Variant]:
     """Build and warm up every variant, then time them in ``rounds`` round-robin rounds of
     ``iters / rounds`` steps each: slow drifts of the machine (clock, other tenants) fall on
     all variants alike instead of on whichever ran last."""
@@ -113,7 +116,7 @@ def measure_interleaved(variants: Dict[str, Callable[[], torch.nn.Module]], opti
         print(f'timing round {r + 1}/{rounds}: {n} steps of each variant', flush=True)
         for v in built:
             v.time(n, warmup + sum(per_round[:r]))
-    return {v.name: v.result() for v in built}
+    return {v.name: v for v in built}
 
 
 def frozen_forward_seconds(member, model, batches: list, args) -> float:
@@ -129,20 +132,16 @@ def frozen_forward_seconds(member, model, batches: list, args) -> float:
     return statistics.median(time_steps(step, args.iters, args.warmup, args.device))
 
 
-def profile_step(model, optim_cfg: dict, batches: list, args) -> None:
-    """One Bi-KD step under torch.profiler (after warm-up): the parts the meta-architecture
-    labels (``bikd.forward.<member>``, ``bikd.distillation``), the backward pass and the
-    optimiser step, then the operators with the most self time."""
+def profile_step(variant: Variant, args) -> None:
+    """One more step of the (warmed-up) Bi-KD variant under torch.profiler: the parts the
+    meta-architecture labels (``bikd.forward.<member>``, ``bikd.distillation``), the backward
+    pass and the optimiser step, then the operators with the most self time."""
     from torch.profiler import ProfilerActivity, profile
-    model = copy.deepcopy(model).to(args.device).train()
-    wrapper = build_optim_wrapper_for(model, optim_cfg)
-    for i in range(args.warmup):
-        model.train_step(batches[i % len(batches)], wrapper)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
                                            if args.device.startswith('cuda') else [])
     _sync(args.device)
     with profile(activities=activities) as prof:
-        model.train_step(batches[0], wrapper)
+        variant.step(0)
         _sync(args.device)
     events = prof.key_averages()
     parts = [(e.key, e.cpu_time_total) for e in events
@@ -158,11 +157,6 @@ def profile_step(model, optim_cfg: dict, batches: list, args) -> None:
         print(f'  {key:<46}{us / 1e3:>10.2f} ms {100 * us / max(total, 1):>6.1f}%')
     sort = 'self_cuda_time_total' if args.device.startswith('cuda') else 'self_cpu_time_total'
     print(events.table(sort_by=sort, row_limit=12, max_name_column_width=40))
-
-
-def build_optim_wrapper_for(model, optim_cfg: dict):
-    from mmengine.optim import build_optim_wrapper
-    return build_optim_wrapper(model, copy.deepcopy(optim_cfg))
 
 
 def _batch_size(batch) -> int:
@@ -285,14 +279,15 @@ def main(argv=None):
     fmt = dict(channels_last=bikd.channels_last)
     for m in members:
         variants[f'{m.name} alone'] = lambda m=m: IndependentMetaArch([copy.deepcopy(m)], **fmt)
-    variants['Bi-KD (all members)'] = lambda: copy.deepcopy(bikd)
+    variants[BIKD] = lambda: copy.deepcopy(bikd)
     if len(members) == 2:
         for m in members:
             variants[f'KL+DP, student {m.name}'] = lambda m=m: KLDPMetaArch(
                 [copy.deepcopy(x) for x in members], student=m.name,
                 partition=getattr(bikd, 'partition', 'confidence'), **fmt)
-    results = measure_interleaved(variants, cfg.optim_wrapper, batches, args.iters, args.warmup,
-                                  args.rounds, args.device)
+    built = measure_interleaved(variants, cfg.optim_wrapper, batches, args.iters, args.warmup,
+                                args.rounds, args.device)
+    results = {name: v.result() for name, v in built.items()}
 
     width = max(len(n) for n in results) + 2
     print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"own MiB":>11}')
@@ -300,7 +295,7 @@ def main(argv=None):
         print(f'{r["name"]:<{width}}{r["seconds"]:>10.4f}{r["samples_per_s"]:>12.1f}'
               f'{r["peak_mib"]:>11.0f}')
     alone = sum(results[f'{n} alone']['seconds'] for n in names)
-    ours = results['Bi-KD (all members)']['seconds']
+    ours = results[BIKD]['seconds']
     print(f'\nBi-KD / sum of the members alone: {ours / alone:.3f}  (time per iteration)')
     if len(members) == 2:
         kldp = sum(results[f'KL+DP, student {n}']['seconds'] for n in names)
@@ -319,21 +314,21 @@ def main(argv=None):
               'step and F its frozen forward')
 
     if args.profile:
-        profile_step(bikd, cfg.optim_wrapper, batches, args)
+        profile_step(built[BIKD], args)
 
     # the data pipeline: the loader alone against what a Bi-KD step consumes
     n_load = max(min(len(loader) - 1, 2 * (args.iters + args.warmup)), 1)
     load = loader_throughput(cfg.train_dataloader, n_load)
-    consumed = results['Bi-KD (all members)']['samples_per_s']
+    consumed = results[BIKD]['samples_per_s']
     print(f'\ndata loader alone ({cfg.train_dataloader.get("num_workers", 0)} workers, '
           f'{n_load} batches): {load:.1f} samples/s = {load / consumed:.1f}x what a Bi-KD step '
           'consumes (target >= 2)')
 
     # the distillation term alone, on the members' real output shape
-    bikd = bikd.to(args.device)
+    trained = built[BIKD].model
     with torch.no_grad():
-        data = bikd.data_preprocessor(batches[0], True)
-        out = bikd.members[0].forward_train(data['inputs'], data['data_samples'])
+        data = trained.data_preprocessor(batches[0], True)
+        out = trained.members[0].forward_train(data['inputs'], data['data_samples'])
     shape = tuple(out.distill.shape)
     rows = distill_table(shape, range(2, 9), max(args.iters // 2, 5), args.device)
     print(f'\ndistillation term alone (partition + masked KL, forward + backward), output {shape}')
@@ -345,9 +340,7 @@ def main(argv=None):
           'output; both grow linearly in K, never as K x K)')
     if len(members) <= 8:
         term = rows[len(members) - 2]
-        wrapper = build_optim_wrapper_for(bikd, cfg.optim_wrapper)
-        step_peak = tensor_peak_bytes(
-            lambda: bikd.train_step(batches[0], wrapper), args.device) / 2**20
+        step_peak = built[BIKD].step_peak_mib
         print(f'its share of a Bi-KD step at K = {len(members)}: '
               f'{100 * term["ms"] / 1000 / ours:.1f}% of the time, '
               f'{100 * term["peak_mib"] / step_peak:.1f}% of the peak tensor memory '

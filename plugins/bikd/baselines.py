@@ -12,9 +12,9 @@ from typing import Any, Dict, List, Sequence, Union
 import torch
 from torch import Tensor
 
-from .losses import at_least_fp32, distillation_loss
+from .losses import at_least_fp32, distillation_loss, positive_temperature
 from .member import Member, MemberOutput
-from .meta_arch import PARTITIONS, MultiMemberMetaArch, positive_temperature
+from .meta_arch import PARTITIONS, MultiMemberMetaArch
 from .partition import select_teachers
 from .registry import META_ARCH
 

@@ -10,6 +10,13 @@ import torch
 from torch import Tensor
 
 
+def positive_temperature(temperature: float) -> float:
+    """``temperature`` as a float; a clear error if it is not positive."""
+    if temperature <= 0:
+        raise ValueError(f'temperature must be positive, got {temperature}')
+    return float(temperature)
+
+
 def at_least_fp32(x: Tensor) -> Tensor:
     """Half-precision logits (AMP) are upcast for the softmax; float64 stays float64."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
@@ -79,8 +86,7 @@ def distillation_loss(logits: Sequence[Tensor], teacher: Tensor, temperature: fl
     Returns:
         Scalar tensor.
     """
-    if temperature <= 0:
-        raise ValueError(f'temperature must be positive, got {temperature}')
+    temperature = positive_temperature(temperature)
     log_probs = [(at_least_fp32(z) / temperature).log_softmax(dim=1) for z in logits]
     n = max(logits[0].shape[0], 1)
     return masked_kl(log_probs, teacher, detach_teacher) * (temperature**2 / n)

@@ -16,19 +16,12 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .losses import distillation_loss
+from .losses import distillation_loss, positive_temperature
 from .member import Member, MemberOutput
 from .partition import select_teachers, teacher_share
 from .registry import MEMBERS, META_ARCH
 
 PARTITIONS = ('confidence', 'loss')
-
-
-def positive_temperature(temperature: float) -> float:
-    """``temperature`` as a float; a clear error if it is not positive."""
-    if temperature <= 0:
-        raise ValueError(f'temperature must be positive, got {temperature}')
-    return float(temperature)
 
 
 def to_channels_last(x: Any) -> Any:

@@ -10,7 +10,7 @@ which mmengine reads. Code is imported from a config only through its explicit
 import difflib
 import inspect
 import os
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 import torch
 import yaml
@@ -109,9 +109,10 @@ def _suggest(key: str, valid) -> str:
     return f"; did you mean '{close[0]}'?" if close else ''
 
 
-def accepted_arguments(cls) -> Optional[set]:
+def accepted_arguments(cls) -> set:
     """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class
-    hierarchy; ``None`` if they cannot be known (a ``**kwargs`` that goes elsewhere)."""
+    hierarchy until a constructor without it (``torch.nn.Module``'s own ``**kwargs`` take
+    nothing a config could give)."""
     names = set()
     for klass in cls.__mro__:
         if klass in (object, torch.nn.Module) or '__init__' not in vars(klass):
@@ -119,7 +120,7 @@ def accepted_arguments(cls) -> Optional[set]:
         params = inspect.signature(klass.__init__).parameters.values()
         names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
         if not any(p.kind == p.VAR_KEYWORD for p in params):
-            return names - {'self'}
+            break
     return names - {'self'}
 
 
@@ -129,9 +130,9 @@ def _check_arguments(section: dict, registry, where: str, path: str) -> None:
         return  # an unknown type is reported when it is built
     valid = accepted_arguments(cls)
     for key in section:
-        if key not in ('type', '_scope_') and valid is not None and key not in valid:
+        if key not in ('type', '_scope_') and key not in valid:
             raise ConfigKeyError(f'config {path}: {where}.{key} is not an argument of '
-                           f'{cls.__name__}{_suggest(key, valid)}')
+                                 f'{cls.__name__}{_suggest(key, valid)}')
 
 
 def check_keys(cfg: Config, path: str, members: bool = True) -> None:
@@ -140,7 +141,7 @@ def check_keys(cfg: Config, path: str, members: bool = True) -> None:
     for key in cfg.keys():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigKeyError(f'config {path}: unknown top-level key {key!r}'
-                           f'{_suggest(key, TOP_LEVEL_KEYS)}')
+                                 f'{_suggest(key, TOP_LEVEL_KEYS)}')
     model = cfg.get('model')
     if not isinstance(model, dict):
         return
