@@ -1,10 +1,13 @@
-"""Image classification with Bi-KD: timm members, ImageFolder data, accuracy evaluator.
+"""Image classification with Bi-KD: timm and torchvision members, ImageFolder data, accuracy
+evaluator.
 
 Importing the package registers its classes (``custom_imports`` in the configs does this).
 """
 from .data import ImageFolderDataset
 from .dinov2 import DinoV2LinearMember
 from .evaluator import ClassificationEvaluator
-from .member import TimmMember
+from .member import ClassifierMember, TimmMember
+from .torchvision_member import TorchvisionMember
 
-__all__ = ['ImageFolderDataset', 'DinoV2LinearMember', 'ClassificationEvaluator', 'TimmMember']
+__all__ = ['ClassificationEvaluator', 'ClassifierMember', 'DinoV2LinearMember',
+           'ImageFolderDataset', 'TimmMember', 'TorchvisionMember']

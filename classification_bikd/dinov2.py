@@ -6,9 +6,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from bikd.checkpoint import download_weights, load_into, load_weights_file
-from bikd.fileio import save_json, save_torch
+from bikd.fileio import save_torch
 from bikd.registry import MEMBERS
+from bikd.weights import download_weights
 
 from .member import TimmMember
 
@@ -26,6 +26,7 @@ class DinoV2LinearMember(TimmMember):
     (``dinov2_vits14_linear4_head.pth``, or ``dinov2_vits14_linear_head.pth`` for ``layers=1``),
     a state dict with ``weight`` and ``bias``; the export writes the same layout.
     """
+    export_format = 'timm+dinov2_linear_head'
 
     def __init__(self, model_name: str = 'vit_small_patch14_dinov2.lvd142m', layers: int = 4,
                  num_classes: int = 1000, head_file: Optional[str] = None,
@@ -40,15 +41,24 @@ class DinoV2LinearMember(TimmMember):
                          model_kwargs=model_kwargs, input_size=input_size,
                          trust_checkpoint=trust_checkpoint, **kwargs)
         self.layers = layers
+        self.head_file = head_file
         self.head = nn.Linear((1 + layers) * self.model.embed_dim, num_classes)
         if head_file:
-            load_into(self.head, load_weights_file(head_file, trust_checkpoint), head_file,
-                      owner=self.name)
-        elif checkpoint:
-            raise ValueError(f'member {self.name!r}: the backbone comes from {checkpoint} but '
+            self.load_state(self.read_weights(head_file), head_file, self.head)
+
+    def load_checkpoint(self, source: str) -> None:
+        """The backbone from ``checkpoint`` (timm's layout); its head must come from
+        ``head_file``."""
+        super().load_checkpoint(source)
+        if not self.head_file:
+            raise ValueError(f'member {self.name!r}: the backbone comes from {source} but '
                              'the linear head has no weights; pass head_file=PATH')
-        elif pretrained:
+
+    def load_pretrained(self) -> str:
+        source = super().load_pretrained()
+        if not self.head_file:
             self._download_head()
+        return source
 
     def head_url(self) -> str:
         """The release's URL of this head, e.g. ``.../dinov2_vits14/dinov2_vits14_linear4_head.pth``."""
@@ -62,8 +72,8 @@ class DinoV2LinearMember(TimmMember):
     def _download_head(self) -> None:
         url = self.head_url()
         state = download_weights(url, self.name, 'head_file=PATH (a local copy of the linear '
-                                 'head), or pretrained=False')
-        load_into(self.head, state, url, owner=self.name)
+                                 'head), or pretrained=False', self.trust_checkpoint)
+        self.load_state(state, url, self.head)
 
     @property
     def num_classes(self) -> int:
@@ -76,13 +86,11 @@ class DinoV2LinearMember(TimmMember):
         features = torch.cat(cls_tokens + [outs[-1][0].mean(dim=1)], dim=1)
         return self.head(features)
 
-    def export(self, directory: str, stem: str) -> Dict[str, Any]:
-        """``<stem>.pth``: the backbone in timm's layout; ``<stem>_linear_head.pth``: the head
-        in the release's layout; ``<stem>.json``."""
-        info = super().export(directory, stem)
+    def export_files(self, directory: str, stem: str) -> Dict[str, Any]:
+        """``<stem>_linear_head.pth``: the head in the release's layout."""
         head = os.path.join(directory, f'{stem}_linear_head.pth')
         save_torch({k: v.detach().cpu() for k, v in self.head.state_dict().items()}, head)
-        info.update(format='timm+dinov2_linear_head', head=os.path.basename(head),
-                    layers=self.layers, num_classes=self.num_classes)
-        save_json(info, os.path.join(directory, f'{stem}.json'))
-        return info
+        return dict(head=os.path.basename(head))
+
+    def describe(self, stem: str) -> Dict[str, Any]:
+        return dict(super().describe(stem), layers=self.layers, num_classes=self.num_classes)

@@ -1,33 +1,31 @@
 """The common part of video-saliency members: each takes its own view of the shared clip
 (length, frame size, normalisation), predicts one map for the clip's target frame, and is
 trained on KL - CC; its map, as a distribution over pixels, is what it distils."""
-import os
 from typing import Any, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bikd.checkpoint import load_into, load_weights_file
-from bikd.fileio import save_json, save_torch
 from bikd.member import Member, MemberOutput
 from bikd.registry import MEMBERS
 
+from . import tmfinet, vinet_s
 from .losses import map_log_probs, saliency_loss
-from .tmfinet import TMFINet, from_release, to_release
-from .vinet import ViNetS
-from .vinet import from_release as vinet_s_from_release
-from .vinet import to_release as vinet_s_to_release
+from .tmfinet import TMFINet
 from .vinet_a import ViNetA
+from .vinet_s import ViNetS
 
 
 class SaliencyMember(Member):
     """Base of TMFI-Net, ViNet-S and ViNet-A members.
 
     Subclasses set ``self.net``: a module mapping a normalised clip ``[N, 3, T, H, W]`` to maps
-    ``[N, h, w]`` in [0, 1].
+    ``[N, h, w]`` in [0, 1]; a ``checkpoint`` is the release's file of that network (or our
+    export, which has the same layout).
 
     Args:
+        name, pretrained, checkpoint, trust_checkpoint: see :class:`bikd.Member`.
         clip_len: frames the network takes; by default the ``clip_len`` frames ending at the
             target frame.
         frame_offsets: the frames it takes instead, as offsets from the target frame (ViNet-A:
@@ -41,8 +39,10 @@ class SaliencyMember(Member):
 
     def __init__(self, name: str, clip_len: int, input_size: Sequence[int],
                  mean: Sequence[float], std: Sequence[float], kl_weight: float = 1.0,
-                 cc_weight: float = 1.0, frame_offsets: Optional[Sequence[int]] = None):
-        super().__init__(name)
+                 cc_weight: float = 1.0, frame_offsets: Optional[Sequence[int]] = None,
+                 pretrained: bool = True, checkpoint: Optional[str] = None,
+                 trust_checkpoint: bool = False):
+        super().__init__(name, pretrained, checkpoint, trust_checkpoint)
         self.clip_len = int(clip_len)
         offsets = list(frame_offsets) if frame_offsets is not None else \
             list(range(1 - self.clip_len, 1))
@@ -95,29 +95,18 @@ class SaliencyMember(Member):
         gt = data_samples['map']
         pred = self.maps(inputs, gt.shape[-2:], data_samples.get('target_pos'))
         loss = saliency_loss(pred, gt, self.kl_weight, self.cc_weight)
-        return MemberOutput(loss=loss, distill=map_log_probs(pred))
+        return MemberOutput(loss=loss, logits=map_log_probs(pred))
 
     def predict(self, inputs: Tensor, data_samples: Dict[str, Any]) -> Tensor:
         return self.maps(inputs, data_samples['map'].shape[-2:],
                          data_samples.get('target_pos')).float()
 
-    #: what the exported weights are, for the JSON beside them
-    export_format = 'state dict of the network'
+    @property
+    def weights_module(self) -> nn.Module:
+        return self.net
 
-    def export_state(self) -> Dict[str, Tensor]:
-        """The network's weights in the layout of its released checkpoint."""
-        return self.net.state_dict()
-
-    def export(self, directory: str, stem: str) -> Dict[str, Any]:
-        """``<stem>.pth`` (:meth:`export_state`, a plain state dict as the releases store
-        theirs) and ``<stem>.json``."""
-        weights = os.path.join(directory, f'{stem}.pth')
-        save_torch({k: v.detach().cpu() for k, v in self.export_state().items()}, weights)
-        info = dict(format=self.export_format, member=self.name,
-                    checkpoint=os.path.basename(weights), clip_len=self.clip_len,
-                    input_size=list(self.input_size))
-        save_json(info, os.path.join(directory, f'{stem}.json'))
-        return info
+    def describe(self, stem: str) -> Dict[str, Any]:
+        return dict(clip_len=self.clip_len, input_size=list(self.input_size))
 
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -153,17 +142,22 @@ class TMFINetMember(SaliencyMember):
                  arch: Optional[dict] = None, trust_checkpoint: bool = False, **kwargs):
         kwargs = {**dict(clip_len=32, input_size=(224, 384), mean=IMAGENET_MEAN,
                          std=IMAGENET_STD), **kwargs}
-        super().__init__(name, **kwargs)
+        super().__init__(name, pretrained=pretrained, checkpoint=checkpoint,
+                         trust_checkpoint=trust_checkpoint, **kwargs)
+        self.backbone_checkpoint = backbone_checkpoint
         self.net = TMFINet(**(arch or {}))
-        if checkpoint:
-            state = from_release(load_weights_file(checkpoint, trust_checkpoint))
-            load_into(self.net, state, checkpoint, owner=self.name)
-        elif pretrained:
-            self._load_backbone(backbone_checkpoint, trust_checkpoint)
 
-    def _load_backbone(self, path: Optional[str], trust: bool) -> None:
+    def from_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return tmfinet.from_release(state)
+
+    def to_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return tmfinet.to_release(state)
+
+    def load_pretrained(self) -> str:
+        """The backbone's Kinetics-400 weights (``backbone_checkpoint`` or torchvision's)."""
+        path = self.backbone_checkpoint
         if path:
-            state = load_weights_file(path, trust)
+            state = self.read_weights(path)
         else:
             from torchvision.models.video import Swin3D_S_Weights
             state = kinetics_weights(self.name, Swin3D_S_Weights.KINETICS400_V1,
@@ -172,10 +166,8 @@ class TMFINetMember(SaliencyMember):
         # the classifier and the patch-embedding norm are not part of TMFI-Net
         state = {k: v for k, v in state.items()
                  if not k.startswith(('head.', 'patch_embed.norm.'))}
-        load_into(self.net.backbone, state, path, owner=self.name)
-
-    def export_state(self) -> Dict[str, Tensor]:
-        return to_release(self.net.state_dict())
+        self.load_state(state, path, self.net.backbone)
+        return path
 
 
 @MEMBERS.register_module()
@@ -195,21 +187,24 @@ class ViNetSMember(SaliencyMember):
                  trust_checkpoint: bool = False, **kwargs):
         kwargs = {**dict(clip_len=32, input_size=(224, 384), mean=IMAGENET_MEAN,
                          std=IMAGENET_STD), **kwargs}
-        super().__init__(name, **kwargs)
+        super().__init__(name, pretrained=pretrained, checkpoint=checkpoint,
+                         trust_checkpoint=trust_checkpoint, **kwargs)
         self.net = ViNetS(upsampling)
-        if checkpoint:
-            state = vinet_s_from_release(load_weights_file(checkpoint, trust_checkpoint))
-            load_into(self.net, state, checkpoint, owner=self.name)
-        elif pretrained:
-            from torchvision.models.video import S3D_Weights
-            state = kinetics_weights(self.name, S3D_Weights.KINETICS400_V1, 'checkpoint=PATH')
-            state = {k[len('features.'):]: v for k, v in state.items()
-                     if k.startswith('features.')}
-            load_into(self.net.backbone, state, 'torchvision S3D_Weights.KINETICS400_V1',
-                      owner=self.name)
 
-    def export_state(self) -> Dict[str, Tensor]:
-        return vinet_s_to_release(self.net.state_dict())
+    def from_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return vinet_s.from_release(state)
+
+    def to_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        return vinet_s.to_release(state)
+
+    def load_pretrained(self) -> str:
+        """torchvision's Kinetics-400 S3D for the backbone."""
+        from torchvision.models.video import S3D_Weights
+        state = kinetics_weights(self.name, S3D_Weights.KINETICS400_V1, 'checkpoint=PATH')
+        state = {k[len('features.'):]: v for k, v in state.items() if k.startswith('features.')}
+        source = 'torchvision S3D_Weights.KINETICS400_V1'
+        self.load_state(state, source, self.net.backbone)
+        return source
 
 
 #: ViNet-A's input: every second frame of a 64-frame window centred on the target frame
@@ -252,24 +247,26 @@ class ViNetAMember(SaliencyMember):
                  arch: Optional[dict] = None, trust_checkpoint: bool = False, **kwargs):
         kwargs = {**dict(clip_len=32, input_size=(256, 456), mean=(0.45, ) * 3,
                          std=(0.225, ) * 3, frame_offsets=VINET_A_OFFSETS), **kwargs}
-        super().__init__(name, **kwargs)
+        super().__init__(name, pretrained=pretrained, checkpoint=checkpoint,
+                         trust_checkpoint=trust_checkpoint, **kwargs)
+        self.backbone_checkpoint = backbone_checkpoint
         self.net = ViNetA(self.input_size, **(arch or {}))
-        if checkpoint:
-            load_into(self.net, load_weights_file(checkpoint, trust_checkpoint), checkpoint,
-                      owner=self.name)
-        elif pretrained:
-            if not backbone_checkpoint:
-                raise ValueError(
-                    f'member {self.name!r}: ViNet-A\'s SlowFast backbone weights are not on a '
-                    'hub this code can reach; pass backbone_checkpoint=PATH (ACAR-Net\'s '
-                    'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar or SLOWFAST_R50_K400.pth.tar), '
-                    'checkpoint=PATH (the release), or pretrained=False')
-            own = self.net.backbone.state_dict()
-            state = _match_suffixes(load_weights_file(backbone_checkpoint, trust_checkpoint),
-                                    own)
-            # heads and other parts of the action models are not ViNet-A's
-            state = {k: v for k, v in state.items() if k in own}
-            if not state:
-                raise RuntimeError(f'member {self.name!r}: {backbone_checkpoint} has no '
-                                   'SlowFast-R50 parameters (slow_conv1.weight, ...)')
-            load_into(self.net.backbone, state, backbone_checkpoint, owner=self.name)
+
+    def load_pretrained(self) -> str:
+        """The SlowFast-R50 backbone from ``backbone_checkpoint`` (an action model's file)."""
+        path = self.backbone_checkpoint
+        if not path:
+            raise ValueError(
+                f'member {self.name!r}: ViNet-A\'s SlowFast backbone weights are not on a '
+                'hub this code can reach; pass backbone_checkpoint=PATH (ACAR-Net\'s '
+                'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar or SLOWFAST_R50_K400.pth.tar), '
+                'checkpoint=PATH (the release), or pretrained=False')
+        own = self.net.backbone.state_dict()
+        state = _match_suffixes(self.read_weights(path), own)
+        # heads and other parts of the action models are not ViNet-A's
+        state = {k: v for k, v in state.items() if k in own}
+        if not state:
+            raise RuntimeError(f'member {self.name!r}: {path} has no SlowFast-R50 parameters '
+                               '(slow_conv1.weight, ...)')
+        self.load_state(state, path, self.net.backbone)
+        return path

@@ -104,3 +104,20 @@ def test_misspelt_config_key_is_named_with_the_closest_valid_one(tmp_path, overr
     assert proc.returncode != 0
     assert message in proc.stdout
     assert not (tmp_path / 'w').exists()  # refused before anything was written
+
+
+def test_generated_data_made_with_other_settings_is_refused_or_remade(tmp_path):
+    """The demos' data makers reuse data made with the same settings, refuse data made with
+    others (naming the difference), and make it again with force."""
+    from tools.make_dhf1k_toy import make_dhf1k_toy
+    out = str(tmp_path / 'toy')
+    made = make_dhf1k_toy(out, n_train=1, n_val=1, n_frames=3, size=(8, 8))
+    stamp = os.path.getmtime(os.path.join(out, 'toy.json'))
+    assert make_dhf1k_toy(out, n_train=1, n_val=1, n_frames=3, size=(8, 8)) == made
+    assert os.path.getmtime(os.path.join(out, 'toy.json')) == stamp  # not written again
+    with pytest.raises(ValueError, match=r"other settings \(frames: 3 there, 4 asked\); pass "
+                                         r'--force'):
+        make_dhf1k_toy(out, n_train=1, n_val=1, n_frames=4, size=(8, 8))
+    again = make_dhf1k_toy(out, n_train=1, n_val=1, n_frames=4, size=(8, 8), force=True)
+    assert again['frames'] == 4 and len(os.listdir(os.path.join(out, 'train', '0001',
+                                                                 'images'))) == 4

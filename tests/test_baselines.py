@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from bikd import DMLMetaArch, KDMetaArch, KLDPMetaArch
-from test_meta_arch import batch, tiny
+from bikd.registry import META_ARCH
+from conftest import batch, tiny
 
 
 def kl64(p_logits, q_logits, t):
@@ -31,7 +32,8 @@ def test_kldp_routes_strictly_and_takes_pure_kl(unsupervised):
     perturb(model.members[1], 2, 0.005)  # a teacher close to it: both routes occur
     images, samples = batch(n=16)
     losses = model(images, samples, mode='loss')
-    assert set(losses) == {'loss_distill', 'teach_b', 'teach_initial_a'}  # no task loss
+    assert losses.task_losses == {}  # pure KL, no task loss
+    assert set(losses.teacher_share) == {'b', 'a@initial'}
     with torch.no_grad():
         zs, zt, zi = (m.logits(images) for m in (model.members[0], model.members[1],
                                                  model.initial_student))
@@ -44,11 +46,11 @@ def test_kldp_routes_strictly_and_takes_pure_kl(unsupervised):
     assert 0 < sum(routed) < 16  # both routes occur in this batch
     ref = sum(kl64(zt[i:i + 1] if r else zi[i:i + 1], zs[i:i + 1], 2.0).item()
               for i, r in enumerate(routed))
-    assert losses['loss_distill'].item() == pytest.approx(4 * ref / 16, rel=1e-4)
-    assert losses['teach_b'].item() == pytest.approx(sum(routed) / 16)
+    assert losses.distill_loss.item() == pytest.approx(4 * ref / 16, rel=1e-4)
+    assert losses.teacher_share['b'].item() == pytest.approx(sum(routed) / 16)
     # a teacher exactly as good as the initial student never wins (strict comparison)
     model.members[1].load_state_dict(model.initial_student.state_dict())
-    assert model(images, samples, mode='loss')['teach_b'].item() == 0
+    assert model(images, samples, mode='loss').teacher_share['b'].item() == 0
 
 
 def test_kldp_and_kd_frozen_members_stay_bit_identical():
@@ -69,7 +71,7 @@ def test_kldp_and_kd_frozen_members_stay_bit_identical():
         for _ in range(3):
             losses = model(images, samples, mode='loss')
             opt.zero_grad()
-            sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+            losses.total().backward()
             opt.step()
         for k in frozen:  # weights and BatchNorm statistics alike
             assert not modules[k].training
@@ -82,13 +84,13 @@ def test_kd_is_task_loss_plus_t2_kl_from_the_frozen_teacher():
     model = KDMetaArch([tiny('t'), tiny('s1'), tiny('s2')], teacher='t', temperature=3.0)
     images, samples = batch(n=8)
     losses = model(images, samples, mode='loss')
-    assert set(losses) == {'loss_s1', 'loss_s2', 'loss_distill'}
+    assert set(losses.task_losses) == {'s1', 's2'}  # the frozen teacher has none
     z = {m.name: m.logits(images) for m in model.members}
     for s in ('s1', 's2'):
-        assert losses[f'loss_{s}'].item() == pytest.approx(
+        assert losses.task_losses[s].item() == pytest.approx(
             F.cross_entropy(z[s], samples['label']).item(), rel=1e-5)
     ref = sum(kl64(z['t'], z[s], 3.0).sum().item() for s in ('s1', 's2'))
-    assert losses['loss_distill'].item() == pytest.approx(9 * ref / 8, rel=1e-4)
+    assert losses.distill_loss.item() == pytest.approx(9 * ref / 8, rel=1e-4)
     with pytest.raises(ValueError, match="teacher 'x' is not one of the members"):
         KDMetaArch([tiny('t'), tiny('s')], teacher='x')
 
@@ -100,10 +102,10 @@ def test_dml_every_member_learns_from_every_other():
     losses = model(images, samples, mode='loss')
     z = [m.logits(images) for m in model.members]
     ref = sum(kl64(z[j], z[i], 2.0).sum().item() for i in range(3) for j in range(3) if i != j)
-    assert losses['loss_distill'].item() == pytest.approx(4 * ref / 8 / 2, rel=1e-4)
+    assert losses.distill_loss.item() == pytest.approx(4 * ref / 8 / 2, rel=1e-4)
     # p_j is a target: member i's KL terms give gradient to member i only
     model.zero_grad()
-    losses['loss_distill'].backward()
+    losses.distill_loss.backward()
     grads = [m.model.head.weight.grad.clone() for m in model.members]
     zd = [m.logits(images) for m in model.members]
     for i in range(3):
@@ -144,9 +146,35 @@ def test_dense_baselines_use_the_loss_partition_and_the_maps():
         q = maps['s'][n].flatten().double()
         p, q = p / p.sum(), q / q.sum()
         ref += (p * ((p + 2.2204e-16).log() - (q + 2.2204e-16).log())).sum().item()
-    assert losses['teach_b'].item() == pytest.approx(routed.float().mean().item())
-    assert losses['loss_distill'].item() == pytest.approx(ref / 6, rel=1e-3, abs=1e-6)
+    assert losses.teacher_share['b'].item() == pytest.approx(routed.float().mean().item())
+    assert losses.distill_loss.item() == pytest.approx(ref / 6, rel=1e-3, abs=1e-6)
     for cls, kw in ((KDMetaArch, dict(teacher='b')), (DMLMetaArch, {})):
         out = cls([{**tmfi, 'name': 'a'}, {**tmfi, 'name': 'b'}], **kw)(clips, samples,
                                                                          mode='loss')
-        assert torch.isfinite(out['loss_distill']) and out['loss_distill'] > 0
+        assert torch.isfinite(out.distill_loss) and out.distill_loss > 0
+
+
+def test_each_method_declares_the_runs_it_needs():
+    """run_experiment and the benchmark read these declarations: who learns in each run."""
+    from bikd import BiKDMetaArch, IndependentMetaArch, MethodNotApplicable
+    model = dict(type='BiKDMetaArch', members=[tiny('a'), tiny('b')], partition='confidence',
+                 temperature=2.0, detach_teacher=False, random_init=True)
+    (bikd, ) = BiKDMetaArch.experiment_runs(model)
+    assert (bikd.name, bikd.trains, bikd.model) == ('bikd', ('a', 'b'), model)
+    (control, ) = IndependentMetaArch.experiment_runs(model)
+    assert control.model == dict(model, type='IndependentMetaArch')
+    assert BiKDMetaArch.control == 'independent' and IndependentMetaArch.control == ''
+    kldp = KLDPMetaArch.experiment_runs(model)
+    assert [(r.name, r.trains, r.frozen_forwards, r.model['student']) for r in kldp] == [
+        ('kldp_a', ('a', ), ('b', 'a'), 'a'), ('kldp_b', ('b', ), ('a', 'b'), 'b')]
+    # arguments KL+DP does not take (detach_teacher) are left out of its runs
+    assert 'detach_teacher' not in kldp[0].model and kldp[0].model['temperature'] == 2.0
+    kd = KDMetaArch.experiment_runs(dict(model, members=[tiny('a'), tiny('b'), tiny('c')]))
+    assert [(r.name, r.trains) for r in kd] == [
+        ('kd_from_a', ('b', 'c')), ('kd_from_b', ('a', 'c')), ('kd_from_c', ('a', 'b'))]
+    with pytest.raises(MethodNotApplicable, match='two members'):
+        KLDPMetaArch.experiment_runs(dict(model, members=[tiny('a'), tiny('b'), tiny('c')]))
+    (dml, ) = DMLMetaArch.experiment_runs(model)
+    assert set(dml.model) == {'type', 'members', 'temperature', 'random_init'}
+    for run in kldp + kd + [dml, bikd]:  # each run's model builds
+        META_ARCH.build(run.model)

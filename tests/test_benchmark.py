@@ -15,8 +15,8 @@ def check_common_rows(out, names):
         assert re.search(re.escape(f'KL+DP, student {name}') + VARIANT_ROW, out), name
     assert re.search(r'Bi-KD \(all members\)' + VARIANT_ROW, out)
     assert re.search(r'Bi-KD / sum of the members alone: \d+\.\d{3}', out)
-    assert re.search(r'KL\+DP for both members \(two runs\) / Bi-KD: \d+\.\d{3}', out)
-    assert re.search(r'at the physical limit .* Bi-KD would cost \d\.\d\dx KL\+DP', out)
+    assert re.search(r'kldp for every member \(2 runs\) / Bi-KD: \d+\.\d{3}', out)
+    assert re.search(r'at the physical limit .* Bi-KD would cost \d\.\d\dx kldp', out)
     assert re.search(r'data loader alone \(\d+ workers, \d+ batches\): \d+\.\d samples/s = '
                      r'\d+\.\dx what a Bi-KD step consumes', out)
     rows = re.findall(K_ROW, out, flags=re.M)

@@ -20,11 +20,50 @@ def build(path, *overrides):
     return cfg, MODELS.build(dict(cfg.model))
 
 
-def test_all_table2_pairs_have_configs():
+#: the paper's models by timm name (REFERENCE.md: Table 1 and the authors' scripts)
+VITB, VITS, VITT = ('vit_base_patch16_224.augreg_in1k', 'vit_small_patch16_224.augreg_in1k',
+                    'vit_tiny_patch16_224.augreg_in21k_ft_in1k')
+COAT, PITXS, PITB = 'coat_lite_mini.in1k', 'pit_xs_224.in1k', 'pit_b_224.in1k'
+SWSL, DINOV2 = 'resnext101_32x8d.fb_swsl_ig1b_ft_in1k', 'vit_small_patch14_dinov2.lvd142m'
+RESMLP24 = 'resmlp_24_224.fb_distilled_in1k'
+#: config stem -> its members' timm names, in order (Tables 2, 3 and 6)
+TABLE2 = {
+    'vitb_vitt': (VITB, VITT), 'vitb_vits': (VITB, VITS), 'vits_vitt': (VITS, VITT),
+    'pitb_swslresnext101': (PITB, SWSL), 'coatlitemini_senet154': (COAT, 'senet154.gluon_in1k'),
+    'pitxs_resmlp36': (PITXS, 'resmlp_36_224.fb_in1k'), 'coatlitemini_pitxs': (COAT, PITXS),
+    'dinov2_mae': (DINOV2, 'vit_base_patch16_224'), 'dinov2_swslresnext101': (DINOV2, SWSL),
+    'coatlitemini_dinov2': (COAT, DINOV2),
+    'coatlitemini_pitxs_resmlp24dist': (COAT, PITXS, RESMLP24),
+    'coatlitemini_pitxs_resmlp24dist_dinov2': (COAT, PITXS, RESMLP24, DINOV2),
+}
+
+
+def test_all_table2_pairs_have_configs_with_the_papers_members():
     stems = {os.path.basename(p)[:-len('_bikd.yaml')] for p in IMAGENET}
-    assert {'vitb_vitt', 'vitb_vits', 'vits_vitt', 'pitb_swslresnext101', 'coatlitemini_senet154',
-            'pitxs_resmlp36', 'coatlitemini_pitxs', 'dinov2_mae', 'dinov2_swslresnext101',
-            'coatlitemini_dinov2'} <= stems
+    assert stems == set(TABLE2)
+    for stem, names in TABLE2.items():
+        cfg = load_config(os.path.join(ROOT, f'configs/imagenet/{stem}_bikd.yaml'))
+        assert tuple(m.model_name for m in cfg.model.members) == names, stem
+        dinov2 = [m for m in cfg.model.members if m.model_name == DINOV2]
+        assert all(m.type == 'DinoV2LinearMember' for m in dinov2), stem
+
+
+def test_imagenet_schedule_is_the_papers():
+    cfg = load_config(os.path.join(ROOT, 'configs/imagenet/vitb_vitt_bikd.yaml'))
+    assert cfg.train_dataloader.batch_size == 128
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_epochs, cfg.train_cfg.val_interval) == (
+        'EpochBasedTrainLoop', 20, 1)
+    assert not cfg.get('param_scheduler')  # constant learning rate, as the authors ran it
+
+
+def test_every_control_differs_from_its_bikd_config_in_type_alone():
+    for path in sorted(glob.glob(os.path.join(ROOT, 'configs/*/*_independent.yaml'))):
+        twin = path.replace('_independent.yaml', '_bikd.yaml')
+        ours = load_config(path, import_modules=False).to_dict()
+        theirs = load_config(twin, import_modules=False).to_dict()
+        assert ours['model'].pop('type') == 'IndependentMetaArch'
+        assert theirs['model'].pop('type') == 'BiKDMetaArch'
+        assert ours == theirs, os.path.relpath(path, ROOT)
 
 
 @pytest.mark.parametrize('path', IMAGENET, ids=os.path.basename)
@@ -103,3 +142,35 @@ def test_saliency_paper_configs_build_with_paper_settings(stem):
 def test_evaluation_runs_batched(path):
     cfg = load_config(path, import_modules=False)
     assert cfg.val_dataloader.batch_size > 1, 'evaluation one sample at a time'
+
+
+@pytest.mark.parametrize('pair, members', [
+    ('swinT_swinS', ('swin-t', 'swin-s')), ('r50_swinT', ('r50', 'swin-t'))])
+def test_table4_configs_carry_the_papers_settings(pair, members):
+    """Table 4: the Mask2Former pairs on ADE20K, teacher per image by loss (Eq. 6), AdamW
+    lr 1e-6 wd 1e-5, T = 1; Mask2Former's recipe where the paper is silent."""
+    cfg = load_config(os.path.join(ROOT, f'configs/ade20k/{pair}_bikd.yaml'), import_modules=False)
+    model = cfg.model
+    assert (model.type, model.partition, model.temperature, model.detach_teacher) == (
+        'BiKDMetaArch', 'loss', 1.0, True)
+    assert [m.config for m in model.members] == [
+        f'mmseg::mask2former/mask2former_{m}_8xb2-160k_ade20k-512x512.py' for m in members]
+    opt = cfg.optim_wrapper
+    assert (opt.optimizer.type, opt.optimizer.lr, opt.optimizer.weight_decay) == (
+        'AdamW', 1e-6, 1e-5)
+    assert opt.clip_grad.max_norm == 0.01 and opt.paramwise_cfg.custom_keys.backbone.lr_mult == 0.1
+    assert cfg.train_dataloader.batch_size == 4
+    assert (cfg.train_cfg.type, cfg.train_cfg.max_iters) == ('IterBasedTrainLoop', 160000)
+    crop = next(t for t in cfg.train_dataloader.dataset.pipeline if t.type == 'RandomCrop')
+    assert crop.crop_size == 512
+    assert cfg.val_evaluator.num_classes == 150
+
+
+def test_the_digits_demo_is_the_papers_method_at_a_short_schedule():
+    cfg = load_config(os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'))
+    assert (cfg.model.type, cfg.model.partition, cfg.model.temperature,
+            cfg.model.detach_teacher) == ('BiKDMetaArch', 'confidence', 1.0, True)
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.weight_decay) == ('Adam', 1e-5)  # lr 1e-4 for 200 steps, said there
+    assert [m.checkpoint for m in cfg.model.members] == [
+        'checkpoints/digits/resnet.pth', 'checkpoints/digits/convnext.pth']

@@ -7,37 +7,24 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-import classification_bikd  # noqa: F401  (registers TimmMember)
 from bikd import BiKDMetaArch, IndependentMetaArch
 from bikd.losses import distillation_loss
-
-TINY_VIT = dict(type='TimmMember', model_name='vit_tiny_patch16_224', pretrained=False,
-                num_classes=5, input_size=[16, 16],
-                model_kwargs=dict(img_size=16, patch_size=8, depth=1, embed_dim=32, num_heads=2))
-
-
-def tiny(name, **kw):
-    return {**TINY_VIT, 'name': name, **kw}
-
-
-def batch(n=8, classes=5, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 20, 20), dtype=torch.uint8, generator=g)
-    return images, dict(label=torch.randint(0, classes, (n, ), generator=g))
+from conftest import batch, tiny
 
 
 def test_bikd_loss_is_sum_of_task_losses_plus_masked_kl():
     torch.manual_seed(0)
     model = BiKDMetaArch([tiny('a'), tiny('b'), tiny('c')], temperature=2.0)
     images, samples = batch()
-    losses = model(images, samples, mode='loss')
-    assert set(losses) == {'loss_a', 'loss_b', 'loss_c', 'loss_distill', 'teach_a', 'teach_b',
-                           'teach_c'}
+    out = model(images, samples, mode='loss')
+    assert set(out.log_vars()) == {'loss', 'task_loss/a', 'task_loss/b', 'task_loss/c',
+                                   'distill_loss', 'teacher_share/a', 'teacher_share/b',
+                                   'teacher_share/c'}
     # independent computation from the members' logits
     logits = [m.logits(images) for m in model.members]
     y = samples['label']
     for m, z in zip('abc', logits):
-        assert losses[f'loss_{m}'].item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-5)
+        assert out.task_losses[m].item() == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-5)
     conf = torch.stack([z.softmax(1)[torch.arange(8), y] for z in logits])  # [K, N]
     teachers = [max(k for k in range(3) if conf[k, i] == conf[:, i].max()) for i in range(8)]
     ref = 0.0
@@ -46,9 +33,37 @@ def test_bikd_loss_is_sum_of_task_losses_plus_masked_kl():
         for j in range(3):
             if j != t:
                 ref += (p_t * (p_t.log() - (logits[j][i] / 2).log_softmax(0))).sum().item()
-    assert losses['loss_distill'].item() == pytest.approx(4 * ref / 8, rel=1e-4)
+    assert out.distill_loss.item() == pytest.approx(4 * ref / 8, rel=1e-4)
     for k, m in enumerate('abc'):
-        assert losses[f'teach_{m}'].item() == pytest.approx(teachers.count(k) / 8)
+        assert out.teacher_share[m].item() == pytest.approx(teachers.count(k) / 8)
+    total, log_vars = model.parse_losses(out)
+    assert total.item() == pytest.approx(sum(out.task_losses.values()).item() + 4 * ref / 8,
+                                         rel=1e-4)
+    assert log_vars['loss'].item() == total.item()
+
+
+@pytest.mark.parametrize('names', [('gloss', 'distill'), ('loss', 'teacher_share')])
+def test_any_member_name_works_and_shares_never_enter_the_loss(names):
+    """mmengine sums every logged key that contains "loss"; a member called "gloss" must not
+    make its teacher share part of the loss, nor a member called "distill" collide with the
+    distillation term."""
+    torch.manual_seed(0)
+    model = BiKDMetaArch([tiny(names[0]), tiny(names[1])])
+    images, samples = batch()
+    out = model(images, samples, mode='loss')
+    total, log_vars = model.parse_losses(out)
+    expected = sum(F.cross_entropy(m.logits(images), samples['label']) for m in model.members)
+    assert total.item() == pytest.approx((expected + out.distill_loss).item(), rel=1e-5)
+    assert set(log_vars) == {'loss', f'task_loss/{names[0]}', f'task_loss/{names[1]}',
+                             'distill_loss', f'teacher_share/{names[0]}',
+                             f'teacher_share/{names[1]}'}
+    assert sum(log_vars[f'teacher_share/{n}'].item() for n in names) == pytest.approx(1.0)
+
+
+def test_member_names_that_cannot_name_files_and_keys_are_refused():
+    for bad in ('a/b', 'ensemble', 'two words', '-a'):
+        with pytest.raises(ValueError, match='invalid member name'):
+            BiKDMetaArch([tiny(bad), tiny('b')])
 
 
 def test_every_member_gets_gradient_and_independent_has_no_kl():
@@ -56,9 +71,9 @@ def test_every_member_gets_gradient_and_independent_has_no_kl():
     images, samples = batch()
     for cls in (BiKDMetaArch, IndependentMetaArch):
         model = cls([tiny('a'), tiny('b')])
-        losses = model(images, samples, mode='loss')
-        assert ('loss_distill' in losses) == (cls is BiKDMetaArch)
-        sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+        out = model(images, samples, mode='loss')
+        assert (out.distill_loss is not None) == (cls is BiKDMetaArch)
+        out.total().backward()
         for m in model.members:
             assert m.model.head.weight.grad.abs().sum() > 0
 
@@ -67,8 +82,8 @@ def test_independent_gradient_is_each_members_own_task_gradient():
     torch.manual_seed(0)
     images, samples = batch()
     model = IndependentMetaArch([tiny('a'), tiny('b')])
-    losses = model(images, samples, mode='loss')
-    (losses['loss_a'] + losses['loss_b']).backward()
+    out = model(images, samples, mode='loss')
+    out.total().backward()
     g_joint = model.members[0].model.head.weight.grad.clone()
     model.zero_grad()
     F.cross_entropy(model.members[0].logits(images), samples['label']).backward()

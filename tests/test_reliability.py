@@ -9,23 +9,22 @@ import time
 import pytest
 import torch
 from mmengine.logging import MessageHub
-from mmengine.optim import OptimWrapper
 
-import bikd.engine  # noqa: F401  (atomic local writes)
 from bikd import BiKDMetaArch
-from bikd.engine.reliability import AtomicLocalBackend, get_random_state, set_random_state
-from conftest import ROOT
-from test_meta_arch import batch, tiny
+from bikd.engine import OptimWrapper
+from bikd.engine.patches import AtomicLocalBackend
+from bikd.engine.random_state import get_random_state, set_random_state
+from conftest import ROOT, batch, tiny
 
 
-def model_and_optimizer(**kw):
+def model_and_optimizer(**policy):
     torch.manual_seed(0)
-    model = BiKDMetaArch([tiny('a'), tiny('b')], **kw)
-    return model, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.5))
+    model = BiKDMetaArch([tiny('a'), tiny('b')])
+    return model, OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.5), **policy)
 
 
 def poison(model, member: str, key: str = 'loss', times: int = 1):
-    """The next ``times`` forwards of ``member`` give a NaN ``key`` (loss or distill)."""
+    """The next ``times`` forwards of ``member`` give a NaN ``key`` (loss or logits)."""
     m = model.members[model.member_names.index(member)]
     original, left = m.forward_train, [times]
 
@@ -59,10 +58,10 @@ def test_nonfinite_member_loss_drops_the_step_and_is_counted(caplog):
     poison(model, 'a')
     log = step(model, optim)
     assert same(before, weights(model)), 'a weight was updated from a NaN loss'
-    assert log['skipped_steps'].item() == 1 and 'loss_a' not in log and 'loss_b' in log
-    assert model.skipped_steps == 1
+    assert optim.last_step_skipped and optim.skipped_steps == 1
+    assert 'task_loss/a' not in log and 'loss' not in log and 'task_loss/b' in log
     log = step(model, optim)  # a finite step updates and resets the run of dropped steps
-    assert 'skipped_steps' not in log and not same(before, weights(model))
+    assert not optim.last_step_skipped and 'loss' in log and not same(before, weights(model))
     poison(model, 'b', times=2)
     after_good = weights(model)
     step(model, optim)
@@ -70,7 +69,17 @@ def test_nonfinite_member_loss_drops_the_step_and_is_counted(caplog):
                                                  r'row were dropped'):
         step(model, optim)
     assert same(after_good, weights(model))
-    assert model.skipped_steps == 3
+    assert optim.skipped_steps == 3
+
+
+def test_dropped_step_count_travels_in_the_wrappers_state():
+    model, optim = model_and_optimizer()
+    poison(model, 'a')
+    step(model, optim)
+    state = optim.state_dict()
+    _, again = model_and_optimizer()
+    again.load_state_dict(state)
+    assert again.skipped_steps == 1 and again.skipped_in_a_row == 1
 
 
 def test_nonfinite_policy_raise_names_member_and_iteration():
@@ -79,21 +88,45 @@ def test_nonfinite_policy_raise_names_member_and_iteration():
     before = weights(model)
     poison(model, 'b')
     with pytest.raises(FloatingPointError, match=r"non-finite loss of member 'b' at iteration "
-                                                 r'42 \(loss_b=nan\); no weights were updated'):
+                                                 r'42 \(task_loss/b=nan\); no weights were '
+                                                 r'updated'):
         step(model, optim)
     assert same(before, weights(model))
 
 
 def test_nonfinite_distillation_term_is_named():
     model, optim = model_and_optimizer(nonfinite_policy='raise')
-    poison(model, 'a', key='distill')
+    poison(model, 'a', key='logits')
     with pytest.raises(FloatingPointError, match='the distillation term'):
         step(model, optim)
 
 
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="nonfinite_policy must be one of .*'ignore'"):
-        BiKDMetaArch([tiny('a'), tiny('b')], nonfinite_policy='ignore')
+        model_and_optimizer(nonfinite_policy='ignore')
+
+
+def test_the_old_model_keys_of_the_policy_still_work(tmp_path):
+    from bikd.engine import load_config
+    cfg_path = tmp_path / 'c.yaml'
+    cfg_path.write_text('_base_: ' + os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')
+                        + '\n')
+    with pytest.warns(FutureWarning, match='moved to optim_wrapper.nonfinite_policy'):
+        cfg = load_config(str(cfg_path), ['model.nonfinite_policy=raise'])
+    assert cfg.optim_wrapper.nonfinite_policy == 'raise' and 'nonfinite_policy' not in cfg.model
+
+
+def test_importing_bikd_changes_nothing_in_mmengine():
+    code = ('import bikd, mmengine.fileio.io as io\n'
+            'from mmengine.fileio.backends import LocalBackend\n'
+            'from mmengine.logging.history_buffer import HistoryBuffer\n'
+            "assert 'statistics_methods' in HistoryBuffer().__getstate__()\n"
+            "assert io.backends['local'] is LocalBackend\n"
+            'from bikd.engine import setup_engine\n'
+            'setup_engine()\n'
+            "assert 'statistics_methods' not in HistoryBuffer().__getstate__()\n"
+            "assert io.backends['local'].__name__ == 'AtomicLocalBackend'\n")
+    subprocess.run([sys.executable, '-c', code], check=True, cwd=ROOT)
 
 
 def test_random_state_round_trip_through_a_weights_only_checkpoint(tmp_path):
@@ -131,7 +164,8 @@ def test_mmengine_saves_go_through_the_atomic_backend(tmp_path, monkeypatch):
 SAVER = '''
 import sys, torch
 sys.path.insert(0, {plugins!r})
-import bikd.engine
+from bikd.engine import setup_engine
+setup_engine()
 from mmengine.runner.checkpoint import save_checkpoint
 for i in range(1, 1000):
     save_checkpoint(dict(state_dict=dict(w=torch.full((16_000_000,), float(i)))), {path!r})

@@ -101,3 +101,52 @@ def test_kway_report_follows_members_as_they_are_added(digits_root, tmp_path):
     assert '| model | K=2 (resnet_convnext_bikd) | K=3 (resnet_convnext_regnet_bikd) |' in table
     regnet = next(line for line in table.splitlines() if line.startswith('| regnet |'))
     assert regnet.split('|')[2].strip() == ''  # not in the pair
+
+
+HALF_KL = """
+from bikd import BiKDMetaArch
+from bikd.registry import META_ARCH
+
+
+@META_ARCH.register_module()
+class HalfKLMetaArch(BiKDMetaArch):
+    \"\"\"Bi-KD with half the distillation term: a new method is one registered class.\"\"\"
+    method = 'halfkl'
+
+    def loss(self, inputs, data_samples):
+        out = super().loss(inputs, data_samples)
+        out.distill_loss = out.distill_loss / 2
+        return out
+"""
+
+
+def test_a_method_registered_by_the_user_runs_with_no_edit_of_the_tools(digits_root, tmp_path):
+    (tmp_path / 'my_method.py').write_text(HALF_KL)
+    out = tmp_path / 'exp'
+    proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
+                    '--methods', 'halfkl,independent',
+                    *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
+                    'train_cfg.val_interval=1',
+                    'custom_imports.imports=[classification_bikd,my_method]',
+                    env={'PYTHONPATH': str(tmp_path)})
+    assert sorted(os.listdir(out / 'runs')) == ['halfkl', 'independent']
+    with open(out / 'runs' / 'halfkl' / 'summary.json') as f:
+        summary = json.load(f)
+    assert summary['method'] == 'HalfKLMetaArch' and summary['teacher_share']
+    assert '| model | before | halfkl | independent |' in proc.stdout
+    # the comparison with the method's control: the differences of the two deltas
+    with open(out / 'report.json') as f:
+        report = json.load(f)
+    rows = {(r['member'], r['method']): r['delta'] for r in report['rows']}
+    (title, *lines) = report['against_controls']
+    assert title == 'halfkl vs independent, change of top1:'
+    for line in lines:
+        member, diff = line.split()[0], float(line.split()[-1])
+        assert diff == pytest.approx(rows[member, 'halfkl'] - rows[member, 'independent'],
+                                     abs=0.006)
+    # an unknown method is refused with the registered ones listed
+    proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
+                    '--methods', 'nosuch', *digits_overrides(digits_root, out / 'ignored'),
+                    expect_ok=False)
+    assert proc.returncode != 0 and "unknown method(s) ['nosuch']; registered methods:" in \
+        proc.stdout

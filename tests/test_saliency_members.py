@@ -86,7 +86,7 @@ def test_train_net_on_dhf1k_layout(tmp_path):
         after = summary['members'][m]['after']
         assert after['frames'] == 34 and -1 <= after['CC'] <= 1 and 0 <= after['AUC_J'] <= 1
     assert abs(sum(summary['teacher_share'].values()) - 1) < 1e-6
-    assert 'loss_distill' in proc.stdout and 'CC before' in proc.stdout
+    assert 'distill_loss' in proc.stdout and 'CC before' in proc.stdout
     run_tool('export_members.py', '--config-file', config, '--output-dir', str(tmp_path / 'out'),
              *opts)
     tmfi = torch.load(tmp_path / 'out' / 'tmfinet.pth')
@@ -121,7 +121,7 @@ def test_vinet_s_full_size_forward_decoder_layout_and_export(tmp_path):
 
 def test_vinet_s_release_name_map_is_complete_and_lossless(tmp_path):
     from saliency_bikd import ViNetSMember
-    from saliency_bikd.vinet import from_release as vs_from, to_release as vs_to
+    from saliency_bikd.vinet_s import from_release as vs_from, to_release as vs_to
 
     member = ViNetSMember(pretrained=False)
     ours = member.net.state_dict()

@@ -7,31 +7,18 @@ import warnings
 import pytest
 import torch
 from mmengine.registry import MODELS, init_default_scope
-from mmengine.structures import PixelData
 
 from bikd import BiKDMetaArch
 from bikd.engine import load_config
-from conftest import ROOT, run_tool
+from conftest import ROOT, run_tool, seg_batch as batch
 
 mmseg = pytest.importorskip('mmseg')
-from mask2former_bikd import MMSegMember  # noqa: E402
-from mmseg.structures import SegDataSample  # noqa: E402
+from mask2former_bikd import (MMSegDecodeHeadMember, MMSegMask2FormerMember,  # noqa: E402
+                              MMSegMember)
 
 M2F = os.path.join(ROOT, 'configs/ade20k/members/mask2former_r18_tiny.py')
 UPERNET = os.path.join(ROOT, 'configs/ade20k/members/upernet_r18_tiny.py')
 TOY = os.path.join(ROOT, 'configs/ade20k_toy/m2f_upernet_bikd.yaml')
-
-
-def batch(n, size=64, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    inputs = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
-              for _ in range(n)]
-    samples = []
-    for _ in range(n):
-        s = SegDataSample(metainfo=dict(img_shape=(size, size), ori_shape=(size, size)))
-        s.gt_sem_seg = PixelData(data=torch.randint(0, 6, (1, size, size), generator=g))
-        samples.append(s)
-    return inputs, samples
 
 
 def mmseg_loss(member, inputs, samples):
@@ -51,8 +38,8 @@ def test_mask2former_per_image_loss_is_mmsegs_loss_for_one_image():
     assert ours.loss.shape == (1, )
     assert ours.loss[0].item() == pytest.approx(theirs.item(), rel=1e-5)
     # distilled: per-pixel log class distribution at 1/4 of the crop, normalised over classes
-    assert ours.distill.shape == (1, 150, 16, 16)
-    assert torch.allclose(ours.distill.exp().sum(1), torch.ones(1, 16, 16), atol=1e-3)
+    assert ours.logits.shape == (1, 150, 16, 16)
+    assert torch.allclose(ours.logits.exp().sum(1), torch.ones(1, 16, 16), atol=1e-3)
 
 
 def test_decode_head_per_image_losses_average_to_mmsegs_loss():
@@ -65,7 +52,12 @@ def test_decode_head_per_image_losses_average_to_mmsegs_loss():
     torch.manual_seed(1)
     assert ours.loss.mean().item() == pytest.approx(mmseg_loss(member, inputs, samples).item(),
                                                     rel=1e-5)
-    assert ours.distill.shape == (2, 150, 16, 16)
+    assert ours.logits.shape == (2, 150, 16, 16)
+
+
+def test_mmseg_member_builds_the_class_of_its_segmentors_kind():
+    assert type(MMSegMember(M2F, pretrained=False)) is MMSegMask2FormerMember
+    assert type(MMSegMember(config=UPERNET, pretrained=False)) is MMSegDecodeHeadMember
 
 
 def test_mask2former_and_upernet_train_together_with_loss_partition():
@@ -75,9 +67,9 @@ def test_mask2former_and_upernet_train_together_with_loss_partition():
                                pretrained=False)], partition='loss')
     inputs, samples = batch(2)
     losses = model(inputs, samples, mode='loss')
-    assert losses['teach_upernet'].item() in (0.0, 0.5, 1.0)
-    assert losses['loss_distill'].item() > 0
-    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    assert losses.teacher_share['upernet'].item() in (0.0, 0.5, 1.0)
+    assert losses.distill_loss.item() > 0
+    losses.total().backward()
     for m in model.members:
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
 
@@ -97,7 +89,8 @@ def test_table4_configs_build(pair):
                           ['model.random_init=true'])
         init_default_scope('bikd')
         model = MODELS.build(dict(cfg.model))
-        assert model.partition == 'loss' and all(m.is_mask2former for m in model.members)
+        assert model.partition == 'loss'
+        assert all(isinstance(m, MMSegMask2FormerMember) for m in model.members)
         assert all(m.num_classes == 150 for m in model.members)
         opt = cfg.optim_wrapper.optimizer
         assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 1e-6, 1e-5)
@@ -115,8 +108,8 @@ def test_real_size_mask2former_pair_takes_a_training_step():
     model = revert_sync_batchnorm(model)  # as mmengine's Runner does outside DDP
     inputs, samples = batch(2, size=128)
     losses = model(inputs, samples, mode='loss')
-    assert set(losses) >= {'loss_r50', 'loss_swin_t', 'loss_distill', 'teach_r50'}
-    sum(v for k, v in losses.items() if k.startswith('loss')).backward()
+    assert set(losses.task_losses) == {'r50', 'swin_t'} and losses.distill_loss > 0
+    losses.total().backward()
     for m in model.members:
         assert m.segmentor.decode_head.cls_embed.weight.grad.abs().sum() > 0
 
@@ -146,7 +139,7 @@ def test_train_net_and_export_on_ade20k_layout(toy_root, tmp_path):
         for k in ('mIoU', 'fwIoU', 'mACC', 'pACC'):
             assert 0 <= summary['members'][m]['after'][k] <= 100
     assert sum(summary['teacher_share'].values()) == pytest.approx(1.0)
-    assert 'loss_distill' in proc.stdout and 'teach_mask2former' in proc.stdout
+    assert 'distill_loss' in proc.stdout and 'teacher_share/mask2former' in proc.stdout
 
     # each member exported as an mmseg checkpoint that mmseg's own init_model loads
     from mmseg.apis import init_model
@@ -173,7 +166,7 @@ def test_pixel_ce_partition_loss_is_cross_entropy_of_the_distilled_distribution(
     inputs, samples = batch(2)
     out = member.forward_train(inputs, samples)
     gt = torch.stack([s.gt_sem_seg.data[0, ::4, ::4] for s in samples])  # nearest, 64 -> 16
-    ref = -out.distill.detach().gather(1, gt[:, None]).squeeze(1).flatten(1).mean(1)
+    ref = -out.logits.detach().gather(1, gt[:, None]).squeeze(1).flatten(1).mean(1)
     assert torch.allclose(out.partition_loss, ref, atol=1e-5)
     assert member.partition_loss_kind == 'pixel_ce'
 

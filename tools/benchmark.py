@@ -1,23 +1,25 @@
 #!/usr/bin/env python
-"""What Bi-KD costs against its members alone and against KL+DP, measured side by side.
+"""What Bi-KD costs against its members alone and against other methods, measured side by side.
 
     python tools/benchmark.py --config-file FILE [--iters N] [--warmup W] [--rounds R]
-                              [--device cpu|cuda] [--pretrained] [--profile] [key=value ...]
+                              [--methods kldp,...] [--device cpu|cuda] [--pretrained]
+                              [--profile] [key=value ...]
 
 On the same batches (drawn once from the config's training loader) and the same initial
 members (random weights unless --pretrained), it times full training steps (forward, backward,
-optimiser) of: each member trained alone, BiKDMetaArch with all members, and one KLDPMetaArch
-run per student (a trainable student plus its frozen teacher and frozen initial copy). Every
-variant is built and warmed up first, then all are timed round-robin in --rounds rounds, so
-that the machine's drifts fall on all alike. For each: median seconds per iteration,
-samples/s and its own memory (weights, buffers and optimiser state plus the peak of the tensors
-a training step allocates: the CUDA allocator's peak, or torch's memory profile on CPU). Then the ratios measured in this one run:
-Bi-KD / sum of the members alone, KL+DP's runs for every member / Bi-KD, and the bound on the
-latter that the members' frozen-forward cost sets. Then the data loader's throughput against
-what a Bi-KD step consumes, and the distillation term alone (partition + masked KL, forward
-and backward) for K = 2..8 members on the members' real output shape: time, and the memory it
-allocates in units of one member's output, both linear in K. --profile adds a torch.profiler
-breakdown of one Bi-KD step.
+optimiser) of: each member trained alone, BiKDMetaArch with all members, and every run that
+the --methods (default: KL+DP, one run per student: a trainable student plus its frozen
+teacher and frozen initial copy) declare to improve the members. Every variant is built and
+warmed up first, then all are timed round-robin in --rounds rounds, so that the machine's
+drifts fall on all alike. For each: median seconds per iteration, samples/s and its own memory
+(weights, buffers and optimiser state plus the peak of the tensors a training step allocates:
+the CUDA allocator's peak, or torch's memory profile on CPU). Then the ratios measured in this
+one run: Bi-KD / sum of the members alone, each method's runs for every member / Bi-KD, and
+the bound on the latter that the members' frozen-forward cost sets. Then the data loader's
+throughput against what a Bi-KD step consumes, and the distillation term alone (partition +
+masked KL, forward and backward) for K = 2..8 members on the members' real output shape: time,
+and the memory it allocates in units of one member's output, both linear in K. --profile adds
+a torch.profiler breakdown of one Bi-KD step.
 
 Timings are medians over --iters steps after --warmup steps; on a shared or small machine
 compare ratios from one run, not absolute figures across runs. Mixed precision and
@@ -237,6 +239,9 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=5,
                         help='round-robin rounds the timed steps are split into')
+    parser.add_argument('--methods', default='kldp',
+                        help='methods timed beside Bi-KD, comma-separated (each with the runs '
+                             'it needs for every member); "" for none')
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--pretrained', action='store_true',
                         help="load the members' weights (default: random, same for all variants)")
@@ -250,9 +255,11 @@ def main(argv=None):
     from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner
 
-    from bikd import IndependentMetaArch, KLDPMetaArch
-    from bikd.engine import load_config
+    from bikd import IndependentMetaArch, MethodNotApplicable, select_methods
+    from bikd.engine import load_config, setup_engine
+    from bikd.registry import META_ARCH
 
+    setup_engine()
     opts = list(args.opts) + ([] if args.pretrained else ['model.random_init=true'])
     cfg = load_config(args.config_file, opts)
     init_default_scope(cfg.get('default_scope', 'bikd'))
@@ -280,11 +287,17 @@ def main(argv=None):
     for m in members:
         variants[f'{m.name} alone'] = lambda m=m: IndependentMetaArch([copy.deepcopy(m)], **fmt)
     variants[BIKD] = lambda: copy.deepcopy(bikd)
-    if len(members) == 2:
-        for m in members:
-            variants[f'KL+DP, student {m.name}'] = lambda m=m: KLDPMetaArch(
-                [copy.deepcopy(x) for x in members], student=m.name,
-                partition=getattr(bikd, 'partition', 'confidence'), **fmt)
+    planned = {}  # method -> its runs, each timed as a variant named by the run's label
+    for method, cls in select_methods([m for m in args.methods.split(',') if m]).items():
+        try:
+            planned[method] = cls.experiment_runs(cfg.model.to_dict())
+        except MethodNotApplicable as e:
+            print(f'{method} left out: {e}')
+            continue
+        for run in planned[method]:
+            arguments = {k: v for k, v in run.model.items() if k not in ('type', 'members')}
+            variants[run.label] = lambda run=run, arguments=arguments: META_ARCH.get(
+                run.model['type'])([copy.deepcopy(x) for x in members], **arguments)
     built = measure_interleaved(variants, cfg.optim_wrapper, batches, args.iters, args.warmup,
                                 args.rounds, args.device)
     results = {name: v.result() for name, v in built.items()}
@@ -294,24 +307,28 @@ def main(argv=None):
     for r in results.values():
         print(f'{r["name"]:<{width}}{r["seconds"]:>10.4f}{r["samples_per_s"]:>12.1f}'
               f'{r["peak_mib"]:>11.0f}')
-    alone = sum(results[f'{n} alone']['seconds'] for n in names)
+    step = {n: results[f'{n} alone']['seconds'] for n in names}
+    alone = sum(step.values())
     ours = results[BIKD]['seconds']
     print(f'\nBi-KD / sum of the members alone: {ours / alone:.3f}  (time per iteration)')
-    if len(members) == 2:
-        kldp = sum(results[f'KL+DP, student {n}']['seconds'] for n in names)
-        print(f'KL+DP for both members (two runs) / Bi-KD: {kldp / ours:.3f}  '
-              f'(Bi-KD costs {ours / kldp:.2f}x KL+DP)')
-        # Each KL+DP run is a training step of its student plus frozen forwards of the teacher
-        # and of the initial student, so the two runs cost sum(T) + 2 sum(F), while Bi-KD
-        # costs at least sum(T): Bi-KD / KL+DP >= sum(T) / (sum(T) + 2 sum(F)).
-        frozen = {m.name: frozen_forward_seconds(m, bikd, batches, args) for m in members}
-        bound = alone / (alone + 2 * sum(frozen.values()))
-        print('frozen forward (no grad, as KL+DP runs its teacher and initial student): ' +
-              ', '.join(f'{n} {t:.4f} s = {t / results[f"{n} alone"]["seconds"]:.2f}x its '
-                        'training step' for n, t in frozen.items()))
+    frozen = {}  # member -> seconds of its forward without gradient
+    for method, runs in planned.items():
+        total = sum(results[run.label]['seconds'] for run in runs)
+        print(f'{method} for every member ({len(runs)} runs) / Bi-KD: {total / ours:.3f}  '
+              f'(Bi-KD costs {ours / total:.2f}x {method})')
+        # A run costs at least the training steps of the members it trains plus the frozen
+        # forwards it computes, while Bi-KD costs at least the members' training steps.
+        for n in {n for run in runs for n in run.frozen_forwards} - set(frozen):
+            frozen[n] = frozen_forward_seconds(members[names.index(n)], bikd, batches, args)
+        floor = sum(sum(step[n] for n in run.trains) + sum(frozen[n] for n in run.frozen_forwards)
+                    for run in runs)
         print(f'at the physical limit (Bi-KD = sum of the members alone) Bi-KD would cost '
-              f'{bound:.2f}x KL+DP: sum(T) / (sum(T) + 2 sum(F)) with T a member\'s training '
-              'step and F its frozen forward')
+              f'{alone / floor:.2f}x {method}: the sum of its runs\' training steps (T) and '
+              'frozen forwards (F) bounds it from below')
+    if frozen:
+        print('frozen forward (no grad, as a frozen teacher runs): ' +
+              ', '.join(f'{n} {t:.4f} s = {t / step[n]:.2f}x its training step'
+                        for n, t in frozen.items()))
 
     if args.profile:
         profile_step(built[BIKD], args)
@@ -329,7 +346,7 @@ def main(argv=None):
     with torch.no_grad():
         data = trained.data_preprocessor(batches[0], True)
         out = trained.members[0].forward_train(data['inputs'], data['data_samples'])
-    shape = tuple(out.distill.shape)
+    shape = tuple(out.logits.shape)
     rows = distill_table(shape, range(2, 9), max(args.iters // 2, 5), args.device)
     print(f'\ndistillation term alone (partition + masked KL, forward + backward), output {shape}')
     print(f'{"K":>3}{"ms":>10}{"ms / (K-1)":>12}{"peak MiB":>11}{"x output":>10}')

@@ -12,12 +12,13 @@
 - ``dhf1k_toy``: synthetic videos of moving discs with fixations, in DHF1K's layout; a reduced
   TMFI-Net and a reduced ViNet-A (exported in their releases' checkpoint layouts).
 
-For each: 1. write the data (once); 2. "pretrain" the two members from scratch on different
+For each: 1. write the data (once); 2. "pretrain" the members from scratch on different
 recipes (configs/<task>/pretrain_<member>.yaml) and export them in their native format
-(checkpoints/<task>/), once; 3. fine-tune both with Bi-KD and with the Independent control on
-the identical schedule; 4. print each run's table and the comparison, and write a PNG of the
-deltas (work_dirs/<task>/deltas.png). Every step is the command a user would type
-(tools/train_net.py, tools/export_members.py).
+(checkpoints/<task>/), once; 3. fine-tune them with Bi-KD and with the Independent control on
+the identical schedule through tools/run_experiment.py (its report and deltas.png go to
+work_dirs/<task>/); 4. print each run's table and the comparison with the control. Every step
+is the command a user would type (tools/train_net.py, tools/export_members.py,
+tools/run_experiment.py).
 """
 import argparse
 import json
@@ -28,8 +29,6 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-
 
 
 def _digits_data(root):
@@ -54,11 +53,11 @@ def _dhf1k_data(root):
 
 TASKS = {
     'digits': dict(members=('resnet', 'convnext'), data='datasets/digits', make=_digits_data,
-                   runs='configs/digits/resnet_convnext_{method}.yaml'),
+                   experiment=['configs/digits/resnet_convnext_bikd.yaml']),
     'ade20k_toy': dict(members=('mask2former', 'upernet'), data='datasets/ade20k_toy',
-                       make=_ade_data, runs='configs/ade20k_toy/m2f_upernet_{method}.yaml'),
+                       make=_ade_data, experiment=['configs/ade20k_toy/m2f_upernet_bikd.yaml']),
     'dhf1k_toy': dict(members=('tmfinet', 'vinet_a'), data='datasets/dhf1k_toy',
-                      make=_dhf1k_data, runs='configs/dhf1k_toy/tmfi_vinetA_{method}.yaml'),
+                      make=_dhf1k_data, experiment=['configs/dhf1k_toy/tmfi_vinetA_bikd.yaml']),
     # Table 6's question on the digits: the pair, then a third and a fourth member
     'digits_kway': dict(members=('resnet', 'convnext', 'regnet', 'mobilenet'),
                         data='datasets/digits', make=_digits_data, configs='digits',
@@ -71,30 +70,6 @@ TASKS = {
 def run(cmd):
     print('\n$ ' + ' '.join(cmd), flush=True)
     subprocess.run([sys.executable] + cmd, cwd=ROOT, check=True)
-
-
-def plot_deltas(summaries: dict, members, title: str, path: str) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-
-    methods = list(summaries)
-    metric = summaries[methods[0]]['primary_metric']
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        deltas = [summaries[method]['members'][m]['delta'][metric] for m in members]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(members))]
-        bars = ax.bar(xs, deltas, width, label=method)
-        ax.bar_label(bars, fmt='%+.2f', fontsize=8)
-    ax.axhline(0, color='black', linewidth=0.8)
-    ax.set_xticks(range(len(members)), members)
-    ax.set_ylabel(f'{metric} after - before (points)')
-    ax.set_title(f'{title}: change of each member')
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv=None):
@@ -110,7 +85,7 @@ def main(argv=None):
     configs = task.get('configs', args.task)  # the K-way task shares the digits' members
     checkpoints = f'checkpoints/{configs}'
 
-    from bikd.summary import format_table, metric_digits
+    from bikd.summary import format_table
 
     described, data_root = task['make'](task['data'])
     print(f'{args.task}: {described} in {task["data"]}')
@@ -127,39 +102,24 @@ def main(argv=None):
         run(['tools/export_members.py', '--config-file', cfg, '--output-dir', checkpoints,
              f'work_dir={work}'])
 
-    if 'experiment' in task:
-        cmd = ['tools/run_experiment.py', '--methods', 'bikd,independent', '--output-dir', out]
-        for cfg in task['experiment']:
-            cmd += ['--config-file', cfg]
-        run(cmd + data)
-        print(f'demo finished in {time.time() - start:.0f} s')
-        return 0
-
-    ckpts = [f'model.members.{i}.checkpoint={checkpoints}/{m}.pth' for i, m in enumerate(members)]
-    summaries = {}
-    for method in ('bikd', 'independent'):
-        work = f'{out}/{method}'
-        run(['tools/train_net.py', '--config-file', task['runs'].format(method=method),
-             f'work_dir={work}', *data, *ckpts])
-        with open(os.path.join(ROOT, work, 'summary.json')) as f:
-            summaries[method] = json.load(f)
-
-    print('\n' + '=' * 72)
-    for method, summary in summaries.items():
-        print(format_table(summary, f'{summary["method"]} ({out}/{method}/summary.json)'))
-        print()
-    metric = summaries['bikd']['primary_metric']
-    print(f'Bi-KD vs Independent, change of {metric}:')
-    digits = metric_digits(summaries['bikd']['members'][m]['before'][metric] for m in members)
-    for m in members:
-        b = summaries['bikd']['members'][m]['delta'][metric]
-        i = summaries['independent']['members'][m]['delta'][metric]
-        print(f'  {m:<12} Bi-KD {b:+.{digits}f}   Independent {i:+.{digits}f}   '
-              f'difference {b - i:+.{digits}f}')
-    png = os.path.join(ROOT, out, 'deltas.png')
-    plot_deltas(summaries, members, args.task, png)
-    print(f'plot: {os.path.relpath(png, ROOT)}')
+    cmd = ['tools/run_experiment.py', '--methods', 'bikd,independent', '--output-dir', out]
+    for cfg in task['experiment']:
+        cmd += ['--config-file', cfg]
+    run(cmd + data)  # the configs start from the members in checkpoints/<task>/
+    if len(task['experiment']) == 1:
+        with open(os.path.join(ROOT, out, 'report.json')) as f:
+            report = json.load(f)
+        print('\n' + '=' * 72)
+        for work in report['work_dirs'].values():
+            with open(os.path.join(work, 'summary.json')) as f:
+                summary = json.load(f)
+            print(format_table(summary, f'{summary["method"]} '
+                                        f'({os.path.relpath(work, ROOT)}/summary.json)'))
+            print()
+        print('\n'.join(report['against_controls']))
+        print(f'plot: {out}/deltas.png')
     print(f'demo finished in {time.time() - start:.0f} s')
+    return 0
 
 
 if __name__ == '__main__':

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bikd.fileio import publish_dir, read_marker, staging_dir
+from bikd.fileio import make_dataset_once
 
 # ADE20K ids (objectInfo150): the classes the toy scenes use.
 SKY, BUILDING, FLOOR, TREE, ROAD, GRASS, SIDEWALK, PERSON, EARTH, CAR = 3, 2, 4, 5, 7, 10, 12, 13, 14, 21
@@ -93,28 +93,29 @@ def make_scene(rng, short_side):
 
 def make_ade20k_toy(out: str, n_train: int = 160, n_val: int = 40, size: int = 128,
                     seed: int = 0, force: bool = False) -> dict:
-    cached = read_marker(out, 'ADEChallengeData2016/toy.json')
-    if cached and not force:
-        return cached
-    tmp = staging_dir(out)
-    rng = np.random.default_rng(seed)
-    counts = np.zeros(151, np.int64)
-    for split, prefix, n in (('training', 'ADE_train', n_train), ('validation', 'ADE_val', n_val)):
-        for sub in ('images', 'annotations'):
-            os.makedirs(os.path.join(tmp, 'ADEChallengeData2016', sub, split))
-        for i in range(1, n + 1):
-            img, lab = make_scene(rng, size)
-            counts += np.bincount(lab.ravel(), minlength=151)
-            stem = f'{prefix}_{i:08d}'
-            Image.fromarray(img).save(
-                os.path.join(tmp, 'ADEChallengeData2016', 'images', split, stem + '.jpg'), quality=90)
-            Image.fromarray(lab).save(
-                os.path.join(tmp, 'ADEChallengeData2016', 'annotations', split, stem + '.png'))
-    info = dict(source='tools/make_ade20k_toy.py', seed=seed, train=n_train, val=n_val,
-                short_side=size, label_ids=[int(c) for c in np.flatnonzero(counts)],
-                pixel_share={int(c): float(counts[c] / counts.sum()) for c in np.flatnonzero(counts)})
-    publish_dir(tmp, out, info, 'ADEChallengeData2016/toy.json')
-    return info
+    """Write the set once; one made with other settings is refused unless ``force``."""
+    def write(tmp: str) -> dict:
+        rng = np.random.default_rng(seed)
+        counts = np.zeros(151, np.int64)
+        for split, prefix, n in (('training', 'ADE_train', n_train),
+                                 ('validation', 'ADE_val', n_val)):
+            for sub in ('images', 'annotations'):
+                os.makedirs(os.path.join(tmp, 'ADEChallengeData2016', sub, split))
+            for i in range(1, n + 1):
+                img, lab = make_scene(rng, size)
+                counts += np.bincount(lab.ravel(), minlength=151)
+                stem = f'{prefix}_{i:08d}'
+                root = os.path.join(tmp, 'ADEChallengeData2016')
+                Image.fromarray(img).save(os.path.join(root, 'images', split, stem + '.jpg'),
+                                          quality=90)
+                Image.fromarray(lab).save(os.path.join(root, 'annotations', split, stem + '.png'))
+        present = np.flatnonzero(counts)
+        return dict(label_ids=[int(c) for c in present],
+                    pixel_share={int(c): float(counts[c] / counts.sum()) for c in present})
+
+    settings = dict(source='tools/make_ade20k_toy.py', seed=seed, train=n_train, val=n_val,
+                    short_side=size)
+    return make_dataset_once(out, settings, write, force, 'ADEChallengeData2016/toy.json')
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ import sys
 import cv2
 import numpy as np
 
-from bikd.fileio import publish_dir, read_marker, staging_dir
+from bikd.fileio import make_dataset_once
 
 
 def make_video(rng, folder, n_frames, h, w):
@@ -52,19 +52,17 @@ def make_video(rng, folder, n_frames, h, w):
 
 
 def make_dhf1k_toy(out, n_train=24, n_val=4, n_frames=48, size=(72, 128), seed=0, force=False):
-    """Write the set once; an existing one written with other settings is replaced."""
-    cached = read_marker(out, 'toy.json')
-    wanted = dict(seed=seed, train=n_train, val=n_val, frames=n_frames, size=list(size))
-    if cached and not force and all(cached.get(k) == v for k, v in wanted.items()):
-        return cached
-    tmp = staging_dir(out)
-    rng = np.random.default_rng(seed)
-    for i in range(1, n_train + n_val + 1):
-        split = 'train' if i <= n_train else 'val'
-        make_video(rng, os.path.join(tmp, split, f'{i:04d}'), n_frames, *size)
-    info = dict(source='tools/make_dhf1k_toy.py', **wanted)
-    publish_dir(tmp, out, info, 'toy.json')
-    return info
+    """Write the set once; one made with other settings is refused unless ``force``."""
+    def write(tmp: str) -> dict:
+        rng = np.random.default_rng(seed)
+        for i in range(1, n_train + n_val + 1):
+            split = 'train' if i <= n_train else 'val'
+            make_video(rng, os.path.join(tmp, split, f'{i:04d}'), n_frames, *size)
+        return {}
+
+    settings = dict(source='tools/make_dhf1k_toy.py', seed=seed, train=n_train, val=n_val,
+                    frames=n_frames, size=list(size))
+    return make_dataset_once(out, settings, write, force, 'toy.json')
 
 
 def main(argv=None):

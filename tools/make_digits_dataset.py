@@ -4,7 +4,8 @@ the ImageFolder layout: ``<out>/{train,val}/<digit>/<index>.png``.
 
     python tools/make_digits_dataset.py --out datasets/digits [--val-fraction 0.3]
 
-The split is stratified and fixed by ``--seed``. An existing, complete dataset is kept.
+The split is stratified and fixed by ``--seed``. An existing, complete dataset made with the
+same settings is kept; one made with other settings is refused unless ``--force``.
 """
 import argparse
 import os
@@ -13,34 +14,32 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bikd.fileio import publish_dir, read_marker, staging_dir
+from bikd.fileio import make_dataset_once
 
 
 def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool = False) -> dict:
+    """Write the set once; one made with other settings is refused unless ``force``."""
     from sklearn.datasets import load_digits
 
-    cached = read_marker(out, 'dataset.json')
-    if cached and not force:
-        return cached
-    digits = load_digits()
-    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16
-    rng = np.random.default_rng(seed)
-    split = np.empty(len(images), dtype=object)
-    for c in range(10):
-        idx = rng.permutation(np.flatnonzero(digits.target == c))
-        n_val = int(round(val_fraction * len(idx)))
-        split[idx[:n_val]] = 'val'
-        split[idx[n_val:]] = 'train'
-    tmp = staging_dir(out)
-    for i, (img, label) in enumerate(zip(images, digits.target)):
-        folder = os.path.join(tmp, split[i], str(label))
-        os.makedirs(folder, exist_ok=True)
-        Image.fromarray(img, mode='L').save(os.path.join(folder, f'{i:04d}.png'))
-    info = dict(source='sklearn.datasets.load_digits', classes=[str(c) for c in range(10)],
-                train=int((split == 'train').sum()), val=int((split == 'val').sum()),
-                val_fraction=val_fraction, seed=seed, image_size=[8, 8])
-    publish_dir(tmp, out, info, 'dataset.json')
-    return info
+    def write(tmp: str) -> dict:
+        digits = load_digits()
+        images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)  # values 0..16
+        rng = np.random.default_rng(seed)
+        split = np.empty(len(images), dtype=object)
+        for c in range(10):
+            idx = rng.permutation(np.flatnonzero(digits.target == c))
+            n_val = int(round(val_fraction * len(idx)))
+            split[idx[:n_val]] = 'val'
+            split[idx[n_val:]] = 'train'
+        for i, (img, label) in enumerate(zip(images, digits.target)):
+            folder = os.path.join(tmp, split[i], str(label))
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(img, mode='L').save(os.path.join(folder, f'{i:04d}.png'))
+        return dict(classes=[str(c) for c in range(10)], train=int((split == 'train').sum()),
+                    val=int((split == 'val').sum()), image_size=[8, 8])
+
+    settings = dict(source='sklearn.datasets.load_digits', val_fraction=val_fraction, seed=seed)
+    return make_dataset_once(out, settings, write, force, 'dataset.json')
 
 
 def main(argv=None):

@@ -6,7 +6,10 @@
                                    [--output-dir DIR] [key=value ...]
 
 FILE is a Bi-KD config (its members, data, schedule and seed are kept; only the
-meta-architecture changes). Each method runs through tools/train_net.py:
+meta-architecture changes). A method is a registered meta-architecture: the suite's are
+``bikd``, ``kldp``, ``kd``, ``dml`` and ``independent`` (the control), and a config's
+``custom_imports`` may register more. Each method declares the runs it needs
+(``experiment_runs``), each run goes through tools/train_net.py:
 
 - ``bikd``, ``independent``, ``dml``: one run with every member.
 - ``kd``: one run per teacher (each member in turn frozen, the others learn from it).
@@ -32,72 +35,49 @@ import os
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bikd.summary import metric_digits  # noqa: E402
 
-METHODS = ('bikd', 'kldp', 'kd', 'dml', 'independent')
-TYPES = dict(bikd='BiKDMetaArch', independent='IndependentMetaArch', dml='DMLMetaArch',
-             kd='KDMetaArch', kldp='KLDPMetaArch')
+
+def method_classes(names: Optional[List[str]] = None) -> Dict[str, type]:
+    """Method name -> meta-architecture (:func:`bikd.select_methods`); an unknown name ends
+    the tool with the list of registered methods."""
+    from bikd import select_methods
+    try:
+        return select_methods(names)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
-def plan_runs(model: dict, methods: List[str]) -> Dict[str, dict]:
-    """Run name -> the model config of that run (members unchanged)."""
-    members = model['members']
-    names = [m.get('name') for m in members]
-    temperature = model.get('temperature', 1.0)
-    partition = model.get('partition', 'confidence')
-    runs: Dict[str, dict] = {}
-    # arguments every meta-architecture takes (random_init: tests, tools that load weights next)
-    common = {k: model[k] for k in ('random_init', 'data_preprocessor', 'init_cfg', 'channels_last')
-              if k in model}
-    for method in methods:
-        base = dict(type=TYPES[method], members=members, **common)
-        if method in ('bikd', 'independent'):
-            runs[method] = {**base, **{k: v for k, v in model.items()
-                                       if k not in ('type', 'members')}}
-        elif method == 'dml':
-            runs[method] = dict(base, temperature=temperature)
-        elif method == 'kd':
-            for t in names:
-                runs[f'kd_from_{t}'] = dict(base, teacher=t, temperature=temperature)
-        elif method == 'kldp':
-            if len(members) != 2:
-                print(f'kldp left out: KL+DP transfers between two members, this config has '
-                      f'{len(members)} ({names})', flush=True)
-                continue
-            for s in names:
-                runs[f'kldp_{s}'] = dict(base, student=s, temperature=temperature,
-                                         partition=partition)
+def plan_runs(model: dict, methods: Dict[str, type]) -> Dict[str, object]:
+    """Run name -> :class:`bikd.ExperimentRun`, as each method declares its runs."""
+    from bikd import MethodNotApplicable
+    runs = {}
+    for method, cls in methods.items():
+        try:
+            planned = cls.experiment_runs(model)
+        except MethodNotApplicable as e:
+            print(f'{method} left out: {e}', flush=True)
+            continue
+        for run in planned:
+            if run.name in runs:
+                raise SystemExit(f'two methods plan a run named {run.name!r}')
+            runs[run.name] = run
     return runs
 
 
-def trained_by(run: str, member: str, names: List[str]) -> bool:
-    """Whether ``member`` learns in ``run`` (frozen teachers and other students do not)."""
-    if run.startswith('kd_from_'):
-        return run[len('kd_from_'):] != member
-    if run.startswith('kldp_'):
-        return run[len('kldp_'):] == member
-    return True
-
-
-def method_of(run: str) -> str:
-    return 'kd' if run.startswith('kd_from_') else 'kldp' if run.startswith('kldp_') else run
-
-
-def collect(summaries: Dict[str, dict], names: List[str]) -> List[dict]:
+def collect(summaries: Dict[str, dict], runs: Dict[str, object]) -> List[dict]:
     """One row per (member, run) in which the member learned."""
     rows = []
-    for run, s in summaries.items():
+    for name, s in summaries.items():
         metric = s['primary_metric']
-        for m in names:
-            if not trained_by(run, m, names):
-                continue
+        for m in runs[name].trains:
             r = s['members'][m]
-            row = dict(member=m, method=method_of(run), run=run, metric=metric,
+            row = dict(member=m, method=runs[name].method, run=name, metric=metric,
                        before=r['before'][metric], after=r['after'][metric],
                        delta=r['delta'][metric], recovered=r.get('recovered'),
                        ensemble_before=s['ensemble']['before'][metric])
@@ -112,9 +92,10 @@ def collect(summaries: Dict[str, dict], names: List[str]) -> List[dict]:
 def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
     """(label, {member: row}) per table column: one per method where every member learned in
     at most one of its runs (KL+DP's two runs, KD with two members), else one per run."""
+    method_of = {r['run']: r['method'] for r in rows}
     out, seen = [], set()
     for run in runs:
-        method = method_of(run)
+        method = method_of[run]
         if method in seen:
             continue
         seen.add(method)
@@ -124,8 +105,26 @@ def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
             out.append((method, {r['member']: r for r in mine}))
         else:
             out += [(r_, {r['member']: r for r in mine if r['run'] == r_})
-                    for r_ in runs if method_of(r_) == method]
+                    for r_ in runs if method_of[r_] == method]
     return out
+
+
+def against_controls(rows: List[dict], runs: List[str], methods: Dict[str, type]) -> List[str]:
+    """Per method whose control also ran: each member's change under the method, under the
+    control, and the difference (lines of text)."""
+    cols = dict(columns(rows, runs))
+    digits = metric_digits(r['before'] for r in rows)
+    lines = []
+    for method, cls in methods.items():
+        if method not in cols or cls.control not in cols:
+            continue
+        mine, control = cols[method], cols[cls.control]
+        lines.append(f'{method} vs {cls.control}, change of {rows[0]["metric"]}:')
+        for m in (m for m in mine if m in control):
+            a, b = mine[m]['delta'], control[m]['delta']
+            lines.append(f'  {m:<12} {method} {a:+.{digits}f}   {cls.control} {b:+.{digits}f}   '
+                         f'difference {a - b:+.{digits}f}')
+    return lines
 
 
 def _fmt(x, digits):
@@ -198,10 +197,11 @@ def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, ou
     if not bikd_dir or not os.path.isdir(bikd_dir):
         return
     records = _scalars(bikd_dir)
-    for keys, ylabel, name in (([f'teach_{m}' for m in names], 'share of the batch taught',
-                                'teacher_share.png'),
-                               ([f'loss_{m}' for m in names] + ['loss_distill'], 'loss',
-                                'task_losses.png')):
+    from bikd.step import DISTILL_LOSS, TASK_LOSS, TEACHER_SHARE, log_key
+    for keys, ylabel, name in (([log_key(TEACHER_SHARE, m) for m in names],
+                                'share of the batch taught', 'teacher_share.png'),
+                               ([log_key(TASK_LOSS, m) for m in names] + [log_key(DISTILL_LOSS)],
+                                'loss', 'task_losses.png')):
         fig, ax = plt.subplots(figsize=(6, 3.4))
         for key in keys:
             pts = [(r['iter'], r[key]) for r in records if key in r]
@@ -227,28 +227,25 @@ def _write_csv(rows: List[dict], path: str) -> None:
         writer.writerows(rows)
 
 
-def _write_text(text: str, path: str) -> None:
-    from bikd.fileio import atomic_path
-    with atomic_path(path) as tmp, open(tmp, 'w') as f:
-        f.write(text)
-
-
-def run_config(config: str, methods: List[str], out: str, opts: List[str]):
-    """Every run of ``methods`` on ``config`` (reusing finished ones) and its report in
-    ``out``; returns the report's rows, the member names and the run order."""
+def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str]):
+    """Every run of ``methods`` (default: every registered method) on ``config`` (reusing
+    finished ones) and its report in ``out``; returns the report's rows, the member names and
+    the run order."""
     from bikd.engine import load_config
-    from bikd.fileio import save_json
+    from bikd.fileio import save_json, save_text
+    from bikd.meta_arch import member_names
 
     stem = os.path.splitext(os.path.basename(config))[0]
-    cfg = load_config(config, opts)
-    runs = plan_runs(cfg.model.to_dict(), methods)
-    names = [m['name'] for m in cfg.model.members]
+    cfg = load_config(config, opts)  # imports custom_imports: methods of the user's own
+    classes = method_classes(methods)
+    runs = plan_runs(cfg.model.to_dict(), classes)
+    names = member_names(cfg.model)
     summaries = {}
-    for i, (run, model) in enumerate(runs.items(), start=1):
+    for i, (run, planned) in enumerate(runs.items(), start=1):
         work = os.path.join(out, 'runs', run)
         summary_path = os.path.join(work, 'summary.json')
         run_cfg = cfg.copy()
-        run_cfg.model = model
+        run_cfg.model = planned.model
         run_cfg.work_dir = work
         path = os.path.join(out, 'configs', f'{run}.py')
         text = run_cfg.pretty_text
@@ -260,7 +257,7 @@ def run_config(config: str, methods: List[str], out: str, opts: List[str]):
                 stale = f'{work}.stale-{time.strftime("%Y%m%d_%H%M%S")}'
                 os.replace(work, stale)
                 print(f'{run}: the config changed; the earlier run moved to {stale}')
-            _write_text(text, path)
+            save_text(text, path)
             print(f'\n[{stem} {i}/{len(runs)}] {run}: tools/train_net.py --config-file {path}',
                   flush=True)
             subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
@@ -268,14 +265,20 @@ def run_config(config: str, methods: List[str], out: str, opts: List[str]):
         with open(summary_path) as f:
             summaries[run] = json.load(f)
 
-    rows = collect(summaries, names)
+    rows = collect(summaries, runs)
     order = list(runs)
-    report = markdown(rows, names, order, f'{stem}: {", ".join(methods)}')
-    _write_text(report, os.path.join(out, 'report.md'))
+    report = markdown(rows, names, order, f'{stem}: {", ".join(classes)}')
+    comparison = against_controls(rows, order, classes)
+    if comparison:
+        report += '\n' + '\n'.join(['```'] + comparison + ['```']) + '\n'
+    save_text(report, os.path.join(out, 'report.md'))
     _write_csv(rows, os.path.join(out, 'report.csv'))
-    save_json(dict(config=os.path.abspath(config), runs=order, rows=rows),
+    save_json(dict(config=os.path.abspath(config), runs=order, rows=rows,
+                   work_dirs={r: os.path.join(out, 'runs', r) for r in order},
+                   against_controls=comparison),
               os.path.join(out, 'report.json'))
-    plots(rows, names, order, os.path.join(out, 'runs', 'bikd') if 'bikd' in runs else '', out)
+    bikd_run = next((r for r in order if runs[r].method == 'bikd'), '')
+    plots(rows, names, order, os.path.join(out, 'runs', bikd_run) if bikd_run else '', out)
     print('\n' + report)
     print(f'report: {out}/report.md, report.csv, deltas.png')
     return rows, names, order
@@ -287,6 +290,7 @@ def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
     members = list(dict.fromkeys(n for _, names, _ in results.values() for n in names))
     metric = next(iter(results.values()))[0][0]['metric']
     digits = metric_digits(r['before'] for rows, _, _ in results.values() for r in rows)
+    from bikd.fileio import save_text
     lines, flat = [f'# Members added one at a time: change of {metric}', ''], []
     for method in methods:
         head = ['model'] + [f'K={len(names)} ({stem})' for stem, (_, names, _) in results.items()]
@@ -301,7 +305,7 @@ def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
         lines += [f'## {method}', ''] + _table(head, body) + ['']
     _write_csv(flat, os.path.join(out, 'kway.csv'))
     text = '\n'.join(lines)
-    _write_text(text, os.path.join(out, 'kway.md'))
+    save_text(text, os.path.join(out, 'kway.md'))
 
     import matplotlib
     matplotlib.use('Agg')
@@ -332,15 +336,13 @@ def main(argv=None):
     parser.add_argument('--config-file', required=True, metavar='FILE', action='append',
                         help='a Bi-KD config; give several (K = 2, 3, 4 members) for the '
                              'K-way report')
-    parser.add_argument('--methods', default=','.join(METHODS),
-                        help=f'comma-separated, from {",".join(METHODS)}')
+    parser.add_argument('--methods', default='',
+                        help='comma-separated methods (default: every registered method: '
+                             'bikd,kldp,kd,dml,independent and any the config registers)')
     parser.add_argument('--output-dir', help='default: work_dirs/experiments/<config name>')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(',') if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f'unknown method(s) {unknown}; choose from {list(METHODS)}')
+    methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
     stems = [os.path.splitext(os.path.basename(c))[0] for c in args.config_file]
     if len(set(stems)) != len(stems):
         raise SystemExit(f'config files need distinct names, got {stems}')
@@ -351,7 +353,7 @@ def main(argv=None):
         return 0
     results = {stem: run_config(c, methods, os.path.join(out, stem), args.opts)
                for stem, c in zip(stems, args.config_file)}
-    print('\n' + kway(results, methods, out))
+    print('\n' + kway(results, methods or list(method_classes()), out))
     print(f'K-way report: {out}/kway.md, kway.csv, kway.png')
     return 0
 

@@ -7,16 +7,18 @@ per-sample partition (:func:`~bikd.partition.select_teachers`) and the masked KL
 Frozen members stay in eval mode, take no gradient and are never updated.
 """
 import copy
-from typing import Any, Dict, List, Sequence, Union
+from typing import Any, List, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from .losses import at_least_fp32, distillation_loss, positive_temperature
 from .member import Member, MemberOutput
-from .meta_arch import PARTITIONS, MultiMemberMetaArch
+from .meta_arch import (PARTITIONS, ExperimentRun, MethodNotApplicable, MultiMemberMetaArch,
+                        member_names)
 from .partition import select_teachers
 from .registry import META_ARCH
+from .step import StepOutput
 
 
 class _FrozenMembersMixin:
@@ -60,9 +62,12 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
     Loss: pure ``T^2 / N * sum_i KL(target_i || student_i)`` (no task loss, alpha = 1).
     Improving both members takes two runs, one per ``student``.
 
-    Logged: ``loss_distill``, ``teach_<teacher>`` and ``teach_initial_<student>`` (the share
-    of samples routed to each).
+    Logged: the distillation term and the share of samples routed to the teacher
+    (``<teacher>``) and to the initial student (``<student>@initial``).
+
+    In an experiment: one run per student (two members only).
     """
+    method = 'kldp'
 
     def __init__(self, members: Sequence[Union[dict, Member]], student: str,
                  partition: str = 'confidence', temperature: float = 1.0,
@@ -86,15 +91,25 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
     def frozen_modules(self):
         return [self.members[self.teacher_index], self.initial_student]
 
+    @classmethod
+    def experiment_runs(cls, model: dict) -> List[ExperimentRun]:
+        names = member_names(model)
+        if len(names) != 2:
+            raise MethodNotApplicable(f'KL+DP transfers between two members, this config has '
+                                      f'{len(names)} ({names})')
+        return [ExperimentRun(f'kldp_{s}', cls.method, cls.run_model(model, student=s), (s, ),
+                              frozen_forwards=(t, s), label=f'KL+DP, student {s}')
+                for s, t in zip(names, names[::-1])]
+
     def _scores(self, out: MemberOutput) -> Tensor:
         if self.partition == 'loss':
             loss = out.loss if out.partition_loss is None else out.partition_loss
             return -loss.detach()
         if self.unsupervised:
-            if out.distill.dim() != 2:
+            if out.logits.dim() != 2:
                 raise ValueError('unsupervised KL+DP compares class probabilities [N, C]; '
-                                 f'the members give {tuple(out.distill.shape)}')
-            return at_least_fp32(out.distill.detach()).softmax(dim=1).amax(dim=1)
+                                 f'the members give {tuple(out.logits.shape)}')
+            return at_least_fp32(out.logits.detach()).softmax(dim=1).amax(dim=1)
         if out.confidence is None:
             raise ValueError("the members give no ground-truth confidence; use "
                              "partition='loss' for this task")
@@ -105,26 +120,30 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
         # select_teachers gives ties to the later entry: the initial student, as KL+DP does
         return select_teachers(torch.stack([self._scores(teacher), self._scores(initial)])) == 0
 
-    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
+    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
         student = self.members[self.student_index]
         out = student.forward_train(inputs, data_samples)
         teacher = self._frozen_forward(self.members[self.teacher_index], inputs, data_samples)
         initial = self._frozen_forward(self.initial_student, inputs, data_samples)
         to_teacher = self.route(teacher, initial)
-        shape = (-1, ) + (1, ) * (teacher.distill.dim() - 1)
-        target = torch.where(to_teacher.view(shape), teacher.distill, initial.distill)
+        shape = (-1, ) + (1, ) * (teacher.logits.dim() - 1)
+        target = torch.where(to_teacher.view(shape), teacher.logits, initial.logits)
         # the student is member 0 and the chosen target member 1 for every sample
         ones = torch.ones_like(to_teacher, dtype=torch.long)
         share = to_teacher.float().mean()
-        return {'loss_distill': distillation_loss([out.distill, target], ones, self.temperature),
-                f'teach_{self.members[self.teacher_index].name}': share,
-                f'teach_initial_{student.name}': 1 - share}
+        return StepOutput(
+            distill_loss=distillation_loss([out.logits, target], ones, self.temperature),
+            teacher_share={self.members[self.teacher_index].name: share,
+                           f'{student.name}@initial': 1 - share})
 
 
 @META_ARCH.register_module()
 class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
     """Hinton et al.'s knowledge distillation from one frozen member (``teacher``) into every
-    other: ``task loss + T^2 KL(p_teacher || p_student)`` per student, on every sample."""
+    other: ``task loss + T^2 KL(p_teacher || p_student)`` per student, on every sample.
+
+    In an experiment: one run per teacher, each member in turn."""
+    method = 'kd'
 
     def __init__(self, members: Sequence[Union[dict, Member]], teacher: str,
                  temperature: float = 1.0, **kwargs):
@@ -136,20 +155,28 @@ class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
     def frozen_modules(self):
         return [self.members[self.teacher_index]]
 
-    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
-        outputs, losses = [], {}
+    @classmethod
+    def experiment_runs(cls, model: dict) -> List[ExperimentRun]:
+        names = member_names(model)
+        return [ExperimentRun(f'kd_from_{t}', cls.method, cls.run_model(model, teacher=t),
+                              tuple(n for n in names if n != t), frozen_forwards=(t, ),
+                              label=f'KD from {t}')
+                for t in names]
+
+    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
+        outputs, out = [], StepOutput()
         for i, m in enumerate(self.members):
             if i == self.teacher_index:
                 outputs.append(self._frozen_forward(m, inputs, data_samples))
             else:
                 outputs.append(m.forward_train(inputs, data_samples))
-                losses[f'loss_{m.name}'] = outputs[-1].loss.mean()
-        n = outputs[0].distill.shape[0]
+                out.task_losses[m.name] = outputs[-1].loss.mean()
+        n = outputs[0].logits.shape[0]
         teachers = torch.full((n, ), self.teacher_index, dtype=torch.long,
-                              device=outputs[0].distill.device)
-        losses['loss_distill'] = distillation_loss([o.distill for o in outputs], teachers,
-                                                   self.temperature)
-        return losses
+                              device=outputs[0].logits.device)
+        out.distill_loss = distillation_loss([o.logits for o in outputs], teachers,
+                                             self.temperature)
+        return out
 
 
 @META_ARCH.register_module()
@@ -158,25 +185,27 @@ class DMLMetaArch(MultiMemberMetaArch):
     every sample, ``task loss + T^2 / (K - 1) * sum_{j != i} KL(p_j || p_i)`` with ``p_j``
     detached. Costs K (K - 1) KL terms, against Bi-KD's K - 1.
 
-    Logged: ``loss_<member>`` and ``loss_distill`` (the sum over members of their KL terms).
+    Logged: each member's task loss and the distillation term (the sum over members of
+    their KL terms).
     """
+    method = 'dml'
 
     def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
                  **kwargs):
         super().__init__(members, **kwargs)
         self.temperature = positive_temperature(temperature)
 
-    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
-        outputs = [m.forward_train(inputs, data_samples) for m in self.members]
-        losses = {f'loss_{m.name}': o.loss.mean() for m, o in zip(self.members, outputs)}
-        distill = [o.distill for o in outputs]
-        n, k = distill[0].shape[0], len(distill)
-        total = distill[0].new_zeros(())
+    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
+        outputs = self.forward_members(inputs, data_samples)
+        logits = [o.logits for o in outputs]
+        n, k = logits[0].shape[0], len(logits)
+        total = logits[0].new_zeros(())
         for j in range(k):  # member j teaches every other member on every sample
-            teachers = torch.full((n, ), j, dtype=torch.long, device=distill[0].device)
-            total = total + distillation_loss(distill, teachers, self.temperature)
-        losses['loss_distill'] = total / (k - 1)
-        return losses
+            teachers = torch.full((n, ), j, dtype=torch.long, device=logits[0].device)
+            total = total + distillation_loss(logits, teachers, self.temperature)
+        return StepOutput(task_losses={m.name: o.loss.mean()
+                                       for m, o in zip(self.members, outputs)},
+                          distill_loss=total / (k - 1))
 
 
 __all__ = ['DMLMetaArch', 'KDMetaArch', 'KLDPMetaArch']

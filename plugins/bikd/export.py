@@ -2,8 +2,8 @@
 import os
 from typing import Dict, List, Sequence
 
-from .checkpoint import load_into, load_weights_file
 from .fileio import save_json
+from .weights import load_into, load_weights_file
 
 
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
@@ -11,14 +11,14 @@ def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     members are built without their original weights first)."""
     from mmengine.registry import MODELS, init_default_scope
 
-    from .engine import allow_mmengine_checkpoints, load_config
+    from .engine import load_config, setup_engine
 
     cfg = load_config(config, overrides)
     init_default_scope(cfg.get('default_scope', 'bikd'))
     model_cfg = dict(cfg.model)
     model_cfg['random_init'] = True
     model = MODELS.build(model_cfg)
-    allow_mmengine_checkpoints()
+    setup_engine()
     load_into(model, load_weights_file(checkpoint), checkpoint)
     return model.eval()
 

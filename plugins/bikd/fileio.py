@@ -4,7 +4,7 @@ import os
 import shutil
 import uuid
 from contextlib import contextmanager
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -42,6 +42,12 @@ def save_json(obj: Any, path: str) -> None:
             f.write('\n')
 
 
+def save_text(text: str, path: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w') as f:
+            f.write(text)
+
+
 def save_torch(obj: Any, path: str) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
@@ -72,3 +78,29 @@ def publish_dir(tmp: str, out: str, info: Optional[dict] = None, marker: str = '
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     os.replace(tmp, out)
+
+
+def make_dataset_once(out: str, settings: Dict[str, Any], write: Callable[[str], Dict[str, Any]],
+                      force: bool = False, marker: str = 'dataset.json') -> Dict[str, Any]:
+    """Generate a dataset into ``out`` once, for the tools that make the demos' data.
+
+    ``write(folder)`` writes the data into an empty staging folder and returns facts about it
+    (counts); the folder then replaces ``out`` whole, with ``<out>/<marker>`` holding
+    ``settings`` and those facts. A complete dataset made with the same ``settings`` is
+    returned as it is; one made with other settings is refused (naming the differences)
+    unless ``force``, which makes it again.
+    """
+    settings = json.loads(json.dumps(settings))  # as the marker stores them (lists, not tuples)
+    made = read_marker(out, marker)
+    if made is not None and not force:
+        differ = {k: (made.get(k), v) for k, v in settings.items() if made.get(k) != v}
+        if not differ:
+            return made
+        raise ValueError(
+            f'{out} holds data made with other settings ('
+            + ', '.join(f'{k}: {old!r} there, {new!r} asked' for k, (old, new) in differ.items())
+            + '); pass --force (force=True) to make it again, or choose another folder')
+    tmp = staging_dir(out)
+    info = dict(settings, **write(tmp))
+    publish_dir(tmp, out, info, marker)
+    return info

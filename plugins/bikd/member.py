@@ -1,13 +1,23 @@
-"""The interface every member implements.
+"""The interface every member implements, and the lifecycle its base class owns.
 
 A member wraps one existing, pretrained model. For a batch it returns its per-sample task loss,
 the tensor to distil and, in evaluation, its prediction. It owns its input normalisation and
 resolution (like timm's ``pretrained_cfg``), so members of different families share one batch.
+
+Its base class owns what every member does alike: where its weights come from (one order of
+precedence, :meth:`Member.take_weights`) and how it leaves (:meth:`Member.export`, the inverse
+of loading a ``checkpoint``). A subclass builds its network and says how the network's weights
+are named in the files it reads and writes; see :class:`Member`.
 """
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 from torch import Tensor, nn
+
+from .fileio import save_json, save_torch
+from .weights import download_weights, load_into, load_weights_file
 
 
 @dataclass
@@ -16,10 +26,10 @@ class MemberOutput:
 
     Attributes:
         loss: ``[N]`` per-sample task loss; its mean is the member's task loss (Eq. 5 / 13).
-        distill: ``[N, C, *spatial]`` class logits to distil through
-            :func:`bikd.losses.distillation_loss` (softmax over axis 1), or log-probabilities
-            over axis 1 (a saliency map as a distribution over pixels), which the softmax
-            leaves unchanged.
+        logits: ``[N, C, *spatial]``, what is distilled through
+            :func:`bikd.losses.distillation_loss` (softmax over axis 1): class logits, or
+            log-probabilities over axis 1 (a saliency map as a distribution over pixels),
+            which the softmax leaves unchanged.
         confidence: ``[N]`` softmax probability of the ground-truth class, for the
             ``confidence`` partition (Eq. 3 / 11); ``None`` where the task has no such score.
         partition_loss: ``[N]`` per-sample loss compared across members by the ``loss``
@@ -28,33 +38,81 @@ class MemberOutput:
             cross-entropy) need a loss defined alike for all of them. ``None``: ``loss``.
     """
     loss: Tensor
-    distill: Tensor
+    logits: Tensor
     confidence: Optional[Tensor] = None
     partition_loss: Optional[Tensor] = None
 
 
-class Member(nn.Module):
+#: What a member name may be: it names files (exports), log keys and table rows.
+NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
+
+
+class MemberMeta(type(nn.Module)):
+    """Takes a member's weights once its construction is complete, however many classes its
+    constructor runs through (a subclass of a member adds its own parts first)."""
+
+    def __call__(cls, *args, **kwargs):
+        member = super().__call__(*args, **kwargs)
+        member.take_weights()
+        return member
+
+
+class Member(nn.Module, metaclass=MemberMeta):
     """Base class of members; subclasses register in :data:`bikd.registry.MEMBERS`.
 
-    Subclasses implement:
+    Args:
+        name: the member's name in logs, tables and exported files: letters, digits and
+            ``_ . -``, not ``ensemble``.
+        pretrained: without ``checkpoint``, take the weights the model was released with
+            (:meth:`load_pretrained`: a pretrained tag, a release file, a backbone's weights);
+            ``False``: keep the random initialisation.
+        checkpoint: a file (or URL) in the member's native layout: the model's own release
+            format, which :meth:`export` also writes. It takes precedence over ``pretrained``.
+        trust_checkpoint: allow files that need arbitrary Python objects to unpickle (only
+            for files from a source you trust).
 
-    - ``forward_train(inputs, data_samples) -> MemberOutput``
-    - ``predict(inputs, data_samples) -> Tensor``: per-sample prediction whose mean over members
-      is the ensemble's (class probabilities ``[N, C]``, per-pixel probabilities, maps).
-    - ``num_classes`` (the label space; members of one run must agree),
-    - ``partition_loss_kind``: what the per-sample loss compared by the ``loss`` partition
-      is (e.g. ``'pixel_ce'``); the meta-architecture warns when members differ.
-    - ``export(directory, stem) -> dict``: write the wrapped model in its native format and
-      return a JSON-able description of what was written.
+    A subclass calls ``super().__init__(name, pretrained, checkpoint, trust_checkpoint)``,
+    builds its network in its own constructor and implements:
+
+    - ``forward_train(inputs, data_samples) -> MemberOutput``;
+    - ``predict(inputs, data_samples) -> Tensor``: per-sample prediction whose mean over
+      members is the ensemble's (class probabilities ``[N, C]``, per-pixel probabilities, maps);
+    - ``num_classes`` (the label space; members of one run must agree);
+
+    and, where the defaults do not fit:
+
+    - ``weights_module``: the module whose weights a checkpoint holds (default: the member);
+    - ``from_native(state)`` / ``to_native(state)``: the checkpoint's parameter names to the
+      module's and back (default: the same names);
+    - ``load_pretrained() -> str``: load the released weights when there is no checkpoint, and
+      say where they came from;
+    - ``export_format`` and ``describe(stem)``: what the JSON beside an export says;
+      ``export_payload()``: what the weights file holds; ``export_files(directory, stem)``:
+      further files an export writes (a model config, a separate head);
+    - ``partition_loss_kind``: what the per-sample loss compared by the ``loss`` partition is
+      (e.g. ``'pixel_ce'``); the meta-architecture warns when members differ.
+
+    Weights are taken (:meth:`take_weights`) right after construction, in this order:
+    ``checkpoint``, else ``pretrained`` (:meth:`load_pretrained`), else none (random).
     """
 
-    def __init__(self, name: str):
-        super().__init__()
-        if not name or '/' in name or name == 'ensemble':
-            raise ValueError(f'invalid member name {name!r}: it must be non-empty, without "/", '
-                             'and not "ensemble"')
-        self.name = name
+    #: what the exported weights are, for the JSON beside them
+    export_format = 'state dict'
 
+    def __init__(self, name: str, pretrained: bool = True, checkpoint: Optional[str] = None,
+                 trust_checkpoint: bool = False):
+        super().__init__()
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == 'ensemble':
+            raise ValueError(f'invalid member name {name!r}: use letters, digits and "_.-" '
+                             '(starting with a letter or digit), and not "ensemble"')
+        self.name = name
+        self.pretrained = bool(pretrained)
+        self.checkpoint = checkpoint or None
+        self.trust_checkpoint = bool(trust_checkpoint)
+        #: where the weights came from (a path, a URL, a tag, or 'random initialisation')
+        self.weights_from = ''
+
+    # ------------------------------------------------------------------ the task interface
     @property
     def num_classes(self) -> int:
         raise NotImplementedError
@@ -69,5 +127,79 @@ class Member(nn.Module):
     def predict(self, inputs: Any, data_samples: Any) -> Tensor:
         raise NotImplementedError
 
+    # ------------------------------------------------------------------ weights in
+    def take_weights(self) -> None:
+        """The one order in which a member takes its weights: ``checkpoint``, else the
+        released weights (``pretrained``), else the random initialisation. Runs once, when
+        construction is complete."""
+        if self.checkpoint:
+            self.load_checkpoint(self.checkpoint)
+            self.weights_from = str(self.checkpoint)
+        elif self.pretrained:
+            self.weights_from = self.load_pretrained()
+        else:
+            self.weights_from = 'random initialisation'
+
+    @property
+    def weights_module(self) -> nn.Module:
+        """The module whose state dict a checkpoint holds and an export writes."""
+        return self
+
+    def from_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Parameter names of the native layout (a release's) -> ``weights_module``'s."""
+        return state
+
+    def to_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The inverse of :meth:`from_native`."""
+        return state
+
+    def read_weights(self, source: str) -> Dict[str, Tensor]:
+        """The flat state dict in a file, or at a URL (torch.hub's cache or a download)."""
+        if source.startswith(('http://', 'https://')):
+            return download_weights(source, self.name, 'checkpoint=PATH (a local copy)',
+                                    self.trust_checkpoint)
+        return load_weights_file(source, self.trust_checkpoint)
+
+    def load_state(self, state: Dict[str, Tensor], source: str,
+                   module: Optional[nn.Module] = None) -> None:
+        """Load a state dict into ``module`` (default: ``weights_module``); a mismatch is an
+        error naming the source, the member and the keys."""
+        load_into(self.weights_module if module is None else module, state, source,
+                  owner=self.name)
+
+    def load_checkpoint(self, source: str) -> None:
+        """Load ``checkpoint``: a file (or URL) in the native layout."""
+        self.load_state(self.from_native(self.read_weights(source)), source)
+
+    def load_pretrained(self) -> str:
+        """Load the weights the model was released with (no checkpoint given); return where
+        they came from. Members that have none keep their initialisation."""
+        return 'random initialisation (this member has no released weights to take)'
+
+    # ------------------------------------------------------------------ weights out
+    def export_payload(self) -> Any:
+        """What the exported weights file holds: the native state dict, on the CPU."""
+        state = self.to_native(self.weights_module.state_dict())
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def describe(self, stem: str) -> Dict[str, Any]:
+        """JSON-able facts a user needs to load the export ``<stem>.*`` (input size, how to
+        load it)."""
+        return {}
+
+    def export_files(self, directory: str, stem: str) -> Dict[str, Any]:
+        """Write further files beside the weights; return their entries for the JSON."""
+        return {}
+
     def export(self, directory: str, stem: str) -> Dict[str, Any]:
-        raise NotImplementedError(f'{type(self).__name__} cannot export itself')
+        """Write the member in its native format: ``<stem>.pth`` (what ``checkpoint`` loads
+        back), any further files, and ``<stem>.json`` describing them. Every file is written
+        atomically. Returns the description."""
+        weights = os.path.join(directory, f'{stem}.pth')
+        save_torch(self.export_payload(), weights)
+        info = dict(format=self.export_format, member=self.name,
+                    checkpoint=os.path.basename(weights))
+        info.update(self.export_files(directory, stem))
+        info.update(self.describe(stem))
+        save_json(info, os.path.join(directory, f'{stem}.json'))
+        return info

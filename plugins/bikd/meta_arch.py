@@ -2,15 +2,18 @@
 
 ``BiKDMetaArch`` is the paper's method; ``IndependentMetaArch`` fine-tunes the same members on
 their task losses alone and is the control of every comparison. Both share construction,
-evaluation and logging through :class:`MultiMemberMetaArch`.
+evaluation and logging through :class:`MultiMemberMetaArch`, as do the baselines.
+
+A meta-architecture is also a *method* of an experiment: it declares its name (``method``),
+the method it is compared against (``control``) and the training runs it needs to improve the
+members of a config (:meth:`MultiMemberMetaArch.experiment_runs`). ``tools/run_experiment.py``
+and ``tools/benchmark.py`` read these declarations, so a new method is one registered class.
 """
-import logging
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.distributed as dist
-from mmengine.logging import MessageHub, print_log
 from mmengine.model import BaseModel
 from mmengine.registry import DefaultScope
 from torch import Tensor, nn
@@ -19,7 +22,8 @@ from torch.profiler import record_function
 from .losses import distillation_loss, positive_temperature
 from .member import Member, MemberOutput
 from .partition import select_teachers, teacher_share
-from .registry import MEMBERS, META_ARCH
+from .registry import MEMBERS, META_ARCH, accepted_arguments
+from .step import StepOutput, report_nonfinite_terms
 
 PARTITIONS = ('confidence', 'loss')
 
@@ -34,35 +38,46 @@ def to_channels_last(x: Any) -> Any:
     return x
 
 
-NONFINITE_POLICIES = ('skip', 'raise')
-
-
-def _culprit(loss_key: str) -> str:
-    if loss_key == 'loss_distill':
-        return 'the distillation term'
-    if loss_key.startswith('loss_'):
-        return f'member {loss_key[len("loss_"):]!r}'
-    return loss_key
-
-
-def _any_process(flag: bool, device) -> bool:
-    """``flag`` or-ed over the processes of a distributed run."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device if dist.get_backend() == 'nccl' else 'cpu')
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
-
-
 class PartitionWarning(UserWarning):
     """The configured partition is unlikely to mean what the user wants."""
+
+
+class MethodNotApplicable(ValueError):
+    """A method cannot run on the members of a config (e.g. KL+DP with three members)."""
+
+
+@dataclass(frozen=True)
+class ExperimentRun:
+    """One training run a method needs in an experiment (``tools/run_experiment.py``).
+
+    Attributes:
+        name: unique within an experiment: the method's name, or e.g. ``kd_from_resnet``.
+        method: the method's name.
+        model: the run's model config (``type``, ``members`` and the method's arguments).
+        trains: the members that learn in the run; the others only teach.
+        frozen_forwards: members whose forward the run also computes without gradient every
+            step (KL+DP: its teacher and the initial copy of its student); the benchmark
+            bounds a run's cost with them.
+        label: the run in words (``KL+DP, student resnet``); default: its name.
+    """
+    name: str
+    method: str
+    model: dict
+    trains: Tuple[str, ...]
+    frozen_forwards: Tuple[str, ...] = ()
+    label: str = ''
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, 'label', self.name)
 
 
 def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
     """Build one member from its config dict (or pass an already built one through).
 
     ``random_init`` builds it without its pretrained weights (``pretrained=False`` and no
-    ``checkpoint``): for tests of real-size configs and for tools that load trained weights next.
+    ``checkpoint``, arguments every member takes): for tests of real-size configs and for
+    tools that load trained weights next.
     """
     if isinstance(cfg, nn.Module):
         if not isinstance(cfg, Member):
@@ -81,6 +96,16 @@ def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
         return MEMBERS.build(cfg)
 
 
+def member_names(model: dict) -> List[str]:
+    """The names of the members of a model config (each member config must name it)."""
+    names = [m.get('name') if isinstance(m, dict) else m.name for m in model['members']]
+    missing = [i for i, n in enumerate(names) if not n]
+    if missing:
+        raise ValueError(f'model.members {missing} have no name; an experiment needs every '
+                         'member named (name: ...)')
+    return names
+
+
 class MultiMemberMetaArch(BaseModel):
     """K members sharing one batch; evaluation of every member and of their ensemble.
 
@@ -92,19 +117,27 @@ class MultiMemberMetaArch(BaseModel):
         channels_last: keep the members' convolution weights and the input batch in
             channels-last memory format (channels-last-3d for video), which tensor-core GPUs
             and oneDNN on CPU run faster. Results are unchanged up to floating-point order.
-        nonfinite_policy: what a training step whose loss (any member's task loss or the
-            distillation term) is NaN or infinite does. Either way no weight is updated from
-            it. ``'skip'``: the step is dropped, counted and logged with the member and the
-            iteration; ``'raise'``: training stops with ``FloatingPointError``.
-        max_nonfinite_in_a_row: with ``'skip'``, the number of consecutive dropped steps
-            after which training stops with ``FloatingPointError`` (the run has diverged).
+
+    Subclasses implement ``loss(inputs, data_samples) -> StepOutput``. A training step whose
+    loss is not finite is the optimiser wrapper's to drop or raise
+    (``optim_wrapper.nonfinite_policy``, :mod:`bikd.engine.optim`).
+
+    As a method of an experiment, a subclass sets ``method`` (its name for
+    ``tools/run_experiment.py --methods``), ``control`` (the method it is compared against)
+    and, where one run with every member learning is not what it needs, overrides
+    :meth:`experiment_runs`.
     """
     min_members = 2
+    #: the method's name in experiments; '' for a class that is not a method of its own
+    method = ''
+    #: the method every result of this one is compared against ('' for the control itself)
+    control = 'independent'
+    #: whether the logged teacher shares decided who taught (False: only logged)
+    partition_teaches = True
 
     def __init__(self, members: Sequence[Union[dict, Member]], random_init: bool = False,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
-                 channels_last: bool = False, nonfinite_policy: str = 'skip',
-                 max_nonfinite_in_a_row: int = 5):
+                 channels_last: bool = False):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if len(members) < self.min_members:
             raise ValueError(f'{type(self).__name__} needs at least {self.min_members} members, '
@@ -123,60 +156,46 @@ class MultiMemberMetaArch(BaseModel):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.members._apply(to_channels_last)
-        if nonfinite_policy not in NONFINITE_POLICIES:
-            raise ValueError(f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got '
-                             f'{nonfinite_policy!r}')
-        if int(max_nonfinite_in_a_row) < 1:
-            raise ValueError(f'max_nonfinite_in_a_row must be >= 1, got {max_nonfinite_in_a_row}')
-        self.nonfinite_policy = nonfinite_policy
-        self.max_nonfinite_in_a_row = int(max_nonfinite_in_a_row)
-        self.skipped_steps = 0
-        self._skipped_in_a_row = 0
 
     @property
     def member_names(self) -> List[str]:
         return [m.name for m in self.members]
 
-    def train_step(self, data, optim_wrapper) -> Dict[str, Tensor]:
-        with optim_wrapper.optim_context(self):
-            data = self.data_preprocessor(data, True)
-            losses = self._run_forward(data, mode='loss')
-        return self.update_from_losses(losses, optim_wrapper)
+    # ------------------------------------------------------------------ experiments
+    @classmethod
+    def run_model(cls, model: dict, **arguments) -> dict:
+        """``model`` (another method's model config with the same members) as a config of
+        this class: its members and every argument of ``model`` this class takes, plus
+        ``arguments``."""
+        accepted = accepted_arguments(cls)
+        kept = {k: v for k, v in model.items() if k in accepted}
+        return dict(type=cls.__name__, **{**kept, **arguments})
 
-    def update_from_losses(self, losses: Dict[str, Tensor], optim_wrapper) -> Dict[str, Tensor]:
-        """The update of one training step, unless a loss is not finite (``nonfinite_policy``).
+    @classmethod
+    def experiment_runs(cls, model: dict) -> List[ExperimentRun]:
+        """The training runs this method needs to improve the members of ``model``: by
+        default one run in which every member learns. Raises :class:`MethodNotApplicable`
+        where the method cannot run on these members."""
+        names = member_names(model)
+        if len(names) < cls.min_members:
+            raise MethodNotApplicable(f'{cls.method or cls.__name__} needs at least '
+                                      f'{cls.min_members} members, the config has {len(names)}')
+        return [ExperimentRun(cls.method, cls.method, cls.run_model(model), tuple(names))]
 
-        Every process of a distributed run takes the same decision, so that all skip together.
-        """
-        parsed, log_vars = self.parse_losses(losses)
-        bad = [key for key, value in losses.items()
-               if 'loss' in key and not bool(torch.isfinite(value.detach()).all())]
-        if not _any_process(bool(bad), parsed.device):
-            self._skipped_in_a_row = 0
-            optim_wrapper.update_params(parsed)
-            return log_vars
-        it = MessageHub.get_current_instance().get_info('iter', None)
-        culprits = ', '.join(_culprit(k) for k in bad) or 'a loss on another process'
-        where = f'at iteration {it + 1}' if it is not None else 'in this step'
-        values = ', '.join(f'{k}={float(losses[k].detach().float().mean()):g}' for k in bad)
-        if self.nonfinite_policy == 'raise':
-            raise FloatingPointError(
-                f'non-finite loss of {culprits} {where} ({values}); no weights were updated. '
-                "model.nonfinite_policy='skip' drops such steps instead.")
-        self.skipped_steps += 1
-        self._skipped_in_a_row += 1
-        if self._skipped_in_a_row >= self.max_nonfinite_in_a_row:
-            raise FloatingPointError(
-                f'non-finite loss of {culprits} {where} ({values}): {self._skipped_in_a_row} '
-                'steps in a row were dropped, the run has diverged (max_nonfinite_in_a_row='
-                f'{self.max_nonfinite_in_a_row}). Lower the learning rate or check the data.')
-        print_log(f'non-finite loss of {culprits} {where} ({values}): step dropped, no weights '
-                  f'updated ({self._skipped_in_a_row} in a row, {self.skipped_steps} in all)',
-                  logger='current', level=logging.WARNING)
-        optim_wrapper.zero_grad()
-        kept = {k: v for k, v in log_vars.items() if k not in bad and k != 'loss'}
-        kept['skipped_steps'] = torch.tensor(float(self.skipped_steps))
-        return kept
+    # ------------------------------------------------------------------ training
+    def parse_losses(self, losses: StepOutput) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The total loss and the logged values of a step. Terms that are not finite are left
+        out of the log and reported to the optimiser wrapper, which drops or raises the step."""
+        total = losses.total()
+        log_vars = losses.log_vars()
+        terms = losses.loss_terms()
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).tolist()
+        bad = {k: float(v.detach().float().mean()) for (k, v), ok in zip(terms.items(), finite)
+               if not ok}
+        report_nonfinite_terms(bad)
+        if bad:
+            log_vars = {k: v for k, v in log_vars.items() if k not in bad and k != 'loss'}
+        return total, log_vars
 
     def init_weights(self):
         # Members arrive with their pretrained weights; mmengine must not re-initialise them.
@@ -203,7 +222,15 @@ class MultiMemberMetaArch(BaseModel):
         preds = torch.cat([preds, preds.mean(dim=0, keepdim=True)])
         return [dict(names=self.member_names + ['ensemble'], preds=preds)]
 
-    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
+    def forward_members(self, inputs: Any, data_samples: Any) -> List[MemberOutput]:
+        """Every member's training forward, labelled for torch.profiler traces."""
+        outputs = []
+        for m in self.members:
+            with record_function(f'bikd.forward.{m.name}'):
+                outputs.append(m.forward_train(inputs, data_samples))
+        return outputs
+
+    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
         raise NotImplementedError
 
 
@@ -221,12 +248,15 @@ class BiKDMetaArch(MultiMemberMetaArch):
         partition: ``'confidence'`` or ``'loss'``.
         temperature: T of Eq. 1.
         detach_teacher: stop the distillation gradient into the teacher (standard
-            distillation). ``False`` reproduces the paper authors' released code.
+            distillation). ``False`` lets it flow, as the paper authors' released code does
+            for two members.
 
-    Logged per step: ``loss_<member>`` (task loss), ``loss_distill`` and ``teach_<member>``
-    (share of the batch the member taught).
+    Logged per step: each member's task loss, the distillation term and the share of the
+    batch each member taught (:mod:`bikd.step`).
     """
-    distill = True
+    method = 'bikd'
+    #: whether the distillation term is applied (the Independent control only logs the partition)
+    distills = True
 
     def __init__(self, members: Sequence[Union[dict, Member]], partition: str = 'confidence',
                  temperature: float = 1.0, detach_teacher: bool = True, **kwargs):
@@ -241,7 +271,7 @@ class BiKDMetaArch(MultiMemberMetaArch):
             warnings.warn(f'partition="loss" compares per-sample losses that the members define '
                           f'differently ({kinds}): the member with the smaller scale will teach '
                           'everything. Give the members a loss defined alike for the partition '
-                          '(MMSegMember: partition_loss="pixel_ce").', PartitionWarning)
+                          '(segmentation members: partition_loss="pixel_ce").', PartitionWarning)
 
     def select_teachers(self, outputs: Sequence[MemberOutput]) -> Tensor:
         """Teacher index per sample from the members' outputs (``LongTensor[N]``)."""
@@ -254,25 +284,20 @@ class BiKDMetaArch(MultiMemberMetaArch):
         losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
         return select_teachers(torch.stack([x.detach() for x in losses]), False)
 
-    def loss(self, inputs: Any, data_samples: Any) -> Dict[str, Tensor]:
-        # The labels name the parts of a step in torch.profiler traces (tools/benchmark.py).
-        outputs = []
-        for m in self.members:
-            with record_function(f'bikd.forward.{m.name}'):
-                outputs.append(m.forward_train(inputs, data_samples))
-        losses = {f'loss_{m.name}': o.loss.mean() for m, o in zip(self.members, outputs)}
+    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
+        outputs = self.forward_members(inputs, data_samples)
+        out = StepOutput(task_losses={m.name: o.loss.mean()
+                                      for m, o in zip(self.members, outputs)})
         if len(outputs) < 2:
-            return losses
+            return out
         with record_function('bikd.distillation'):
             teachers = self.select_teachers(outputs)
             share = teacher_share(teachers, len(outputs))
-            for m, s in zip(self.members, share):
-                losses[f'teach_{m.name}'] = s
-            if self.distill:
-                losses['loss_distill'] = distillation_loss(
-                    [o.distill for o in outputs], teachers, self.temperature,
-                    self.detach_teacher)
-        return losses
+            out.teacher_share = dict(zip(self.member_names, share))
+            if self.distills:
+                out.distill_loss = distillation_loss([o.logits for o in outputs], teachers,
+                                                     self.temperature, self.detach_teacher)
+        return out
 
 
 @META_ARCH.register_module()
@@ -280,9 +305,35 @@ class IndependentMetaArch(BiKDMetaArch):
     """The control: the same members fine-tuned on their own task losses, nothing distilled.
 
     It accepts Bi-KD's arguments so that a Bi-KD config becomes its control by changing
-    ``type`` alone; the partition is still computed and logged (``teach_<member>``: the share
-    of samples each member *would* have taught), the KL is not. With one member it is plain
-    fine-tuning (used to "pretrain" the demo's members).
+    ``type`` alone; the partition is still computed and logged (the share of samples each
+    member *would* have taught), the KL is not. With one member it is plain fine-tuning (used
+    to "pretrain" the demo's members).
     """
-    distill = False
+    method = 'independent'
+    control = ''
+    distills = False
+    partition_teaches = False
     min_members = 1
+
+
+def registered_methods() -> Dict[str, type]:
+    """Method name -> meta-architecture, for every registered class that is a method (the
+    suite's and those a config's ``custom_imports`` registered), in registration order."""
+    return {cls.method: cls for cls in META_ARCH.module_dict.values()
+            if isinstance(cls, type) and issubclass(cls, MultiMemberMetaArch) and cls.method}
+
+
+def select_methods(names: Optional[Sequence[str]] = None) -> Dict[str, type]:
+    """The methods ``names`` (default: every registered one, controls last so that a table
+    reads each method against a control that follows it), or a ``ValueError`` that lists the
+    registered ones."""
+    known = registered_methods()
+    if names is None:
+        names = [m for m, cls in known.items() if cls.control] + \
+            [m for m, cls in known.items() if not cls.control]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ValueError(f'unknown method(s) {unknown}; registered methods: {list(known)} (a '
+                         'method of your own is registered by a module the config lists in '
+                         'custom_imports)')
+    return {m: known[m] for m in names}

@@ -14,6 +14,9 @@ builds its members from there. Task packages register into these registries, e.g
 The other registries are the ``bikd`` scope's children of mmengine's roots, so everything
 mmengine builds under that scope (loops, samplers, optimisers, ...) is found in its parent.
 """
+import inspect
+
+import torch
 from mmengine import registry as mme
 from mmengine.registry import Registry
 
@@ -24,7 +27,8 @@ MEMBERS = Registry('member', scope='bikd')
 DATASETS = Registry('dataset', parent=mme.DATASETS, scope='bikd')
 TRANSFORMS = Registry('transform', parent=mme.TRANSFORMS, scope='bikd')
 METRICS = Registry('metric', parent=mme.METRICS, scope='bikd', locations=['bikd.evaluation'])
-HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd', locations=['bikd.engine.hooks'])
+HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd',
+                 locations=['bikd.engine.hooks', 'bikd.engine.random_state'])
 
 RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd')
 RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=mme.RUNNER_CONSTRUCTORS, scope='bikd')
@@ -42,3 +46,18 @@ EVALUATOR = Registry('evaluator', parent=mme.EVALUATOR, scope='bikd')
 VISUALIZERS = Registry('visualizer', parent=mme.VISUALIZERS, scope='bikd')
 VISBACKENDS = Registry('vis_backend', parent=mme.VISBACKENDS, scope='bikd')
 LOG_PROCESSORS = Registry('log_processor', parent=mme.LOG_PROCESSORS, scope='bikd')
+
+
+def accepted_arguments(cls) -> set:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class
+    hierarchy until a constructor without it (``torch.nn.Module``'s own ``**kwargs`` take
+    nothing a config could give)."""
+    names = set()
+    for klass in cls.__mro__:
+        if klass in (object, torch.nn.Module) or '__init__' not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names - {'self'}

@@ -110,8 +110,8 @@ def format_table(summary: dict, title: str = '') -> str:
     share = summary.get('teacher_share')
     if share:
         # the control computes the partition too, but nobody is taught by it
-        label = ('share of samples the partition picked (the control does not use it)'
-                 if summary.get('method') == 'IndependentMetaArch' else 'share of samples taught')
+        label = ('share of samples taught' if summary.get('partition_teaches', True) else
+                 'share of samples the partition picked (the control does not use it)')
         text.append(f'{label}: ' +
                     ', '.join(f'{k} {100 * v:.1f}%' for k, v in share.items()))
     if summary.get('skipped_steps'):

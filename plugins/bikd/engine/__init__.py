@@ -1,15 +1,10 @@
-"""Engine glue: configs, the train_net command, hooks and checkpoint loading on mmengine."""
-from .checkpoint import allow_mmengine_checkpoints
+"""Engine glue on mmengine: configs, the train_net command, hooks, optimiser wrappers and the
+suite's explicit changes to mmengine (:func:`setup_engine`, called by the entry points)."""
 from .config import load_config
 from .hooks import BiKDSummaryHook
-from .optim import AmpOptimWrapper
-from .reliability import RandomStateHook, use_atomic_local_writes
+from .optim import AmpOptimWrapper, OptimWrapper
+from .patches import allow_mmengine_checkpoints, setup_engine, use_atomic_local_writes
+from .random_state import RandomStateHook
 
-# Checkpoints written by any process that imports the engine must be loadable with
-# weights_only=True, see checkpoint.py.
-allow_mmengine_checkpoints()
-# Everything mmengine writes to local paths (checkpoints, markers) is written atomically.
-use_atomic_local_writes()
-
-__all__ = ['AmpOptimWrapper', 'BiKDSummaryHook', 'RandomStateHook', 'allow_mmengine_checkpoints',
-           'load_config', 'use_atomic_local_writes']
+__all__ = ['AmpOptimWrapper', 'BiKDSummaryHook', 'OptimWrapper', 'RandomStateHook',
+           'allow_mmengine_checkpoints', 'load_config', 'setup_engine', 'use_atomic_local_writes']

@@ -10,13 +10,15 @@ which mmengine reads. Code is imported from a config only through its explicit
 import difflib
 import inspect
 import os
+import warnings
 from typing import Any, Dict, Sequence
 
-import torch
 import yaml
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.utils import import_modules_from_strings
+
+from ..registry import accepted_arguments
 
 YAML_SUFFIXES = ('.yaml', '.yml')
 
@@ -80,10 +82,30 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
     cfg = Config(_load_dict(path), filename=os.path.abspath(path))
     if overrides:
         cfg.merge_from_dict(parse_overrides(overrides), allow_list_keys=True)
+    _move_step_policy(cfg, path)
     if import_modules and cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
     check_keys(cfg, path, members=import_modules)
     return cfg
+
+
+#: Keys of the non-finite-loss policy, which moved from the model to the optimiser wrapper.
+STEP_POLICY_KEYS = ('nonfinite_policy', 'max_nonfinite_in_a_row')
+
+
+def _move_step_policy(cfg: Config, path: str) -> None:
+    """``model.nonfinite_policy`` / ``model.max_nonfinite_in_a_row`` (bikd 0.1) are now
+    ``optim_wrapper.*``: whether a step updates the weights is the optimiser wrapper's
+    decision. Older configs and overrides keep working, with a warning."""
+    model = cfg.get('model')
+    moved = [k for k in STEP_POLICY_KEYS if isinstance(model, dict) and k in model]
+    if not moved:
+        return
+    wrapper = cfg.setdefault('optim_wrapper', {})
+    for key in moved:
+        wrapper[key] = model.pop(key)
+    warnings.warn(f'config {path}: model.{", model.".join(moved)} moved to optim_wrapper.'
+                  f'{", optim_wrapper.".join(moved)}; taken from there', FutureWarning)
 
 
 #: Top-level keys mmengine's Runner (``Runner.from_cfg``, ``wrap_model``) and this suite read.
@@ -107,21 +129,6 @@ class ConfigKeyError(KeyError):
 def _suggest(key: str, valid) -> str:
     close = difflib.get_close_matches(key, sorted(valid), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ''
-
-
-def accepted_arguments(cls) -> set:
-    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class
-    hierarchy until a constructor without it (``torch.nn.Module``'s own ``**kwargs`` take
-    nothing a config could give)."""
-    names = set()
-    for klass in cls.__mro__:
-        if klass in (object, torch.nn.Module) or '__init__' not in vars(klass):
-            continue
-        params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return names - {'self'}
 
 
 def _check_arguments(section: dict, registry, where: str, path: str) -> None:

@@ -10,6 +10,7 @@ from mmengine.model import is_model_wrapper
 
 from ..fileio import atomic_path, save_json
 from ..registry import HOOKS
+from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
 
 
@@ -46,7 +47,6 @@ class BiKDSummaryHook(Hook):
         self.last_iter = -1
         self.share_sum: Dict[str, float] = {}
         self.share_iters = 0
-        self.skipped_steps = 0
         self._resumed_state: Optional[dict] = None
 
     def before_train(self, runner) -> None:
@@ -57,7 +57,6 @@ class BiKDSummaryHook(Hook):
             self.before = resumed['before']
             self.share_sum = dict(resumed['share_sum'])
             self.share_iters = int(resumed['share_iters'])
-            self.skipped_steps = int(resumed.get('skipped_steps', 0))
             return
         if runner.val_loop is None:
             runner.logger.warning('no val_dataloader/val_evaluator: no before/after table')
@@ -95,15 +94,13 @@ class BiKDSummaryHook(Hook):
         return dict(flips=flips(before, after, model.member_names))
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        if 'skipped_steps' in (outputs or {}):  # a step dropped for a non-finite loss
-            self.skipped_steps += 1
-            return
-        shares = {k[len('teach_'):]: float(v) for k, v in (outputs or {}).items()
-                  if k.startswith('teach_')}
+        if getattr(runner.optim_wrapper, 'last_step_skipped', False):
+            return  # a step dropped for a non-finite loss taught nobody
+        shares = logged(outputs or {}, TEACHER_SHARE)
         if not shares:
             return
         for k, v in shares.items():
-            self.share_sum[k] = self.share_sum.get(k, 0.0) + v
+            self.share_sum[k] = self.share_sum.get(k, 0.0) + float(v)
         self.share_iters += 1
 
     def teacher_share(self) -> Dict[str, float]:
@@ -119,8 +116,9 @@ class BiKDSummaryHook(Hook):
             self.before, self.last, model.member_names, primary_metric_of(runner),
             method=type(model).__name__,
             extra=dict(iterations=runner.iter, epochs=runner.epoch,
-                       teacher_share=self.teacher_share(), work_dir=runner.work_dir,
-                       skipped_steps=self.skipped_steps,
+                       teacher_share=self.teacher_share(),
+                       partition_teaches=model.partition_teaches, work_dir=runner.work_dir,
+                       skipped_steps=getattr(runner.optim_wrapper, 'skipped_steps', 0),
                        **self._flips(runner, model)))
         if is_main_process():
             save_json(summary, osp.join(runner.work_dir, self.filename))
@@ -128,8 +126,7 @@ class BiKDSummaryHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})['bikd_summary'] = dict(
-            before=self.before, share_sum=self.share_sum, share_iters=self.share_iters,
-            skipped_steps=self.skipped_steps)
+            before=self.before, share_sum=self.share_sum, share_iters=self.share_iters)
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         # Both `resume` and `load_from` come here; only a resumed run (iteration > 0 when

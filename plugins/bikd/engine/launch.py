@@ -14,14 +14,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from mmengine.model import MMDistributedDataParallel
-
 from ..fileio import save_json
-from ..registry import MODEL_WRAPPERS
 from ..summary import build_summary, format_table
-from .checkpoint import allow_mmengine_checkpoints
 from .config import load_config
 from .optim import AMP_DTYPES
+from .patches import setup_engine
 
 
 def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
@@ -69,19 +66,6 @@ def launch(main_func: Callable, num_gpus: int, args) -> None:
         main_func(args)
 
 
-@MODEL_WRAPPERS.register_module()
-class BiKDDistributedDataParallel(MMDistributedDataParallel):
-    """mmengine's DDP wrapper whose training step ends in the meta-architecture's own update
-    (:meth:`bikd.MultiMemberMetaArch.update_from_losses`: non-finite losses dropped or
-    raised on every process alike)."""
-
-    def train_step(self, data, optim_wrapper):
-        with optim_wrapper.optim_context(self):
-            data = self.module.data_preprocessor(data, training=True)
-            losses = self._run_forward(data, mode='loss')
-        return self.module.update_from_losses(losses, optim_wrapper)
-
-
 def _setup_distributed(cfg) -> str:
     """The launcher for mmengine and its DDP wrapper; on machines without CUDA, start gloo
     here (mmengine's initialisation assumes a GPU per process)."""
@@ -91,7 +75,7 @@ def _setup_distributed(cfg) -> str:
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
     cfg.env_cfg.dist_cfg['backend'] = 'nccl' if cuda else 'gloo'
     wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='bikd.BiKDDistributedDataParallel', broadcast_buffers=False,
+        type='MMDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
     if not cuda:
         if not dist.is_initialized():
@@ -136,7 +120,7 @@ def main(args) -> Optional[dict]:
 
     from .hooks import primary_metric_of, unwrap
 
-    allow_mmengine_checkpoints()
+    setup_engine()
     cfg = setup(args)
     runner = Runner.from_cfg(cfg)
     if args.eval_only:

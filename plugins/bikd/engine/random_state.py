@@ -1,15 +1,10 @@
-"""Long runs that survive faults: atomic writes of everything mmengine saves, and a resume
-that continues the random streams where they stopped.
+"""Resumed runs that continue the random streams where they stopped.
 
-* :class:`AtomicLocalBackend` replaces mmengine's local file backend (under the prefix-less
-  paths every local run uses): checkpoints, the ``last_checkpoint`` marker and every other
-  ``put`` go to a temporary file in the same folder, are flushed to disk and renamed over the
-  target. A run killed during a save leaves the previous checkpoint and marker intact.
-* :class:`RandomStateHook` stores the random generators' states (torch CPU and CUDA, numpy,
-  Python) in every checkpoint and restores them when training continues from it, so that a
-  resumed run draws the same augmentations, dropout masks and point samples as an
-  uninterrupted one. Evaluation runs on a forked random state and leaves training's stream
-  untouched, so it does not matter whether a run was evaluated before it was killed.
+:class:`RandomStateHook` stores the random generators' states (torch CPU and CUDA, numpy,
+Python) in every checkpoint and restores them when training continues from it, so that a
+resumed run draws the same augmentations, dropout masks and point samples as an uninterrupted
+one. Evaluation runs on a forked random state and leaves training's stream untouched, so it
+does not matter whether a run was evaluated before it was killed.
 
 Exactness has one limit that comes from mmengine: an iteration-based loop resumes by drawing
 and discarding the batches it already trained on; with ``num_workers > 0`` (every shipped
@@ -21,32 +16,10 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop
 
-from ..fileio import write_bytes
 from ..registry import HOOKS
-
-
-class AtomicLocalBackend(LocalBackend):
-    """mmengine's local backend whose writes are atomic (temporary file, fsync, rename)."""
-
-    def put(self, obj: bytes, filepath) -> None:
-        write_bytes(obj, str(filepath))
-
-    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
-        write_bytes(obj.encode(encoding), str(filepath))
-
-
-def use_atomic_local_writes() -> None:
-    """Make :class:`AtomicLocalBackend` mmengine's backend for local paths (idempotent)."""
-    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
-    from mmengine.fileio import io
-    # file backends already created (cached per arguments) keep the old class
-    for key, backend in list(io.backend_instances.items()):
-        if type(backend) is LocalBackend:
-            io.backend_instances[key] = AtomicLocalBackend()
 
 
 def get_random_state() -> dict:

@@ -1,4 +1,4 @@
-"""Loading user-provided weights: safe by default, with errors that name what is wrong."""
+"""Reading weights users give: safe by default, with errors that name what is wrong."""
 import os
 from typing import Dict, Iterable, Optional
 

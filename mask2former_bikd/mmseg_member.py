@@ -1,4 +1,11 @@
-"""mmseg segmentors as Bi-KD members: Mask2Former and plain decode-head models (UPerNet, FCN...)."""
+"""The common part of mmseg segmentors as members: the model config, the build, the
+preprocessing, the distillation resolution, the pixel cross-entropy partition loss and the
+export as an mmseg checkpoint. One subclass per kind of segmentor gives the per-image task
+loss, the distilled distribution and the prediction: :class:`MMSegMask2FormerMember`
+(Mask2Former) and :class:`MMSegDecodeHeadMember` (UPerNet, FCN, ... any decode-head model).
+
+``type: MMSegMember`` in a config builds the kind its model config names.
+"""
 import copy
 import math
 import os
@@ -8,15 +15,16 @@ import torch
 import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
-from torch import Tensor
+from torch import Tensor, nn
 
-from bikd.checkpoint import download_weights, load_into, load_weights_file
-from bikd.fileio import save_json, save_torch
+from bikd.fileio import save_text
 from bikd.member import Member, MemberOutput
 from bikd.registry import MEMBERS
 
 # Added to per-pixel probabilities before the log, so a class with zero score stays finite.
 EPS = 1e-6
+DISTRIBUTIONS = ('normalized', 'softmax')
+PARTITION_LOSSES = ('task', 'pixel_ce')
 
 
 def load_mmseg_config(config: Any) -> Config:
@@ -35,23 +43,18 @@ def load_mmseg_config(config: Any) -> Config:
 def zoo_checkpoint_url(config: str) -> str:
     """The model-zoo weights of a config shipped in mmseg, from the ``metafile.yaml`` beside it
     (``mmseg::mask2former/mask2former_swin-t_8xb2-160k_ade20k-512x512.py`` -> its URL)."""
-    import yaml
-    from mmengine.config.utils import _get_package_and_cfg_path
-    from mmengine.utils import get_installed_path
+    from mmengine.hub import get_config
 
-    if '::' not in config:
+    if not isinstance(config, str) or '::' not in config:
         raise ValueError(f'checkpoint="zoo" needs a config shipped in mmseg (mmseg::...), got '
                          f'{config}')
-    package, cfg_path = _get_package_and_cfg_path(config)
-    folder = os.path.join(get_installed_path(package), '.mim', 'configs',
-                          os.path.dirname(cfg_path))
-    name = os.path.splitext(os.path.basename(cfg_path))[0]
-    with open(os.path.join(folder, 'metafile.yaml')) as f:
-        models = yaml.safe_load(f).get('Models', [])
-    for entry in models:
-        if entry.get('Name') == name and entry.get('Weights'):
-            return entry['Weights']
-    raise KeyError(f'{name} has no weights in {folder}/metafile.yaml')
+    try:
+        url = get_config(config, pretrained=True).get('model_path')
+    except AssertionError:  # mmengine asserts that the metafile entry has weights
+        url = None
+    if not url:
+        raise KeyError(f'{config} has no weights in mmseg\'s metafile.yaml')
+    return url
 
 
 def _drop_pretrained_init(cfg: dict) -> None:
@@ -65,9 +68,30 @@ def _drop_pretrained_init(cfg: dict) -> None:
             _drop_pretrained_init(value)
 
 
+def _kind_of(config: Any, cfg_options: Optional[dict]) -> type:
+    """The member class for a segmentor config: the subclass of :class:`MMSegMember` that
+    handles the class of its decode head."""
+    import mmseg.models  # noqa: F401  (registers mmseg's modules)
+    from mmseg.registry import MODELS as MMSEG_MODELS
+
+    cfg = load_mmseg_config(config)
+    if cfg_options:
+        cfg.merge_from_dict(dict(cfg_options))
+    head = cfg.model.get('decode_head', {}).get('type')
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        head_cls = MMSEG_MODELS.get(head) if isinstance(head, str) else None
+    kinds = [k for k in MMSegMember.__subclasses__() if head_cls and k.handles(head_cls)]
+    if not kinds:
+        raise ValueError(f'no segmentation member handles the decode head {head!r} of {config}')
+    return kinds[0]
+
+
 @MEMBERS.register_module()
 class MMSegMember(Member):
     """Any mmseg segmentor (built by mmseg's registry from a standard model config) as a member.
+
+    ``MMSegMember(config=...)`` (``type: MMSegMember``) builds the subclass for the config's
+    kind of segmentor: :class:`MMSegMask2FormerMember` or :class:`MMSegDecodeHeadMember`.
 
     Args:
         config: the segmentor's mmseg config: a file, or the name of one shipped in mmseg
@@ -79,41 +103,46 @@ class MMSegMember(Member):
             (downloaded when reachable). Without it, ``pretrained=True`` keeps the
             config's backbone initialisation (e.g. ImageNet weights) and ``pretrained=False``
             initialises at random.
-        distill: the per-pixel class distribution that is distilled: ``'normalized'`` (the
-            semantic scores divided by their sum over classes; for Mask2Former the scores of
-            its semantic inference, sum_q softmax(class_q) * sigmoid(mask_q)) or ``'softmax'``
-            (a softmax over the scores, as the paper authors' code does). Decode-head models
-            give class logits, distilled through a softmax either way.
+        distribution: the per-pixel class distribution that is distilled, see the subclass.
         distill_stride: the distillation resolution, as a fraction of the training crop
             (4: the mask resolution of Mask2Former); shared by all members of a run.
         partition_loss: the per-image loss the ``loss`` partition compares: ``'task'`` (the
-            segmentor's own loss, Eq. 6; comparable between Mask2Formers) or ``'pixel_ce'``
-            (the cross-entropy of the distilled class distribution against the ground truth at
-            the distillation resolution; comparable between any segmentors, e.g. Mask2Former
-            with UPerNet).
+            segmentor's own loss, Eq. 6; comparable between segmentors of one kind) or
+            ``'pixel_ce'`` (the cross-entropy of the distilled class distribution against the
+            ground truth at the distillation resolution; comparable between any segmentors,
+            e.g. Mask2Former with UPerNet).
+        trust_checkpoint: see :class:`bikd.Member`.
 
-    The per-sample task loss is the segmentor's own loss evaluated image by image (for
-    Mask2Former the set criterion with Hungarian matching, BCE + Dice mask losses, class loss
-    and the auxiliary decoder losses), so the loss partition (Eq. 6) compares members per image.
+    The per-sample task loss is the segmentor's own loss evaluated image by image, so the
+    loss partition (Eq. 6) compares members per image.
     """
+    export_format = 'mmseg'
+
+    def __new__(cls, config: Any = None, *args, cfg_options: Optional[dict] = None, **kwargs):
+        if cls is MMSegMember:
+            cls = _kind_of(config, cfg_options)
+        return super().__new__(cls)
 
     def __init__(self, config: Any, name: Optional[str] = None,
                  cfg_options: Optional[dict] = None, checkpoint: Optional[str] = None,
-                 pretrained: bool = True, distill: str = 'normalized', distill_stride: int = 4,
-                 partition_loss: str = 'task', trust_checkpoint: bool = False):
+                 pretrained: bool = True, distribution: str = 'normalized',
+                 distill_stride: int = 4, partition_loss: str = 'task',
+                 trust_checkpoint: bool = False):
         if name is None:
             name = os.path.splitext(os.path.basename(config))[0] if isinstance(config, str) \
                 else 'segmentor'
-        super().__init__(name)
-        if distill not in ('normalized', 'softmax'):
-            raise ValueError(f"distill must be 'normalized' or 'softmax', got {distill!r}")
-        if partition_loss not in ('task', 'pixel_ce'):
-            raise ValueError(f"partition_loss must be 'task' or 'pixel_ce', got "
+        if checkpoint == 'zoo':
+            checkpoint = zoo_checkpoint_url(config)
+        super().__init__(name, pretrained, checkpoint, trust_checkpoint)
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f'distribution must be one of {DISTRIBUTIONS}, got {distribution!r}')
+        if partition_loss not in PARTITION_LOSSES:
+            raise ValueError(f'partition_loss must be one of {PARTITION_LOSSES}, got '
                              f'{partition_loss!r}')
         self.partition_loss = partition_loss
         import mmseg.models  # noqa: F401  (registers mmseg's modules)
-        from mmseg.registry import MODELS as MMSEG_MODELS
         from mmengine.utils import import_modules_from_strings
+        from mmseg.registry import MODELS as MMSEG_MODELS
 
         cfg = load_mmseg_config(config)
         if cfg_options:
@@ -127,11 +156,7 @@ class MMSegMember(Member):
             self.segmentor = MMSEG_MODELS.build(model_cfg)
         self.model_config = cfg.pretty_text
         self.dataset_meta = self._dataset_meta(cfg)
-        if checkpoint:
-            self._load(checkpoint, trust_checkpoint, config)
-        elif pretrained:
-            self.segmentor.init_weights()
-        self.distill = distill
+        self.distribution = distribution
         self.distill_stride = int(distill_stride)
         self.ignore_index = getattr(self.segmentor.decode_head, 'ignore_index', 255)
 
@@ -145,19 +170,15 @@ class MMSegMember(Member):
         meta = getattr(dataset_cls, 'METAINFO', None)
         return {k: list(v) for k, v in meta.items()} if meta else None
 
-    def _load(self, checkpoint: str, trust: bool, config: Any) -> None:
-        if checkpoint == 'zoo':
-            checkpoint = zoo_checkpoint_url(config)
-        if checkpoint.startswith(('http://', 'https://')):
-            state = download_weights(checkpoint, self.name, 'checkpoint=PATH (a local copy)',
-                                     trust)
-        else:
-            state = load_weights_file(checkpoint, trust)
-        load_into(self.segmentor, state, checkpoint, owner=self.name)
-
     @property
-    def is_mask2former(self) -> bool:
-        return hasattr(self.segmentor.decode_head, '_seg_data_to_instance_data')
+    def weights_module(self) -> nn.Module:
+        return self.segmentor
+
+    def load_pretrained(self) -> str:
+        """The config's own initialisation (``init_cfg``: e.g. the backbone's ImageNet
+        weights)."""
+        self.segmentor.init_weights()
+        return 'the model config\'s init_cfg'
 
     @property
     def num_classes(self) -> int:
@@ -165,9 +186,15 @@ class MMSegMember(Member):
 
     @property
     def partition_loss_kind(self) -> str:
-        if self.partition_loss == 'pixel_ce':
-            return 'pixel_ce'
-        return 'mask2former_set_criterion' if self.is_mask2former else 'decode_head_loss'
+        return 'pixel_ce' if self.partition_loss == 'pixel_ce' else self.task_loss_kind
+
+    #: what the segmentor's own loss is (set by the subclasses)
+    task_loss_kind = ''
+
+    @classmethod
+    def handles(cls, head_cls: type) -> bool:
+        """Whether this kind of member takes segmentors with this decode-head class."""
+        return False
 
     # ----------------------------------------------------------------------------- training
     def _preprocess(self, inputs, data_samples, training: bool):
@@ -180,8 +207,8 @@ class MMSegMember(Member):
             return data['inputs'], data['data_samples']
         from mmseg.utils import stack_batch
         imgs = [x[[2, 1, 0]] if pp.channel_conversion and x.size(0) == 3 else x for x in inputs]
-        imgs = [(x.float() - pp.mean) / pp.std if pp._enable_normalize else x.float()
-                for x in imgs]
+        mean, std = getattr(pp, 'mean', None), getattr(pp, 'std', None)  # buffers, if normalising
+        imgs = [(x.float() - mean) / std if mean is not None else x.float() for x in imgs]
         div = (pp.test_cfg or {}).get('size_divisor') or 1
         size = tuple(math.ceil(max(x.shape[d] for x in imgs) / div) * div for d in (1, 2))
         batch, pad_info = stack_batch(imgs, size=size, pad_val=pp.pad_val,
@@ -194,7 +221,7 @@ class MMSegMember(Member):
         h, w = samples[0].metainfo['img_shape'][:2]
         return math.ceil(h / self.distill_stride), math.ceil(w / self.distill_stride)
 
-    def _crop_resize(self, maps: Tensor, padded_hw, samples) -> Tensor:
+    def crop_resize(self, maps: Tensor, padded_hw, samples) -> Tensor:
         """Feature-resolution maps of the padded batch -> the valid (unpadded) region at the
         shared distillation size."""
         h, w = samples[0].metainfo['img_shape'][:2]
@@ -206,108 +233,60 @@ class MMSegMember(Member):
             maps = F.interpolate(maps, size=size, mode='bilinear', align_corners=False)
         return maps
 
-    def _mask2former_train(self, feats, samples, padded_hw):
-        head = self.segmentor.decode_head
-        gt_instances, img_metas = head._seg_data_to_instance_data(samples)
-        cls_scores, mask_preds = head(feats, samples)
-        losses = []
-        for i in range(len(samples)):
-            parts = head.loss_by_feat([c[i:i + 1] for c in cls_scores],
-                                      [m[i:i + 1] for m in mask_preds], [gt_instances[i]],
-                                      [img_metas[i]])
-            losses.append(sum(v.sum() for k, v in parts.items() if 'loss' in k))
-        masks = self._crop_resize(mask_preds[-1], padded_hw, samples)
-        probs = cls_scores[-1].float().softmax(-1)[..., :-1]
-        scores = torch.einsum('nqc,nqhw->nchw', probs, masks.float().sigmoid())
-        return torch.stack(losses), scores
-
-    def _decode_head_train(self, feats, samples, padded_hw):
-        """Per-image loss of a decode-head segmentor: each head's own loss modules (with their
-        weights), per pixel, averaged per image the way mmseg averages over the batch (over all
-        pixels, or over non-ignored ones with ``avg_non_ignore``)."""
-        heads = [self.segmentor.decode_head]
-        aux = getattr(self.segmentor, 'auxiliary_head', None)
-        heads += list(aux) if isinstance(aux, torch.nn.ModuleList) else ([aux] if aux else [])
-        gt = torch.stack([s.gt_sem_seg.data.squeeze(0) for s in samples]).long()
-        valid = (gt != self.ignore_index).flatten(1).sum(1).clamp(min=1)
-        loss, logits = 0, None
-        for head in heads:
-            out = head(feats)
-            logits = out if logits is None else logits
-            up = F.interpolate(out, size=gt.shape[-2:], mode='bilinear',
-                               align_corners=head.align_corners)
-            fns = head.loss_decode if isinstance(head.loss_decode, torch.nn.ModuleList) \
-                else [head.loss_decode]
-            for fn in fns:
-                pixel = fn(up, gt, weight=None, ignore_index=self.ignore_index,
-                           reduction_override='none').flatten(1).sum(1)
-                loss = loss + pixel / (valid if getattr(fn, 'avg_non_ignore', False)
-                                       else gt[0].numel())
-        return loss, self._crop_resize(logits, padded_hw, samples)
+    def task_forward(self, feats, samples, padded_hw) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(per-image task loss [N], distilled tensor [N, C, h, w], its log-probabilities)``
+        at the distillation resolution; implemented per kind of segmentor."""
+        raise NotImplementedError
 
     def forward_train(self, inputs, data_samples) -> MemberOutput:
         x, samples = self._preprocess(inputs, data_samples, training=True)
         feats = self.segmentor.extract_feat(x)
         padded_hw = x.shape[-2:]
-        if self.is_mask2former:
-            loss, scores = self._mask2former_train(feats, samples, padded_hw)
-            log_probs = (scores / scores.sum(1, keepdim=True).clamp(min=EPS) + EPS).log()
-            distill = log_probs if self.distill == 'normalized' else scores
-        else:
-            loss, distill = self._decode_head_train(feats, samples, padded_hw)
-            log_probs = distill.float().log_softmax(1)
+        loss, logits, log_probs = self.task_forward(feats, samples, padded_hw)
         partition_loss = None
         if self.partition_loss == 'pixel_ce':
             partition_loss = self._pixel_ce(log_probs.detach(), samples, padded_hw)
-        return MemberOutput(loss=loss, distill=distill, partition_loss=partition_loss)
+        return MemberOutput(loss=loss, logits=logits, partition_loss=partition_loss)
 
     def _pixel_ce(self, log_probs: Tensor, samples, padded_hw) -> Tensor:
         """Per-image mean of -log p(ground truth) over non-ignored pixels, at the distillation
         resolution (ground truth subsampled with nearest neighbours)."""
         gt = torch.stack([s.gt_sem_seg.data for s in samples]).float()  # [N, 1, Hp, Wp]
-        gt = self._crop_resize_nearest(gt, padded_hw, samples, log_probs.shape[-2:])
+        h, w = samples[0].metainfo['img_shape'][:2]
+        gt = gt[..., :min(h, padded_hw[0]), :min(w, padded_hw[1])]
+        gt = F.interpolate(gt, size=tuple(log_probs.shape[-2:]), mode='nearest')
         gt = gt.squeeze(1).long()
         valid = gt != self.ignore_index
         nll = -log_probs.gather(1, gt.clamp(0, self.num_classes - 1).unsqueeze(1)).squeeze(1)
         return (nll * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
 
-    @staticmethod
-    def _crop_resize_nearest(maps: Tensor, padded_hw, samples, size) -> Tensor:
-        h, w = samples[0].metainfo['img_shape'][:2]
-        maps = maps[..., :min(h, padded_hw[0]), :min(w, padded_hw[1])]
-        return F.interpolate(maps, size=tuple(size), mode='nearest')
-
     # ----------------------------------------------------------------------------- inference
+    def probabilities(self, seg_logits: Tensor) -> Tensor:
+        """mmseg's per-pixel scores ``[C, H, W]`` of one image -> class probabilities."""
+        raise NotImplementedError
+
     def predict(self, inputs, data_samples) -> Tensor:
         """Per-pixel class probabilities ``[N, C, H, W]`` at each image's original size, padded
         (bottom/right, zeros) to the largest image of the batch."""
         x, samples = self._preprocess(inputs, data_samples, training=False)
         out = self.segmentor.predict(x, samples)
-        probs = []
-        for s in out:
-            logits = s.seg_logits.data.float()  # [C, H, W] at the original size
-            if self.is_mask2former:
-                probs.append(logits / logits.sum(0, keepdim=True).clamp(min=EPS))
-            else:
-                probs.append(logits.softmax(0))
+        probs = [self.probabilities(s.seg_logits.data.float()) for s in out]
         h = max(p.shape[-2] for p in probs)
         w = max(p.shape[-1] for p in probs)
         return torch.stack([F.pad(p, (0, w - p.shape[-1], 0, h - p.shape[-2])) for p in probs])
 
     # ----------------------------------------------------------------------------- export
-    def export(self, directory: str, stem: str) -> Dict[str, Any]:
-        """``<stem>.pth``: an mmseg checkpoint (``state_dict`` + ``meta``) that mmseg's
-        ``init_model(<stem>.py, <stem>.pth)`` loads; ``<stem>.py``: the model config."""
-        weights = os.path.join(directory, f'{stem}.pth')
-        state = {k: v.detach().cpu() for k, v in self.segmentor.state_dict().items()}
-        save_torch(dict(state_dict=state, meta=dict(dataset_meta=self.dataset_meta)), weights)
-        config = os.path.join(directory, f'{stem}.py')
-        with open(config + '.tmp', 'w') as f:
-            f.write(self.model_config)
-        os.replace(config + '.tmp', config)
-        info = dict(format='mmseg', member=self.name, checkpoint=os.path.basename(weights),
-                    config=os.path.basename(config), num_classes=self.num_classes,
-                    load=f'mmseg.apis.init_model({os.path.basename(config)!r}, '
-                         f'{os.path.basename(weights)!r})')
-        save_json(info, os.path.join(directory, f'{stem}.json'))
-        return info
+    def export_payload(self) -> Any:
+        """An mmseg checkpoint: ``state_dict`` + ``meta`` (the dataset's classes)."""
+        return dict(state_dict=super().export_payload(),
+                    meta=dict(dataset_meta=self.dataset_meta))
+
+    def export_files(self, directory: str, stem: str) -> Dict[str, Any]:
+        """``<stem>.py``: the model config, for ``mmseg.apis.init_model(<stem>.py,
+        <stem>.pth)``."""
+        save_text(self.model_config, os.path.join(directory, f'{stem}.py'))
+        return dict(config=f'{stem}.py')
+
+    def describe(self, stem: str) -> Dict[str, Any]:
+        return dict(num_classes=self.num_classes,
+                    load=f'mmseg.apis.init_model({stem + ".py"!r}, {stem + ".pth"!r})')

@@ -1,0 +1,80 @@
+"""The suite's changes to mmengine, applied explicitly by the engine's entry points.
+
+``setup_engine()`` is called by ``tools/train_net.py`` (:func:`bikd.engine.launch.main`), by
+export (:func:`bikd.export.load_trained`) and by the benchmark; code that drives mmengine's
+Runner itself with the suite's configs calls it once before building the runner. Importing
+``bikd`` changes nothing in mmengine. It does two things, both idempotent:
+
+* **Resume under torch >= 2.6.** mmengine's checkpoints hold a few of its own objects (the
+  message hub's history buffers) and numpy scalars and arrays; ``torch.load(weights_only=True)``
+  rejects them, so ``Runner.resume`` fails. The fix allow-lists exactly those classes, it does
+  not turn the check off: a checkpoint holding anything else is still refused. A history
+  buffer also pickles its statistics methods (``HistoryBuffer.min``, ...) by reference, through
+  the builtin ``getattr``, which must not be allow-listed (it would reach any attribute of any
+  allowed object); those methods are registered again on import, so checkpoints written from
+  then on leave them out (``HistoryBuffer.__setstate__`` restores them when absent).
+* **Atomic writes.** mmengine's local file backend (the prefix-less paths every local run uses)
+  is replaced by :class:`AtomicLocalBackend`: checkpoints, the ``last_checkpoint`` marker and
+  every other ``put`` go to a temporary file in the same folder, are flushed to disk and
+  renamed over the target, so a run killed during a save leaves the previous one intact.
+"""
+import numpy as np
+import torch
+from mmengine.fileio.backends import LocalBackend, register_backend
+
+from ..fileio import write_bytes
+
+
+def _numpy_globals():
+    out = [np.dtype, np.ndarray]
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct, scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct, scalar
+    out += [_reconstruct, scalar]
+    out += [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32',
+                                         'int16', 'int8', 'uint8', 'bool')]
+    return out
+
+
+def _history_buffer_state(self) -> dict:
+    state = dict(self.__dict__)
+    state.pop('statistics_methods', None)
+    return state
+
+
+def allow_mmengine_checkpoints() -> None:
+    """Allow-list the classes mmengine writes into checkpoints and keep method references out
+    of the checkpoints written from now on."""
+    from mmengine.logging.history_buffer import HistoryBuffer
+    HistoryBuffer.__getstate__ = _history_buffer_state
+    add = getattr(torch.serialization, 'add_safe_globals', None)
+    if add is None:  # torch < 2.4 loads everything anyway
+        return
+    add([HistoryBuffer, *_numpy_globals()])
+
+
+class AtomicLocalBackend(LocalBackend):
+    """mmengine's local backend whose writes are atomic (temporary file, fsync, rename)."""
+
+    def put(self, obj: bytes, filepath) -> None:
+        write_bytes(obj, str(filepath))
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        write_bytes(obj.encode(encoding), str(filepath))
+
+
+def use_atomic_local_writes() -> None:
+    """Make :class:`AtomicLocalBackend` mmengine's backend for local paths."""
+    register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+    from mmengine.fileio import io
+    # file backends already created (cached per arguments) keep the old class
+    for key, backend in list(io.backend_instances.items()):
+        if type(backend) is LocalBackend:
+            io.backend_instances[key] = AtomicLocalBackend()
+
+
+def setup_engine() -> None:
+    """Apply both changes (see the module's description)."""
+    allow_mmengine_checkpoints()
+    use_atomic_local_writes()

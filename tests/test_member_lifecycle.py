@@ -1,0 +1,114 @@
+"""The lifecycle every member shares through its base class: where its weights come from (one
+order of precedence) and an export that its own ``checkpoint`` argument loads back."""
+import json
+import os
+
+import pytest
+import torch
+
+import classification_bikd  # noqa: F401  (registers the classification members)
+import saliency_bikd  # noqa: F401  (registers the saliency members)
+from bikd import Member
+from bikd.meta_arch import build_member
+from bikd.registry import MEMBERS
+from conftest import ROOT, TINY_VIT
+
+TINY_SWIN = dict(embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], window_size=[2, 4, 4],
+                 decoder_channels=8)
+#: one small config per member type; every registered type must appear here
+MEMBER_CONFIGS = {
+    'TimmMember': TINY_VIT,
+    'TorchvisionMember': dict(type='TorchvisionMember', arch='mobilenet_v3_small',
+                              num_classes=5, input_size=[32, 32]),
+    'DinoV2LinearMember': dict(type='DinoV2LinearMember', layers=1, num_classes=5,
+                               input_size=[28, 28], model_kwargs=dict(depth=1)),
+    'TMFINetMember': dict(type='TMFINetMember', input_size=[32, 64], arch=TINY_SWIN),
+    'ViNetSMember': dict(type='ViNetSMember'),
+    'ViNetAMember': dict(type='ViNetAMember', input_size=[32, 56],
+                         arch=dict(width=8, layers=[1, 1, 1, 1], decoder_groups=4)),
+    'MMSegMask2FormerMember': dict(type='MMSegMask2FormerMember',
+                                   config=os.path.join(ROOT, 'configs/ade20k/members/'
+                                                              'mask2former_r18_tiny.py')),
+    'MMSegDecodeHeadMember': dict(type='MMSegDecodeHeadMember',
+                                  config=os.path.join(ROOT, 'configs/ade20k/members/'
+                                                             'upernet_r18_tiny.py')),
+}
+MMSEG = ('MMSegMask2FormerMember', 'MMSegDecodeHeadMember')
+
+
+def registered_member_types():
+    try:
+        import mask2former_bikd  # noqa: F401  (registers the mmseg members)
+    except ImportError:
+        pass
+    return sorted(k for k, v in MEMBERS.module_dict.items() if isinstance(v, type))
+
+
+def test_every_registered_member_type_is_covered_here():
+    registered = set(registered_member_types()) - {'MMSegMember'}  # builds one of its kinds
+    assert registered <= set(MEMBER_CONFIGS), registered - set(MEMBER_CONFIGS)
+
+
+@pytest.mark.parametrize('kind', sorted(MEMBER_CONFIGS))
+def test_export_is_what_checkpoint_loads_back(kind, tmp_path):
+    if kind in MMSEG:
+        pytest.importorskip('mmseg')
+        import mask2former_bikd  # noqa: F401
+    torch.manual_seed(0)
+    cfg = dict(MEMBER_CONFIGS[kind], name='m')
+    first = build_member(cfg, random_init=True)
+    assert first.weights_from == 'random initialisation'
+    info = first.export(str(tmp_path), 'm')
+    # the description names every file it wrote, and the files are there
+    assert json.loads((tmp_path / 'm.json').read_text()) == json.loads(json.dumps(info))
+    assert info['member'] == 'm' and info['format'] == type(first).export_format
+    for key in ('checkpoint', 'config', 'head'):
+        if key in info:
+            assert (tmp_path / info[key]).is_file(), key
+    extra = dict(head_file=str(tmp_path / info['head'])) if 'head' in info else {}
+    torch.manual_seed(1)  # another random initialisation, replaced by the checkpoint
+    again = build_member(dict(cfg, pretrained=False, checkpoint=str(tmp_path / 'm.pth'),
+                              **extra))
+    assert again.weights_from == str(tmp_path / 'm.pth')
+    ours, theirs = first.state_dict(), again.state_dict()
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert torch.equal(ours[k], theirs[k]), k
+
+
+class Recorder(Member):
+    """A member that records which weight source its lifecycle used."""
+
+    def __init__(self, name='r', **kwargs):
+        super().__init__(name, **kwargs)
+        self.net = torch.nn.Linear(2, 2)
+        self.calls = []
+
+    @property
+    def weights_module(self):
+        return self.net
+
+    def load_pretrained(self):
+        self.calls.append('pretrained')
+        return 'the release'
+
+
+def test_weights_are_taken_once_in_the_order_checkpoint_pretrained_random(tmp_path):
+    path = tmp_path / 'w.pth'
+    torch.save({'weight': torch.ones(2, 2), 'bias': torch.zeros(2)}, path)
+    m = Recorder(checkpoint=str(path))  # the checkpoint wins over pretrained=True
+    assert m.calls == [] and m.weights_from == str(path)
+    assert torch.equal(m.net.weight, torch.ones(2, 2))
+    m = Recorder()
+    assert m.calls == ['pretrained'] and m.weights_from == 'the release'
+    m = Recorder(pretrained=False)
+    assert m.calls == [] and m.weights_from == 'random initialisation'
+
+
+def test_a_checkpoint_that_does_not_fit_names_member_file_and_keys(tmp_path):
+    path = tmp_path / 'other.pth'
+    torch.save({'weight': torch.ones(3, 2)}, path)
+    with pytest.raises(RuntimeError, match=r"(?s)checkpoint .*other.pth does not fit the model "
+                                           r"for member 'r'.*missing keys: bias.*shape "
+                                           r'mismatches: weight'):
+        Recorder(checkpoint=str(path))
