@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test clean-venv
+.PHONY: install d2 demo test clean-venv
 
 install: $(STAMP)
 
@@ -17,13 +17,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.9.1 torchvision==0.24.1
 	$(PY) -c 'import mmcv.ops' 2>/dev/null || \
 		MMCV_WITH_OPS=1 $(PY) -m pip install --no-build-isolation mmcv==2.1.0
-	$(PY) -m pip install -q -e '.[seg,demo,test]'
+	$(PY) -m pip install -q -e '.[seg,d2,demo,test]'
 	touch $(STAMP)
+
+# detectron2 (built from source against the pinned torch; the wheel is kept in pip's cache
+# folder) and the official Mask2Former on the environment's path, from ../shared/vendor/ when
+# the source snapshots are there, else from GitHub: see tools/install_d2.py.
+d2: install
+	$(PY) tools/install_d2.py --optional
 
 demo: install
 	$(PY) tools/demo.py --task digits
 
-test: install
+test: install d2
 	$(PY) -m pytest -q tests
 
 clean-venv:

@@ -1,12 +1,15 @@
-"""Semantic segmentation with Bi-KD on mmsegmentation (Mask2Former first).
+"""Semantic segmentation with Bi-KD: the official Mask2Former (detectron2) and mmseg's
+segmentors as members, ADE20K data checks, the semantic-segmentation evaluator.
 
-Importing the package registers its classes.
+Importing the package registers its classes; detectron2 is imported only when an official
+Mask2Former member is built.
 """
 from .evaluator import SemSegEvaluator
+from .mask2former_member import Mask2FormerMember
 from .mmseg_decode_head import MMSegDecodeHeadMember
 from .mmseg_mask2former import MMSegMask2FormerMember
 from .mmseg_member import MMSegMember
 from .transforms import CheckSegAnnotation
 
-__all__ = ['CheckSegAnnotation', 'MMSegDecodeHeadMember', 'MMSegMask2FormerMember',
+__all__ = ['CheckSegAnnotation', 'Mask2FormerMember', 'MMSegDecodeHeadMember', 'MMSegMask2FormerMember',
            'MMSegMember', 'SemSegEvaluator']

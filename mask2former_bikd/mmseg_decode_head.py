@@ -49,7 +49,7 @@ class MMSegDecodeHeadMember(MMSegMember):
                            reduction_override='none').flatten(1).sum(1)
                 loss = loss + pixel / (valid if getattr(fn, 'avg_non_ignore', False)
                                        else gt[0].numel())
-        logits = self.crop_resize(logits, padded_hw, samples)
+        logits = self.crop_resize(logits, padded_hw, samples[0].metainfo['img_shape'])
         return loss, logits, logits.float().log_softmax(1)
 
     def probabilities(self, seg_logits: Tensor) -> Tensor:

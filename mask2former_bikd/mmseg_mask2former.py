@@ -7,7 +7,8 @@ from torch import Tensor
 
 from bikd.registry import MEMBERS
 
-from .mmseg_member import EPS, MMSegMember
+from .mmseg_member import MMSegMember
+from .segmentation_member import EPS
 
 
 @MEMBERS.register_module()
@@ -18,9 +19,8 @@ class MMSegMask2FormerMember(MMSegMember):
     Task loss per image: the set criterion (Hungarian matching, BCE + Dice mask losses on
     sampled points, class loss and the auxiliary decoder losses), evaluated on each image's
     slice of the decoder outputs (mmdet's ``loss_by_feat``). Distilled: the scores of its
-    semantic inference, ``sum_q softmax(class_q) * sigmoid(mask_q)`` per pixel at mask
-    resolution, ``distribution='normalized'`` (divided by their sum over classes) or
-    ``'softmax'`` (a softmax over the scores, as the paper authors' code does).
+    semantic inference at mask resolution, as ``distribution`` says
+    (:class:`~mask2former_bikd.segmentation_member.SegmentationMember`).
     """
     task_loss_kind = 'mask2former_set_criterion'
 
@@ -41,11 +41,9 @@ class MMSegMask2FormerMember(MMSegMember):
                                       [m[i:i + 1] for m in mask_preds], [gt_instances[i]],
                                       [sample.metainfo])
             losses.append(sum(v.sum() for k, v in parts.items() if 'loss' in k))
-        masks = self.crop_resize(mask_preds[-1], padded_hw, samples)
-        probs = cls_scores[-1].float().softmax(-1)[..., :-1]
-        scores = torch.einsum('nqc,nqhw->nchw', probs, masks.float().sigmoid())
-        log_probs = (scores / scores.sum(1, keepdim=True).clamp(min=EPS) + EPS).log()
-        logits = log_probs if self.distribution == 'normalized' else scores
+        masks = self.crop_resize(mask_preds[-1], padded_hw, samples[0].metainfo['img_shape'])
+        logits, log_probs = self.distilled(self.mask_classification_scores(cls_scores[-1],
+                                                                           masks))
         return torch.stack(losses), logits, log_probs
 
     def probabilities(self, seg_logits: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
 """The common part of mmseg segmentors as members: the model config, the build, the
-preprocessing, the distillation resolution, the pixel cross-entropy partition loss and the
-export as an mmseg checkpoint. One subclass per kind of segmentor gives the per-image task
-loss, the distilled distribution and the prediction: :class:`MMSegMask2FormerMember`
-(Mask2Former) and :class:`MMSegDecodeHeadMember` (UPerNet, FCN, ... any decode-head model).
+preprocessing and the export as an mmseg checkpoint. One subclass per kind of segmentor gives
+the per-image task loss, the distilled distribution and the prediction:
+:class:`MMSegMask2FormerMember` (Mask2Former) and :class:`MMSegDecodeHeadMember` (UPerNet,
+FCN, ... any decode-head model).
 
 ``type: MMSegMember`` in a config builds the kind its model config names.
 """
@@ -11,20 +11,16 @@ import math
 import os
 from typing import Any, Dict, Optional, Tuple
 
-import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
+import torch
 from torch import Tensor, nn
 
 from bikd.fileio import save_text
-from bikd.member import Member, MemberOutput
+from bikd.member import MemberOutput
 from bikd.registry import MEMBERS
 
-# Added to per-pixel probabilities before the log, so a class with zero score stays finite.
-EPS = 1e-6
-DISTRIBUTIONS = ('normalized', 'softmax')
-PARTITION_LOSSES = ('task', 'pixel_ce')
+from .segmentation_member import SegmentationMember
 
 
 def load_mmseg_config(config: Any) -> Config:
@@ -87,7 +83,7 @@ def _kind_of(config: Any, cfg_options: Optional[dict]) -> type:
 
 
 @MEMBERS.register_module()
-class MMSegMember(Member):
+class MMSegMember(SegmentationMember):
     """Any mmseg segmentor (built by mmseg's registry from a standard model config) as a member.
 
     ``MMSegMember(config=...)`` (``type: MMSegMember``) builds the subclass for the config's
@@ -103,14 +99,7 @@ class MMSegMember(Member):
             (downloaded when reachable). Without it, ``pretrained=True`` keeps the
             config's backbone initialisation (e.g. ImageNet weights) and ``pretrained=False``
             initialises at random.
-        distribution: the per-pixel class distribution that is distilled, see the subclass.
-        distill_stride: the distillation resolution, as a fraction of the training crop
-            (4: the mask resolution of Mask2Former); shared by all members of a run.
-        partition_loss: the per-image loss the ``loss`` partition compares: ``'task'`` (the
-            segmentor's own loss, Eq. 6; comparable between segmentors of one kind) or
-            ``'pixel_ce'`` (the cross-entropy of the distilled class distribution against the
-            ground truth at the distillation resolution; comparable between any segmentors,
-            e.g. Mask2Former with UPerNet).
+        distribution, distill_stride, partition_loss: see :class:`SegmentationMember`.
         trust_checkpoint: see :class:`bikd.Member`.
 
     The per-sample task loss is the segmentor's own loss evaluated image by image, so the
@@ -133,13 +122,8 @@ class MMSegMember(Member):
                 else 'segmentor'
         if checkpoint == 'zoo':
             checkpoint = zoo_checkpoint_url(config)
-        super().__init__(name, pretrained, checkpoint, trust_checkpoint)
-        if distribution not in DISTRIBUTIONS:
-            raise ValueError(f'distribution must be one of {DISTRIBUTIONS}, got {distribution!r}')
-        if partition_loss not in PARTITION_LOSSES:
-            raise ValueError(f'partition_loss must be one of {PARTITION_LOSSES}, got '
-                             f'{partition_loss!r}')
-        self.partition_loss = partition_loss
+        super().__init__(name, pretrained, checkpoint, trust_checkpoint, distribution,
+                         distill_stride, partition_loss)
         import mmseg.models  # noqa: F401  (registers mmseg's modules)
         from mmengine.utils import import_modules_from_strings
         from mmseg.registry import MODELS as MMSEG_MODELS
@@ -156,8 +140,6 @@ class MMSegMember(Member):
             self.segmentor = MMSEG_MODELS.build(model_cfg)
         self.model_config = cfg.pretty_text
         self.dataset_meta = self._dataset_meta(cfg)
-        self.distribution = distribution
-        self.distill_stride = int(distill_stride)
         self.ignore_index = getattr(self.segmentor.decode_head, 'ignore_index', 255)
 
     @staticmethod
@@ -183,13 +165,6 @@ class MMSegMember(Member):
     @property
     def num_classes(self) -> int:
         return int(self.segmentor.decode_head.num_classes)
-
-    @property
-    def partition_loss_kind(self) -> str:
-        return 'pixel_ce' if self.partition_loss == 'pixel_ce' else self.task_loss_kind
-
-    #: what the segmentor's own loss is (set by the subclasses)
-    task_loss_kind = ''
 
     @classmethod
     def handles(cls, head_cls: type) -> bool:
@@ -217,22 +192,6 @@ class MMSegMember(Member):
             sample.set_metainfo(info)
         return batch, data_samples
 
-    def _distill_size(self, samples) -> Tuple[int, int]:
-        h, w = samples[0].metainfo['img_shape'][:2]
-        return math.ceil(h / self.distill_stride), math.ceil(w / self.distill_stride)
-
-    def crop_resize(self, maps: Tensor, padded_hw, samples) -> Tensor:
-        """Feature-resolution maps of the padded batch -> the valid (unpadded) region at the
-        shared distillation size."""
-        h, w = samples[0].metainfo['img_shape'][:2]
-        fh = math.ceil(maps.shape[-2] * h / padded_hw[0])
-        fw = math.ceil(maps.shape[-1] * w / padded_hw[1])
-        maps = maps[..., :fh, :fw]
-        size = self._distill_size(samples)
-        if tuple(maps.shape[-2:]) != size:
-            maps = F.interpolate(maps, size=size, mode='bilinear', align_corners=False)
-        return maps
-
     def task_forward(self, feats, samples, padded_hw) -> Tuple[Tensor, Tensor, Tensor]:
         """``(per-image task loss [N], distilled tensor [N, C, h, w], its log-probabilities)``
         at the distillation resolution; implemented per kind of segmentor."""
@@ -241,24 +200,9 @@ class MMSegMember(Member):
     def forward_train(self, inputs, data_samples) -> MemberOutput:
         x, samples = self._preprocess(inputs, data_samples, training=True)
         feats = self.segmentor.extract_feat(x)
-        padded_hw = x.shape[-2:]
-        loss, logits, log_probs = self.task_forward(feats, samples, padded_hw)
-        partition_loss = None
-        if self.partition_loss == 'pixel_ce':
-            partition_loss = self._pixel_ce(log_probs.detach(), samples, padded_hw)
-        return MemberOutput(loss=loss, logits=logits, partition_loss=partition_loss)
-
-    def _pixel_ce(self, log_probs: Tensor, samples, padded_hw) -> Tensor:
-        """Per-image mean of -log p(ground truth) over non-ignored pixels, at the distillation
-        resolution (ground truth subsampled with nearest neighbours)."""
-        gt = torch.stack([s.gt_sem_seg.data for s in samples]).float()  # [N, 1, Hp, Wp]
-        h, w = samples[0].metainfo['img_shape'][:2]
-        gt = gt[..., :min(h, padded_hw[0]), :min(w, padded_hw[1])]
-        gt = F.interpolate(gt, size=tuple(log_probs.shape[-2:]), mode='nearest')
-        gt = gt.squeeze(1).long()
-        valid = gt != self.ignore_index
-        nll = -log_probs.gather(1, gt.clamp(0, self.num_classes - 1).unsqueeze(1)).squeeze(1)
-        return (nll * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp(min=1)
+        loss, logits, log_probs = self.task_forward(feats, samples, x.shape[-2:])
+        gt = torch.stack([s.gt_sem_seg.data[0] for s in samples])
+        return self.member_output(loss, logits, log_probs, gt, samples[0].metainfo['img_shape'])
 
     # ----------------------------------------------------------------------------- inference
     def probabilities(self, seg_logits: Tensor) -> Tensor:
@@ -270,10 +214,7 @@ class MMSegMember(Member):
         (bottom/right, zeros) to the largest image of the batch."""
         x, samples = self._preprocess(inputs, data_samples, training=False)
         out = self.segmentor.predict(x, samples)
-        probs = [self.probabilities(s.seg_logits.data.float()) for s in out]
-        h = max(p.shape[-2] for p in probs)
-        w = max(p.shape[-1] for p in probs)
-        return torch.stack([F.pad(p, (0, w - p.shape[-1], 0, h - p.shape[-2])) for p in probs])
+        return self.pad_stack([self.probabilities(s.seg_logits.data.float()) for s in out])
 
     # ----------------------------------------------------------------------------- export
     def export_payload(self) -> Any:

@@ -31,22 +31,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def _digits_data(root):
+def _digits_data(root, force=False):
     from tools.make_digits_dataset import make_digits
-    info = make_digits(os.path.join(ROOT, root))
+    info = make_digits(os.path.join(ROOT, root), force=force)
     return f'{info["train"]} train / {info["val"]} val images', root
 
 
-def _ade_data(root):
+def _ade_data(root, force=False):
     from tools.make_ade20k_toy import make_ade20k_toy
-    info = make_ade20k_toy(os.path.join(ROOT, root))
+    info = make_ade20k_toy(os.path.join(ROOT, root), force=force)
     return (f'{info["train"]} training / {info["val"]} validation scenes',
             os.path.join(root, 'ADEChallengeData2016'))
 
 
-def _dhf1k_data(root):
+def _dhf1k_data(root, force=False):
     from tools.make_dhf1k_toy import make_dhf1k_toy
-    info = make_dhf1k_toy(os.path.join(ROOT, root))
+    info = make_dhf1k_toy(os.path.join(ROOT, root), force=force)
     return (f'{info["train"]} training / {info["val"]} validation videos of {info["frames"]} '
             'frames', root)
 
@@ -87,7 +87,11 @@ def main(argv=None):
 
     from bikd.summary import format_table
 
-    described, data_root = task['make'](task['data'])
+    try:
+        described, data_root = task['make'](task['data'])
+    except ValueError as e:  # the demo's own data, made by an earlier version: make it again
+        print(f'{e}\nmaking it again for the demo')
+        described, data_root = task['make'](task['data'], force=True)
     print(f'{args.task}: {described} in {task["data"]}')
     data = [f'train_dataloader.dataset.data_root={data_root}',
             f'val_dataloader.dataset.data_root={data_root}']

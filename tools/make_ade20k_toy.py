@@ -5,9 +5,12 @@
 
 Layout (as the release): ``<out>/ADEChallengeData2016/images/{training,validation}/*.jpg`` and
 ``annotations/{training,validation}/*.png`` with ADE20K's label ids (0 = "other", ignored with
-``reduce_zero_label``; 1..150 the classes). Scenes have sky, one kind of ground, buildings with
-windows, trees, people and cars in ADE20K's classes, textured and noisy, plus a few "other" blobs.
-Images vary in size around ``--size`` (short side) and aspect ratio. Deterministic per ``--seed``.
+``reduce_zero_label``; 1..150 the classes), and ``annotations_detectron2/`` with the labels
+detectron2 reads (0..149, 255 = "other"), as Mask2Former's ``prepare_ade20k_sem_seg.py`` writes
+them; ``DETECTRON2_DATASETS=<out>`` then makes detectron2's ``ade20k_sem_seg_{train,val}`` this
+set. Scenes have sky, one kind of ground, buildings with windows, trees, people and cars in
+ADE20K's classes, textured and noisy, plus a few "other" blobs. Images vary in size around
+``--size`` (short side) and aspect ratio. Deterministic per ``--seed``.
 """
 import argparse
 import os
@@ -99,7 +102,7 @@ def make_ade20k_toy(out: str, n_train: int = 160, n_val: int = 40, size: int = 1
         counts = np.zeros(151, np.int64)
         for split, prefix, n in (('training', 'ADE_train', n_train),
                                  ('validation', 'ADE_val', n_val)):
-            for sub in ('images', 'annotations'):
+            for sub in ('images', 'annotations', 'annotations_detectron2'):
                 os.makedirs(os.path.join(tmp, 'ADEChallengeData2016', sub, split))
             for i in range(1, n + 1):
                 img, lab = make_scene(rng, size)
@@ -109,12 +112,16 @@ def make_ade20k_toy(out: str, n_train: int = 160, n_val: int = 40, size: int = 1
                 Image.fromarray(img).save(os.path.join(root, 'images', split, stem + '.jpg'),
                                           quality=90)
                 Image.fromarray(lab).save(os.path.join(root, 'annotations', split, stem + '.png'))
+                # detectron2's layout beside it, as Mask2Former's prepare_ade20k_sem_seg.py
+                # writes it: labels 0..149, "other" (0) as 255
+                Image.fromarray((lab.astype(np.int16) - 1).astype(np.uint8)).save(
+                    os.path.join(root, 'annotations_detectron2', split, stem + '.png'))
         present = np.flatnonzero(counts)
         return dict(label_ids=[int(c) for c in present],
                     pixel_share={int(c): float(counts[c] / counts.sum()) for c in present})
 
     settings = dict(source='tools/make_ade20k_toy.py', seed=seed, train=n_train, val=n_val,
-                    short_side=size)
+                    short_side=size, layouts=['mmseg', 'detectron2'])
     return make_dataset_once(out, settings, write, force, 'ADEChallengeData2016/toy.json')
 
 

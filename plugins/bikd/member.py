@@ -11,6 +11,7 @@ are named in the files it reads and writes; see :class:`Member`.
 """
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -178,9 +179,14 @@ class Member(nn.Module, metaclass=MemberMeta):
 
     # ------------------------------------------------------------------ weights out
     def export_payload(self) -> Any:
-        """What the exported weights file holds: the native state dict, on the CPU."""
+        """What the exported weights file holds: the native state dict, on the CPU (with the
+        modules' version metadata, which some modules read when loading)."""
         state = self.to_native(self.weights_module.state_dict())
-        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+        out = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in state.items())
+        metadata = getattr(state, '_metadata', None)
+        if metadata is not None:
+            out._metadata = metadata
+        return out
 
     def describe(self, stem: str) -> Dict[str, Any]:
         """JSON-able facts a user needs to load the export ``<stem>.*`` (input size, how to

@@ -1,0 +1,165 @@
+"""Bi-KD as a detectron2 plug-in: ``BiKDMetaArch`` and ``IndependentMetaArch`` in detectron2's
+``META_ARCH_REGISTRY``, over official Mask2Former members.
+
+A detectron2 project adds Bi-KD in a few lines::
+
+    from detectron2.config import get_cfg
+    from detectron2.modeling import build_model
+    import mask2former_bikd.d2_plugin as bikd_d2      # registers the meta-architectures
+
+    cfg = get_cfg()
+    bikd_d2.add_bikd_config(cfg)
+    cfg.merge_from_file('bikd_swinT_swinS.yaml')      # MODEL.META_ARCHITECTURE: BiKDMetaArch
+    model = build_model(cfg)                          # both members, their own configs/weights
+
+and trains it with detectron2's trainers (the loss dict holds each member's task loss and the
+distillation term; the teacher shares go to the event storage) and evaluates it with
+:func:`member_evaluators` around detectron2's ``SemSegEvaluator`` (every member and the
+ensemble). The method itself is the suite's core (:class:`bikd.BiKDMetaArch`: teacher
+selection, masked KL); this module only speaks detectron2.
+
+Config (``MODEL.BIKD``): ``MEMBERS`` (each member's Mask2Former config: a path or a name in the
+Mask2Former repository), ``WEIGHTS`` (each member's checkpoint: ``model_final_*.pkl`` or a
+detectron2 ``.pth``; empty: the member's own ``MODEL.WEIGHTS``), ``NAMES``, ``PARTITION``
+(``loss``), ``PARTITION_LOSS`` (``task`` or ``pixel_ce``), ``TEMPERATURE``,
+``DETACH_TEACHER``, ``DISTRIBUTION``.
+"""
+import os
+from collections import OrderedDict
+from typing import Callable, Dict, List, Sequence
+
+import torch
+from torch import nn
+
+import bikd
+from bikd.step import TEACHER_SHARE, log_key
+
+from . import d2
+from .mask2former_member import Mask2FormerMember
+
+d2.require_detectron2()
+from detectron2.config import CfgNode as CN  # noqa: E402
+from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators  # noqa: E402
+from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
+from detectron2.utils.events import get_event_storage  # noqa: E402
+
+
+def add_bikd_config(cfg) -> None:
+    """Add ``MODEL.BIKD`` (see the module's description) to a detectron2 config."""
+    cfg.MODEL.BIKD = CN()
+    cfg.MODEL.BIKD.MEMBERS = []
+    cfg.MODEL.BIKD.WEIGHTS = []
+    cfg.MODEL.BIKD.NAMES = []
+    cfg.MODEL.BIKD.PARTITION = 'loss'
+    cfg.MODEL.BIKD.PARTITION_LOSS = 'task'
+    cfg.MODEL.BIKD.TEMPERATURE = 1.0
+    cfg.MODEL.BIKD.DETACH_TEACHER = True
+    cfg.MODEL.BIKD.DISTRIBUTION = 'normalized'
+
+
+def build_members(cfg) -> List[Mask2FormerMember]:
+    """The members a ``MODEL.BIKD`` config names, each with its own config and weights."""
+    b = cfg.MODEL.BIKD
+    if len(b.MEMBERS) < 2 and cfg.MODEL.META_ARCHITECTURE == 'BiKDMetaArch':
+        raise ValueError(f'MODEL.BIKD.MEMBERS names {len(b.MEMBERS)} member config(s); Bi-KD '
+                         'needs at least two')
+    for key in ('WEIGHTS', 'NAMES'):
+        if b[key] and len(b[key]) != len(b.MEMBERS):
+            raise ValueError(f'MODEL.BIKD.{key} has {len(b[key])} entries for '
+                             f'{len(b.MEMBERS)} members')
+    names = list(b.NAMES) or [os.path.splitext(os.path.basename(c))[0] for c in b.MEMBERS]
+    weights = list(b.WEIGHTS) or [''] * len(b.MEMBERS)
+    return [Mask2FormerMember(config, name=name, checkpoint=w or None, test_resize=False,
+                              partition_loss=b.PARTITION_LOSS, distribution=b.DISTRIBUTION)
+            for config, name, w in zip(b.MEMBERS, names, weights)]
+
+
+@META_ARCH_REGISTRY.register()
+class BiKDMetaArch(nn.Module):
+    """:class:`bikd.BiKDMetaArch` over official Mask2Former members, as detectron2 builds and
+    runs meta-architectures (``forward(batched_inputs)``: the loss dict in training, per
+    image ``{'sem_seg': ensemble probabilities, 'bikd_members': {name: probabilities}}`` in
+    evaluation)."""
+    core = bikd.BiKDMetaArch
+
+    def __init__(self, cfg):
+        super().__init__()
+        b = cfg.MODEL.BIKD
+        self.bikd = self.core(build_members(cfg), partition=b.PARTITION,
+                              temperature=b.TEMPERATURE, detach_teacher=b.DETACH_TEACHER)
+        self.to(torch.device(cfg.MODEL.DEVICE))
+
+    @property
+    def members(self) -> Sequence[Mask2FormerMember]:
+        return self.bikd.members
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, batched_inputs: List[dict]):
+        if self.training:
+            out = self.bikd.loss(batched_inputs, None)
+            try:
+                storage = get_event_storage()
+            except AssertionError:  # outside a trainer
+                storage = None
+            if storage is not None:
+                for name, share in out.teacher_share.items():
+                    storage.put_scalar(log_key(TEACHER_SHARE, name), float(share))
+            return out.loss_terms()  # detectron2's trainers sum the values
+        results = [dict(bikd_members=OrderedDict()) for _ in batched_inputs]
+        total = None
+        for member in self.members:
+            probs = member.predict(batched_inputs, None)
+            total = probs if total is None else total + probs
+            for r, p, x in zip(results, probs, batched_inputs):
+                r['bikd_members'][member.name] = self._crop(p, x)
+        for r, p, x in zip(results, total / len(self.members), batched_inputs):
+            r['sem_seg'] = self._crop(p, x)
+        return results
+
+    @staticmethod
+    def _crop(probs: torch.Tensor, item: dict) -> torch.Tensor:
+        """One image's probabilities without the batch's padding."""
+        h, w = item.get('height', probs.shape[-2]), item.get('width', probs.shape[-1])
+        return probs[:, :h, :w]
+
+
+@META_ARCH_REGISTRY.register()
+class IndependentMetaArch(BiKDMetaArch):
+    """The control: the same members fine-tuned on their own task losses
+    (:class:`bikd.IndependentMetaArch`)."""
+    core = bikd.IndependentMetaArch
+
+
+class MemberEvaluator(DatasetEvaluator):
+    """A detectron2 evaluator scoring one member (or ``'ensemble'``) of a Bi-KD model: it
+    passes that model's predictions on as ``sem_seg`` and prefixes the results' keys."""
+
+    def __init__(self, evaluator: DatasetEvaluator, member: str):
+        self.evaluator, self.member = evaluator, member
+
+    def reset(self):
+        self.evaluator.reset()
+
+    def process(self, inputs, outputs):
+        if self.member != 'ensemble':
+            outputs = [dict(o, sem_seg=o['bikd_members'][self.member]) for o in outputs]
+        self.evaluator.process(inputs, outputs)
+
+    def evaluate(self):
+        results = self.evaluator.evaluate() or {}
+        return OrderedDict((f'{self.member}/{k}', v) for k, v in results.items())
+
+
+def member_evaluators(make: Callable[[], DatasetEvaluator], model) -> DatasetEvaluators:
+    """One evaluator per member and one for the ensemble, each made by ``make()`` (e.g.
+    ``lambda: SemSegEvaluator('ade20k_sem_seg_val')``), for ``inference_on_dataset``."""
+    names = [m.name for m in getattr(model, 'module', model).members] + ['ensemble']
+    return DatasetEvaluators([MemberEvaluator(make(), name) for name in names])
+
+
+def results_by_member(results: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    """``{'a/sem_seg': {...}, 'ensemble/sem_seg': {...}}`` -> ``{'a': {...}, 'ensemble': ...}``."""
+    return {key.split('/')[0]: value for key, value in results.items()}

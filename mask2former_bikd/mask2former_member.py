@@ -1,0 +1,244 @@
+"""The official Mask2Former (a detectron2 project, the paper's own models) as a member."""
+import os
+from collections import OrderedDict
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from bikd.member import MemberOutput
+from bikd.registry import MEMBERS
+
+from . import d2
+from .segmentation_member import EPS, SegmentationMember
+
+
+def targets_from_sem_seg(sem_segs: Sequence[Tensor], padded_hw: Sequence[int],
+                         ignore_index: int) -> List[Dict[str, Tensor]]:
+    """Mask2Former's training targets from semantic labels ``[H, W]``: one binary mask per
+    class present (ignored pixels excluded), padded to the batch's size, as its semantic
+    dataset mapper and ``MaskFormer.prepare_targets`` make them."""
+    targets = []
+    for sem in sem_segs:
+        labels = torch.unique(sem)
+        labels = labels[labels != ignore_index]
+        masks = torch.zeros((len(labels), *padded_hw), dtype=torch.bool, device=sem.device)
+        masks[:, :sem.shape[0], :sem.shape[1]] = sem[None] == labels[:, None, None]
+        targets.append(dict(labels=labels.long(), masks=masks))
+    return targets
+
+
+@MEMBERS.register_module()
+class Mask2FormerMember(SegmentationMember):
+    """The official Mask2Former (``facebookresearch/Mask2Former`` on detectron2) as a member,
+    built from its detectron2 config, with its official weights.
+
+    Args:
+        config: a Mask2Former detectron2 config: a path, or its name in the Mask2Former
+            repository (``configs/ade20k/semantic-segmentation/swin/
+            maskformer2_swin_tiny_bs16_160k.yaml``).
+        name: member name; defaults to the config file's stem.
+        opts: detectron2 config overrides, ``[KEY, value, ...]`` as on Mask2Former's command
+            line (``['MODEL.MASK_FORMER.NUM_OBJECT_QUERIES', 20]``).
+        checkpoint: the trained model: an official ``model_final_*.pkl`` (read without
+            running pickle code: numpy arrays and plain containers only, unless
+            ``trust_checkpoint``) or a detectron2 ``.pth`` checkpoint (what the export writes).
+        pretrained: without ``checkpoint``, load the config's ``MODEL.WEIGHTS`` (the
+            backbone's ImageNet weights, matched by name as detectron2 does); ``False``:
+            random initialisation.
+        test_resize: in evaluation, resize each image as detectron2's test mapper does
+            (``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, PIL bilinear),
+            so that evaluation on images at their original size is the official protocol; an
+            image the pipeline already resized that way is left as it is.
+        distribution, distill_stride, partition_loss, trust_checkpoint: see
+            :class:`~mask2former_bikd.segmentation_member.SegmentationMember`.
+
+    Per-image task loss: the official ``SetCriterion`` (Hungarian matching, class loss with
+    the "no object" weight, BCE + Dice mask losses on sampled points, auxiliary losses of every
+    decoder layer, each weighted by the config) on each image's slice of the decoder outputs.
+    Distilled: its semantic inference at mask resolution. Prediction: its own inference
+    (``MaskFormer.forward`` in evaluation) at each image's original size.
+
+    It takes the suite's segmentation batches (mmseg's pipeline: BGR ``uint8`` images and
+    ``SegDataSample``) and detectron2's (a list of dicts with ``image`` in the config's
+    ``INPUT.FORMAT`` and ``sem_seg``).
+    """
+    export_format = 'detectron2'
+    task_loss_kind = 'mask2former_set_criterion'
+    #: checkpoint entries the config determines, which a checkpoint may lack
+    DERIVED_KEYS = ('criterion.empty_weight', )
+
+    def __init__(self, config: str, name: Optional[str] = None, opts: Optional[list] = None,
+                 checkpoint: Optional[str] = None, pretrained: bool = True,
+                 distribution: str = 'normalized', distill_stride: int = 4,
+                 partition_loss: str = 'task', trust_checkpoint: bool = False,
+                 test_resize: bool = True):
+        super().__init__(name or os.path.splitext(os.path.basename(config))[0], pretrained,
+                         checkpoint, trust_checkpoint, distribution, distill_stride,
+                         partition_loss)
+        cfg = d2.load_config(config, opts)
+        self.config_text = cfg.dump()  # as configured, for the export
+        cfg.defrost()
+        cfg.MODEL.DEVICE = 'cpu'  # the engine moves the member to its device
+        from detectron2.modeling import build_model
+        self.model: nn.Module = build_model(cfg)
+        self.backbone_weights = cfg.MODEL.WEIGHTS
+        self.ignore_index = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+        self.input_format = cfg.INPUT.FORMAT
+        self._num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        from detectron2.data.detection_utils import build_augmentation
+        self.test_augmentations = build_augmentation(cfg, is_train=False) if test_resize else []
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    # ----------------------------------------------------------------------------- weights
+    @property
+    def weights_module(self) -> nn.Module:
+        return self.model
+
+    def read_weights(self, source: str) -> Dict[str, Tensor]:
+        if source.endswith('.pkl'):
+            state, heuristics = d2.pickle_state(d2.load_pickle(source, self.trust_checkpoint),
+                                                source)
+            if heuristics:
+                raise RuntimeError(f'{source} is not a detectron2 model checkpoint (it has no '
+                                   '"model" and "__author__" entries, as backbone weights for '
+                                   'ImageNet initialisation do); pass it as the config\'s '
+                                   'MODEL.WEIGHTS with pretrained=True instead')
+            return state
+        return super().read_weights(source)
+
+    def from_native(self, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """The official checkpoints' names -> the model's. Files written before Mask2Former's
+        head put its pixel decoder in a submodule name its parameters ``sem_seg_head.<x>``
+        (not ``sem_seg_head.pixel_decoder.<x>``); the head renames them itself when a file
+        carries no version, which would also rename a file already in today's layout. The map
+        here renames only what needs it, and the result is loaded as today's layout."""
+        own = self.model.state_dict()
+        out = OrderedDict()
+        for key, value in state.items():
+            if key not in own and key.startswith('sem_seg_head.') and \
+                    not key.startswith('sem_seg_head.predictor.'):
+                renamed = 'sem_seg_head.pixel_decoder.' + key[len('sem_seg_head.'):]
+                key = renamed if renamed in own else key
+            out[key] = value
+        for key in self.DERIVED_KEYS:  # a checkpoint without them keeps the config's values
+            if key in own and key not in out:
+                out[key] = own[key]
+        out._metadata = own._metadata  # modules' versions: today's layout
+        return out
+
+    def load_pretrained(self) -> str:
+        """The config's ``MODEL.WEIGHTS`` (ImageNet backbone weights), matched to the model's
+        names with detectron2's heuristics; the rest of the model keeps its initialisation."""
+        if not self.backbone_weights:
+            return 'random initialisation (the config names no MODEL.WEIGHTS)'
+        from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+        from detectron2.utils.file_io import PathManager
+        try:
+            path = PathManager.get_local_path(self.backbone_weights)
+        except Exception as e:  # noqa: BLE001 - downloads fail in many ways
+            raise RuntimeError(f'member {self.name!r}: cannot get MODEL.WEIGHTS {self.backbone_weights} '
+                               f'({type(e).__name__}: {e}); pass checkpoint=PATH (e.g. the '
+                               'official model_final_*.pkl), opts=[MODEL.WEIGHTS, PATH], or '
+                               'pretrained=False') from e
+        if path.endswith('.pkl'):
+            state, heuristics = d2.pickle_state(d2.load_pickle(path, self.trust_checkpoint), path)
+        else:
+            state, heuristics = self.read_weights(path), True
+        if heuristics:
+            state = align_and_update_state_dicts(self.model.state_dict(), state,
+                                                 c2_conversion='blobs' in state)
+        if not state:
+            raise RuntimeError(f'member {self.name!r}: no parameter of {path} matches the model')
+        self.model.load_state_dict(state, strict=False)
+        return path
+
+    # ----------------------------------------------------------------------------- batches
+    def batched_inputs(self, inputs: Any, data_samples: Any, with_labels: bool) -> List[dict]:
+        """The batch as detectron2 models take it: a list of dicts with ``image`` (in the
+        config's channel order), ``height`` / ``width`` (the size to predict at) and, with
+        labels, ``sem_seg``. A detectron2 batch passes through."""
+        if data_samples is None and inputs and isinstance(inputs[0], dict):
+            return list(inputs)
+        out = []
+        for image, sample in zip(inputs, data_samples):
+            if self.input_format == 'RGB' and image.shape[0] == 3:
+                image = image[[2, 1, 0]]  # the suite's images are BGR, as mmcv reads them
+            if not with_labels and self.test_augmentations:
+                image = self.test_resize(image)
+            h, w = sample.metainfo.get('ori_shape', image.shape[-2:])[:2]
+            item = dict(image=image, height=int(h), width=int(w))
+            if with_labels:
+                item['sem_seg'] = sample.gt_sem_seg.data[0].long()
+            out.append(item)
+        return out
+
+    def test_resize(self, image: Tensor) -> Tensor:
+        """``uint8 [3, H, W]`` -> the image detectron2's test mapper would give the model."""
+        from detectron2.data import transforms as T
+        array = image.permute(1, 2, 0).cpu().numpy()
+        aug = T.AugInput(array)
+        T.AugmentationList(self.test_augmentations)(aug)
+        return torch.from_numpy(aug.image.copy()).permute(2, 0, 1).to(image.device)
+
+    def _images(self, batch: List[dict]):
+        from detectron2.structures import ImageList
+        images = [(x['image'].to(self.model.device) - self.model.pixel_mean) /
+                  self.model.pixel_std for x in batch]
+        return ImageList.from_tensors(images, self.model.size_divisibility)
+
+    # ----------------------------------------------------------------------------- training
+    def forward_train(self, inputs, data_samples) -> MemberOutput:
+        batch = self.batched_inputs(inputs, data_samples, with_labels=True)
+        images = self._images(batch)
+        outputs = self.model.sem_seg_head(self.model.backbone(images.tensor))
+        padded_hw = images.tensor.shape[-2:]
+        gt = [x['sem_seg'].to(images.tensor.device) for x in batch]
+        targets = targets_from_sem_seg(gt, padded_hw, self.ignore_index)
+        criterion = self.model.criterion
+        losses = []
+        for i, target in enumerate(targets):
+            mine = {k: v[i:i + 1] for k, v in outputs.items() if k != 'aux_outputs'}
+            mine['aux_outputs'] = [{k: v[i:i + 1] for k, v in aux.items()}
+                                   for aux in outputs.get('aux_outputs', [])]
+            parts = criterion(mine, [target])
+            losses.append(sum(v * criterion.weight_dict[k] for k, v in parts.items()
+                              if k in criterion.weight_dict))
+        valid_hw = images.image_sizes[0]
+        masks = self.crop_resize(outputs['pred_masks'], padded_hw, valid_hw)
+        logits, log_probs = self.distilled(self.mask_classification_scores(
+            outputs['pred_logits'], masks))
+        padded_gt = torch.full((len(gt), *padded_hw), self.ignore_index, dtype=torch.long,
+                               device=images.tensor.device)
+        for i, g in enumerate(gt):
+            padded_gt[i, :g.shape[0], :g.shape[1]] = g
+        return self.member_output(torch.stack(losses), logits, log_probs, padded_gt, valid_hw)
+
+    # ----------------------------------------------------------------------------- inference
+    def predict(self, inputs, data_samples) -> Tensor:
+        """Per-pixel class probabilities ``[N, C, H, W]`` at each image's original size (its
+        semantic inference normalised over the classes), padded to the largest image."""
+        results = self.model(self.batched_inputs(inputs, data_samples, with_labels=False))
+        return self.pad_stack([r['sem_seg'] / r['sem_seg'].sum(0, keepdim=True).clamp(min=EPS)
+                               for r in results])
+
+    # ----------------------------------------------------------------------------- export
+    def export_payload(self) -> Any:
+        """A detectron2 checkpoint: what ``DetectionCheckpointer`` (and so Mask2Former's
+        ``train_net.py ... MODEL.WEIGHTS``) loads."""
+        return dict(model=super().export_payload(),
+                    __author__='bikd (Bi-KD fine-tuning of the official Mask2Former)')
+
+    def export_files(self, directory: str, stem: str) -> Dict[str, Any]:
+        """``<stem>.yaml``: the model's detectron2 config, complete (no ``_BASE_``)."""
+        from bikd.fileio import save_text
+        save_text(self.config_text, os.path.join(directory, f'{stem}.yaml'))
+        return dict(config=f'{stem}.yaml')
+
+    def describe(self, stem: str) -> Dict[str, Any]:
+        return dict(num_classes=self.num_classes,
+                    load=f'python train_net.py --config-file {stem}.yaml --eval-only '
+                         f'MODEL.WEIGHTS {stem}.pth   (Mask2Former\'s train_net.py)')
