@@ -12,6 +12,7 @@ import os
 import pickle
 import sys
 import types
+import warnings
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -64,6 +65,10 @@ def import_mask2former():
     global _fallback_said
     require_detectron2()
     backend = deformable_attention_backend()
+    # Mask2Former (2022) calls torch.cuda.amp.autocast, which torch now deprecates in favour of
+    # torch.amp.autocast; the warning is about their code and repeats at every step.
+    warnings.filterwarnings('ignore', message=r'`torch\.cuda\.amp\.autocast',
+                            category=FutureWarning)
     try:
         import mask2former
     except ImportError as e:

@@ -161,5 +161,6 @@ def member_evaluators(make: Callable[[], DatasetEvaluator], model) -> DatasetEva
 
 
 def results_by_member(results: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
-    """``{'a/sem_seg': {...}, 'ensemble/sem_seg': {...}}`` -> ``{'a': {...}, 'ensemble': ...}``."""
+    """``{'a/sem_seg': {'mIoU': ..}, 'ensemble/sem_seg': ..}`` -> ``{'a': {'mIoU': ..},
+    'ensemble': ..}`` (one task's results per member)."""
     return {key.split('/')[0]: value for key, value in results.items()}

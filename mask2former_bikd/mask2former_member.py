@@ -98,7 +98,20 @@ class Mask2FormerMember(SegmentationMember):
     def weights_module(self) -> nn.Module:
         return self.model
 
+    def local_copy(self, url: str, what: str) -> str:
+        """A downloaded file's local copy (detectron2's file cache), or an error that says
+        what to pass instead."""
+        from detectron2.utils.file_io import PathManager
+        try:
+            return PathManager.get_local_path(url)
+        except Exception as e:  # noqa: BLE001 - downloads fail in many ways
+            raise RuntimeError(f'member {self.name!r}: cannot download {what} {url} '
+                               f'({type(e).__name__}: {e}); without access, download it by hand '
+                               'and pass its local path') from e
+
     def read_weights(self, source: str) -> Dict[str, Tensor]:
+        if source.startswith(('http://', 'https://')):
+            source = self.local_copy(source, 'the checkpoint')
         if source.endswith('.pkl'):
             state, heuristics = d2.pickle_state(d2.load_pickle(source, self.trust_checkpoint),
                                                 source)
@@ -136,14 +149,7 @@ class Mask2FormerMember(SegmentationMember):
         if not self.backbone_weights:
             return 'random initialisation (the config names no MODEL.WEIGHTS)'
         from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
-        from detectron2.utils.file_io import PathManager
-        try:
-            path = PathManager.get_local_path(self.backbone_weights)
-        except Exception as e:  # noqa: BLE001 - downloads fail in many ways
-            raise RuntimeError(f'member {self.name!r}: cannot get MODEL.WEIGHTS {self.backbone_weights} '
-                               f'({type(e).__name__}: {e}); pass checkpoint=PATH (e.g. the '
-                               'official model_final_*.pkl), opts=[MODEL.WEIGHTS, PATH], or '
-                               'pretrained=False') from e
+        path = self.local_copy(self.backbone_weights, 'the config\'s MODEL.WEIGHTS')
         if path.endswith('.pkl'):
             state, heuristics = d2.pickle_state(d2.load_pickle(path, self.trust_checkpoint), path)
         else:

@@ -32,8 +32,11 @@ MEMBER_CONFIGS = {
     'MMSegDecodeHeadMember': dict(type='MMSegDecodeHeadMember',
                                   config=os.path.join(ROOT, 'configs/ade20k/members/'
                                                              'upernet_r18_tiny.py')),
+    'Mask2FormerMember': dict(type='Mask2FormerMember',
+                              config=os.path.join(ROOT, 'configs/ade20k/members/'
+                                                         'maskformer2_r18_tiny.yaml')),
 }
-MMSEG = ('MMSegMask2FormerMember', 'MMSegDecodeHeadMember')
+MMSEG = ('MMSegMask2FormerMember', 'MMSegDecodeHeadMember', 'Mask2FormerMember')
 
 
 def registered_member_types():
@@ -54,6 +57,8 @@ def test_export_is_what_checkpoint_loads_back(kind, tmp_path):
     if kind in MMSEG:
         pytest.importorskip('mmseg')
         import mask2former_bikd  # noqa: F401
+    if kind == 'Mask2FormerMember':
+        pytest.importorskip('detectron2', reason='detectron2 is not installed (make d2)')
     torch.manual_seed(0)
     cfg = dict(MEMBER_CONFIGS[kind], name='m')
     first = build_member(cfg, random_init=True)

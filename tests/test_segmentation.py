@@ -82,8 +82,8 @@ def test_members_with_different_label_spaces_are_refused():
                                         'model.auxiliary_head.num_classes': 19})])
 
 
-@pytest.mark.parametrize('pair', ['swinT_swinS', 'r50_swinT'])
-def test_table4_configs_build(pair):
+@pytest.mark.parametrize('pair', ['mmseg_swinT_swinS', 'mmseg_r50_swinT'])
+def test_table4_configs_on_mmsegs_model_zoo_build(pair):
     for method in ('bikd', 'independent'):
         cfg = load_config(os.path.join(ROOT, f'configs/ade20k/{pair}_{method}.yaml'),
                           ['model.random_init=true'])
@@ -97,9 +97,9 @@ def test_table4_configs_build(pair):
 
 
 def test_real_size_mask2former_pair_takes_a_training_step():
-    """R50 + Swin-T at full size (random weights), one 128x128 image: loss partition, KL and
-    gradients into both members."""
-    cfg = load_config(os.path.join(ROOT, 'configs/ade20k/r50_swinT_bikd.yaml'),
+    """mmseg's R50 + Swin-T at full size (random weights), one 128x128 image: loss partition,
+    KL and gradients into both members."""
+    cfg = load_config(os.path.join(ROOT, 'configs/ade20k/mmseg_r50_swinT_bikd.yaml'),
                       ['model.random_init=true'])
     init_default_scope('bikd')
     torch.manual_seed(0)

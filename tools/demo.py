@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The embedded defaults: Bi-KD and its Independent control on data the project makes.
 
-    python tools/demo.py [--task digits|digits_kway|ade20k_toy|dhf1k_toy] [--force-pretrain]
+    python tools/demo.py [--task digits|digits_kway|ade20k_toy|ade20k_toy_official|dhf1k_toy]
+                         [--force-pretrain]
 
 - ``digits`` (the README's main job): scikit-learn's handwritten digits as PNG files in the
   ImageFolder layout; a ResNet-10-T and a ConvNeXt-Atto (timm).
@@ -9,6 +10,8 @@
   Bi-KD and the control for each through tools/run_experiment.py, and the K-way report.
 - ``ade20k_toy``: synthetic street scenes in ADE20K's layout; a small Mask2Former and a small
   UPerNet (mmseg).
+- ``ade20k_toy_official``: the same scenes; the official Mask2Former (detectron2, a ResNet-18
+  version of its ADE20K config) and the mmseg UPerNet.
 - ``dhf1k_toy``: synthetic videos of moving discs with fixations, in DHF1K's layout; a reduced
   TMFI-Net and a reduced ViNet-A (exported in their releases' checkpoint layouts).
 
@@ -56,6 +59,10 @@ TASKS = {
                    experiment=['configs/digits/resnet_convnext_bikd.yaml']),
     'ade20k_toy': dict(members=('mask2former', 'upernet'), data='datasets/ade20k_toy',
                        make=_ade_data, experiment=['configs/ade20k_toy/m2f_upernet_bikd.yaml']),
+    # the official Mask2Former (detectron2) with the mmseg UPerNet (make d2 installs detectron2)
+    'ade20k_toy_official': dict(members=('m2f_official', 'upernet'), data='datasets/ade20k_toy',
+                                make=_ade_data, configs='ade20k_toy',
+                                experiment=['configs/ade20k_toy/m2f_official_upernet_bikd.yaml']),
     'dhf1k_toy': dict(members=('tmfinet', 'vinet_a'), data='datasets/dhf1k_toy',
                       make=_dhf1k_data, experiment=['configs/dhf1k_toy/tmfi_vinetA_bikd.yaml']),
     # Table 6's question on the digits: the pair, then a third and a fourth member

@@ -1,5 +1,6 @@
 """Reading weights users give: safe by default, with errors that name what is wrong."""
 import os
+from collections import OrderedDict
 from typing import Dict, Iterable, Optional
 
 import torch
@@ -52,7 +53,12 @@ def _flat_state_dict(obj, source: str) -> Dict[str, Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise RuntimeError(f'{source} holds no state dict (a mapping of parameter names to '
                            'tensors)')
-    return {_strip_prefix(k, ('module.', )): v for k, v in obj.items()}
+    out = OrderedDict((_strip_prefix(k, ('module.', )), v) for k, v in obj.items())
+    metadata = getattr(obj, '_metadata', None)
+    if metadata is not None:  # the modules' versions, which some modules read when loading
+        out._metadata = OrderedDict((_strip_prefix(k, ('module.', )), v)
+                                    for k, v in metadata.items())
+    return out
 
 
 def _strip_prefix(key: str, prefixes: Iterable[str]) -> str:
