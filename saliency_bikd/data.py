@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from bikd.registry import DATASETS
@@ -32,6 +33,17 @@ def _frames(folder: str) -> List[str]:
     return sorted(os.path.join(folder, f) for f in os.listdir(folder) if f.lower().endswith(IMG_EXT))
 
 
+def rescale_fixations(fixations: np.ndarray, shape: Sequence[int]) -> Tuple[np.ndarray, ...]:
+    """The pixels ``(rows, cols)`` of a binary fixation map's fixations in a map of ``shape``:
+    each fixation's coordinates scaled to it (pixel centres), so that none is lost when the
+    map is smaller, as the benchmark's MATLAB code moves fixations between sizes."""
+    rows, cols = np.nonzero(fixations)
+    h, w = fixations.shape
+    rows = np.clip(((rows + 0.5) * shape[0] / h).astype(np.int64), 0, shape[0] - 1)
+    cols = np.clip(((cols + 0.5) * shape[1] / w).astype(np.int64), 0, shape[1] - 1)
+    return rows, cols
+
+
 @DATASETS.register_module()
 class VideoSaliencyDataset(Dataset):
     """Videos in DHF1K's layout (``<root>/{train,val}/<video>/{images,maps,fixation}/%04d.png``)
@@ -42,18 +54,29 @@ class VideoSaliencyDataset(Dataset):
     ``frames_after`` more after it, for members whose window is centred on the target, as
     ViNet-A's), with that frame's continuous map and binary fixations; ``target_pos`` is the
     target's position in the clip. Windows reaching past the video's ends repeat its first or
-    last frame. In training, targets are the frames with a
-    full clip behind them (a target whose map is all zero is replaced by the nearest one of the
-    same video that is not, with a warning naming the file); in evaluation every frame is a target, and the first frames repeat
-    the video's first frame to fill their clip. Frames are loaded once, resized to
-    ``frame_size`` (H, W) and returned as ``uint8 [T, 3, H, W]`` RGB; each member takes its own
-    view (length, size, normalisation) from them.
+    last frame. In training, targets are the frames with a full clip behind them (a target
+    whose map is all zero is replaced by the nearest one of the same video that is not, with a
+    warning naming the file); in evaluation every frame is a target, and the first frames
+    repeat the video's first frame to fill their clip.
+
+    Frames are decoded once and resized, from the source frame, to every size in
+    ``frame_size`` with PIL's bilinear filter (antialiased; the saliency releases' own
+    preprocessing): one size gives ``inputs`` as ``uint8 [T, 3, H, W]`` RGB, several (each
+    member's input size, e.g. ``[[224, 384], [256, 456]]``) give a dict ``{'HxW': clip}``,
+    from which each member takes its own view (length, normalisation).
+
+    Hollywood-2 ships each video as shots (``<video>_<shot>``); with ``join_shots`` (the
+    default, as the releases' and the paper authors' loaders do) the shots of a video are one
+    frame sequence (shots in sorted folder order, frames in sorted order within a shot), so
+    windows run across shot boundaries; ``join_shots=False`` treats every shot as a video.
 
     Yields ``dict(inputs=frames, data_samples=dict(map, fixation, index[, other_fixation]))``:
     ``map`` float in [0, 1] and ``fixation`` uint8 at ``target_size`` (training; default
-    ``frame_size``) or at the ground truth's own size (evaluation). In evaluation,
-    ``other_fixation`` is the union of the fixations of ``other_frames`` random frames of other
-    videos (the s-AUC's negatives), fixed by ``seed``.
+    the first ``frame_size``) or at the ground truth's own size (evaluation). In evaluation,
+    ``other_fixation`` is the union of the fixations of ``other_frames`` random frames of
+    other videos (the s-AUC's negatives), fixed by ``seed``, each frame's fixations moved to
+    this frame's size by scaling their coordinates (as the benchmark's MATLAB code does; a
+    resized map would lose single-pixel fixations).
 
     Args:
         data_root: dataset root. split: ``train`` / ``val`` / ``test``.
@@ -61,13 +84,14 @@ class VideoSaliencyDataset(Dataset):
         test_mode: evaluation sampling (default: ``split != 'train'``).
         skip_short: leave out (and count in ``skipped``) videos shorter than ``clip_len`` in
             training instead of raising an error that names them.
+        join_shots: Hollywood-2: one frame sequence per video (see above).
     """
 
     def __init__(self, data_root: str, split: str = 'train', layout: str = 'dhf1k',
                  clip_len: int = 32, frame_size: Sequence[int] = (224, 384),
                  target_size: Optional[Sequence[int]] = None, test_mode: Optional[bool] = None,
                  other_frames: int = 10, seed: int = 0, skip_short: bool = False,
-                 frames_after: int = 0):
+                 frames_after: int = 0, join_shots: bool = True):
         if layout not in SPLITS:
             raise ValueError(f'layout must be one of {sorted(SPLITS)}, got {layout!r}')
         folder = next((os.path.join(data_root, f) for f in SPLITS[layout].get(split, ())
@@ -79,22 +103,14 @@ class VideoSaliencyDataset(Dataset):
         self.test_mode = split != 'train' if test_mode is None else bool(test_mode)
         self.clip_len = int(clip_len)
         self.frames_after = int(frames_after)
-        self.frame_size = tuple(int(s) for s in frame_size)
-        self.target_size = tuple(int(s) for s in (target_size or frame_size))
+        sizes = [frame_size] if isinstance(frame_size[0], int) else list(frame_size)
+        self.frame_sizes = [tuple(int(v) for v in size) for size in sizes]
+        self.several_sizes = not isinstance(frame_size[0], int)
+        self.target_size = tuple(int(v) for v in (target_size or self.frame_sizes[0]))
         self.videos: List[Dict[str, List[str]]] = []
         self.skipped: List[str] = []
-        for name in sorted(os.listdir(folder)):
-            vdir = os.path.join(folder, name)
-            if not os.path.isdir(vdir):
-                continue
-            video = {k: _frames(os.path.join(vdir, k)) for k in ('images', 'maps', 'fixation')}
-            video['name'] = vdir
-            if not video['images']:
-                continue
-            missing = [k for k in ('maps', 'fixation') if len(video[k]) != len(video['images'])]
-            if missing:
-                raise ValueError(f'{vdir}: {len(video["images"])} frames but '
-                                 + ', '.join(f'{len(video[k])} {k}' for k in missing))
+        for video in self._scan(folder, join_shots and layout == 'hollywood2'):
+            vdir = video['name']
             if not self.test_mode and len(video['images']) < self.clip_len:
                 if skip_short:
                     self.skipped.append(vdir)
@@ -111,6 +127,32 @@ class VideoSaliencyDataset(Dataset):
         self.seed = int(seed)
         self.substituted: set = set()  # all-zero training maps replaced (per process)
 
+    @staticmethod
+    def _scan(folder: str, join_shots: bool) -> List[Dict[str, List[str]]]:
+        """The videos of a split folder, each ``dict(name, images, maps, fixation)``."""
+        groups: Dict[str, List[str]] = {}
+        for name in sorted(os.listdir(folder)):
+            vdir = os.path.join(folder, name)
+            if os.path.isdir(vdir):
+                key = os.path.join(folder, name.split('_')[0]) if join_shots else vdir
+                groups.setdefault(key, []).append(vdir)
+        videos = []
+        for key, shots in groups.items():
+            video: Dict[str, List[str]] = dict(images=[], maps=[], fixation=[])
+            for vdir in shots:
+                frames = {k: _frames(os.path.join(vdir, k)) for k in video}
+                missing = [k for k in ('maps', 'fixation')
+                           if len(frames[k]) != len(frames['images'])]
+                if missing:
+                    raise ValueError(f'{vdir}: {len(frames["images"])} frames but '
+                                     + ', '.join(f'{len(frames[k])} {k}' for k in missing))
+                for k in video:
+                    video[k] += frames[k]
+            if video['images']:
+                video['name'] = key
+                videos.append(video)
+        return videos
+
     def __len__(self) -> int:
         return len(self.index)
 
@@ -121,9 +163,7 @@ class VideoSaliencyDataset(Dataset):
         for j in rng.choice(len(pool), size=min(self.other_frames, len(pool)), replace=False):
             v, t = self.index[pool[j]]
             fix = _read(self.videos[v]['fixation'][t], cv2.IMREAD_GRAYSCALE)
-            if fix.shape != shape:
-                fix = cv2.resize(fix, shape[::-1], interpolation=cv2.INTER_NEAREST)
-            union |= (fix > 0).astype(np.uint8)
+            union[rescale_fixations(fix > 0, shape)] = 1
         return union
 
     def _target_map(self, v: int, t: int) -> Tuple[int, np.ndarray]:
@@ -152,13 +192,17 @@ class VideoSaliencyDataset(Dataset):
         v, t = self.index[idx]
         t, sal = self._target_map(v, t)
         video = self.videos[v]
-        h, w = self.frame_size
-        frames = []
+        views: Dict[str, List[np.ndarray]] = {f'{h}x{w}': [] for h, w in self.frame_sizes}
         last = len(video['images']) - 1
         for k in range(t - self.clip_len + 1, t + self.frames_after + 1):
-            img = _read(video['images'][min(max(k, 0), last)], cv2.IMREAD_COLOR)[:, :, ::-1]
-            frames.append(cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
-        clip = torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2)
+            img = Image.fromarray(_read(video['images'][min(max(k, 0), last)],
+                                        cv2.IMREAD_COLOR)[:, :, ::-1])
+            for (h, w), frames in zip(self.frame_sizes, views.values()):
+                frames.append(np.asarray(img if img.size == (w, h) else
+                                         img.resize((w, h), Image.BILINEAR)))
+        clips = {key: torch.from_numpy(np.ascontiguousarray(np.stack(frames))).permute(0, 3, 1, 2)
+                 for key, frames in views.items()}
+        clip = clips if self.several_sizes else next(iter(clips.values()))
         sal = sal.astype(np.float32) / 255.0
         fix = (_read(video['fixation'][t], cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
         if sal.shape != fix.shape:

@@ -25,6 +25,9 @@ class SaliencyEvaluator(MemberwiseMetric):
     of frames scored. The s-AUC needs ``other_fixation`` in the data samples (the union of
     other frames' fixations, which the saliency datasets provide); without it, it is dropped.
 
+    ``loss`` is KLD - CC, the task loss on the scored maps: a member's best weights are kept
+    on CC and on it (the paper authors select on the validation loss).
+
     Data samples: a dict with ``map`` (``[N, H, W]`` continuous ground truth), ``fixation``
     (``[N, H, W]`` binary) and optionally ``other_fixation``. Predictions: ``[M, N, h, w]``.
     """
@@ -80,4 +83,9 @@ class SaliencyEvaluator(MemberwiseMetric):
             ok = ~np.isnan(col)
             out[name] = float(col[ok].mean()) if ok.any() else float('nan')
             out[f'dropped_{name}'] = float((~ok).sum())
+        # the task loss KL - CC on the scored maps: what the authors keep each model's best on
+        out['loss'] = out['KLD'] - out['CC']
         return out
+
+    def selection_metrics(self) -> Dict[str, bool]:
+        return {'CC': True, 'loss': False}

@@ -30,8 +30,8 @@ class SaliencyMember(Member):
             target frame.
         frame_offsets: the frames it takes instead, as offsets from the target frame (ViNet-A:
             every second frame of a 64-frame window centred on the target,
-            ``[-31, -29, ..., -1, 1, ..., 31]``); frames outside the shared clip are clamped
-            to its ends.
+            ``[-31, -29, ..., -1, 1, ..., 31]``); the dataset must deliver the frames after
+            the target (``frames_after``).
         input_size: ``(H, W)`` the network takes; frames are resized to it.
         mean, std: per-channel normalisation of [0, 1] RGB frames.
         kl_weight, cc_weight: the task loss ``kl_weight * KL - cc_weight * CC``.
@@ -64,16 +64,31 @@ class SaliencyMember(Member):
     def partition_loss_kind(self) -> str:
         return 'saliency_kl_cc'
 
-    def view(self, clips: Tensor, target_pos: Optional[int] = None) -> Tensor:
+    def view(self, clips: Any, target_pos: Optional[int] = None) -> Tensor:
         """Shared ``uint8 [N, T, 3, H, W]`` clips whose frame ``target_pos`` (default: the
-        last) is the target -> this network's input ``[N, 3, t, h, w]``."""
+        last) is the target -> this network's input ``[N, 3, t, h, w]``. ``clips`` may be a
+        dict ``{'HxW': clips}`` of the same frames at several sizes (the dataset's
+        ``frame_size`` list): this member takes the one at its input size, resized once from
+        the source frames; a single size is resized here when it differs (antialiased
+        bilinear, within a grey level of PIL's filter)."""
+        if isinstance(clips, dict):
+            key = f'{self.input_size[0]}x{self.input_size[1]}'
+            if key not in clips:
+                raise KeyError(f'member {self.name!r} takes {key} frames; the batch has '
+                               f'{sorted(clips)} (add {list(self.input_size)} to the dataset\'s '
+                               'frame_size)')
+            clips = clips[key]
         last = clips.shape[1] - 1
         pos = last if target_pos is None else int(target_pos)
         if pos + min(self.frame_offsets) < 0:
             raise ValueError(f'member {self.name!r} needs {-min(self.frame_offsets)} frames '
-                             f'before the target, the clips have {pos}')
-        index = [min(max(pos + o, 0), last) for o in self.frame_offsets]
-        x = clips[:, index].float().div_(255.0)
+                             f'before the target, the clips have {pos} (the dataset\'s '
+                             'clip_len counts them with the target)')
+        if pos + max(self.frame_offsets) > last:
+            raise ValueError(f'member {self.name!r} needs {max(self.frame_offsets)} frames '
+                             f'after the target, the clips have {last - pos} (the dataset\'s '
+                             'frames_after)')
+        x = clips[:, [pos + o for o in self.frame_offsets]].float().div_(255.0)
         n, t = x.shape[:2]
         if tuple(x.shape[-2:]) != self.input_size:
             x = F.interpolate(x.flatten(0, 1), size=self.input_size, mode='bilinear',
@@ -207,8 +222,14 @@ class ViNetSMember(SaliencyMember):
         return source
 
 
-#: ViNet-A's input: every second frame of a 64-frame window centred on the target frame
-VINET_A_OFFSETS = tuple(range(-31, 32, 2))
+#: ViNet-A's frame windows, as offsets from the target frame. ``release``: ViNet-A's release
+#: (every second frame of the 64 around the target, the target itself not among them);
+#: ``authors_dhf1k`` / ``authors_hollywood2``: the paper authors' Bi-KD loaders, which produced
+#: Tables 5-6 (DHF1K: every second frame, -32..+30, the target included; Hollywood-2: the 32
+#: consecutive frames -16..+15).
+VINET_A_WINDOWS = {'release': tuple(range(-31, 32, 2)),
+                   'authors_dhf1k': tuple(range(-32, 31, 2)),
+                   'authors_hollywood2': tuple(range(-16, 16))}
 
 
 def _match_suffixes(state: Dict[str, Tensor], names) -> Dict[str, Tensor]:
@@ -226,9 +247,13 @@ def _match_suffixes(state: Dict[str, Tensor], names) -> Dict[str, Tensor]:
 
 @MEMBERS.register_module()
 class ViNetAMember(SaliencyMember):
-    """ViNet-A: every second frame of the 64 around the target frame (32 frames), 256x456,
-    mean 0.45 and std 0.225; the dataset must deliver 31 frames after the target
-    (``frames_after: 31``).
+    """ViNet-A: 32 frames around the target frame, 256x456, mean 0.45 and std 0.225.
+
+    ``window`` names its frames (:data:`VINET_A_WINDOWS`): ``release`` (default: every second
+    frame of the 64 around the target, as ViNet-A's release trains and evaluates), or the paper
+    authors' Bi-KD loaders, ``authors_dhf1k`` and ``authors_hollywood2``, which the paper's
+    Bi-KD configs use for training and evaluation alike. The dataset must deliver the frames
+    after the target the window reaches (``frames_after``: 31, 30 or 15).
 
     Weights: ``checkpoint`` (the release's file, e.g. ``ViNet_A_DHF1K_...pt``, a plain
     state dict of ``ViNet_A``, or our export of it, which has the same names); else with
@@ -244,11 +269,15 @@ class ViNetAMember(SaliencyMember):
 
     def __init__(self, name: str = 'vinet_a', checkpoint: Optional[str] = None,
                  backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
-                 arch: Optional[dict] = None, trust_checkpoint: bool = False, **kwargs):
+                 arch: Optional[dict] = None, trust_checkpoint: bool = False,
+                 window: str = 'release', **kwargs):
+        if window not in VINET_A_WINDOWS:
+            raise ValueError(f'window must be one of {sorted(VINET_A_WINDOWS)}, got {window!r}')
         kwargs = {**dict(clip_len=32, input_size=(256, 456), mean=(0.45, ) * 3,
-                         std=(0.225, ) * 3, frame_offsets=VINET_A_OFFSETS), **kwargs}
+                         std=(0.225, ) * 3, frame_offsets=VINET_A_WINDOWS[window]), **kwargs}
         super().__init__(name, pretrained=pretrained, checkpoint=checkpoint,
                          trust_checkpoint=trust_checkpoint, **kwargs)
+        self.window = window
         self.backbone_checkpoint = backbone_checkpoint
         self.net = ViNetA(self.input_size, **(arch or {}))
 

@@ -149,3 +149,32 @@ def test_recovered_matches_table3():
     assert recovered(79.152, 80.544, 80.274) == pytest.approx(124.0, abs=0.1)
     assert recovered(75.466, 76.364, 80.274) == pytest.approx(18.7, abs=0.05)
     assert math.isnan(recovered(80.0, 81.0, 80.0))
+
+
+def test_teachers_are_chosen_in_the_scores_own_precision():
+    """Float64 confidences that differ below float32's resolution are not ties: the teacher
+    is the float64 argmax (ties to the later member only where they are exactly equal)."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.rand(1000, generator=g, dtype=torch.float64) * 0.5 + 0.25
+    tiny = (torch.rand(1000, generator=g, dtype=torch.float64) - 0.5) * 1e-9
+    scores = torch.stack([base, base + tiny])
+    assert (scores[0].float() == scores[1].float()).sum() > 400  # ties in float32
+    expected = (scores[1] >= scores[0]).long()
+    assert torch.equal(select_teachers(scores), expected)
+    assert torch.equal(select_teachers(-scores, higher_is_better=False), expected)
+
+
+def test_tied_samples_teach_nobody_with_ties_skip():
+    from bikd.partition import NO_TEACHER, teacher_share
+    scores = torch.tensor([[0.9, 0.2, 0.2, 0.5], [0.1, 0.6, 0.8, 0.7], [0.3, 0.4, 0.8, 0.1]])
+    assert select_teachers(scores).tolist() == [0, 1, 2, 1]
+    skip = select_teachers(scores, ties='skip')
+    assert skip.tolist() == [0, 1, NO_TEACHER, 1]  # sample 2: members 1 and 2 tie for the best
+    assert teacher_share(skip, 3).tolist() == pytest.approx([0.25, 0.5, 0.0])
+    logits = [torch.randn(4, 3, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    full = distillation_loss(logits, select_teachers(scores))
+    kept = distillation_loss([z[[0, 1, 3]] for z in logits], torch.tensor([0, 1, 1]))
+    assert distillation_loss(logits, skip).item() == pytest.approx(kept.item() * 3 / 4)
+    assert full.item() != pytest.approx(distillation_loss(logits, skip).item())
+    with pytest.raises(ValueError, match="ties must be one of"):
+        select_teachers(scores, ties='first')

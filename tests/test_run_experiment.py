@@ -16,8 +16,14 @@ def experiment(digits_root, tmp_path_factory):
     out = tmp_path_factory.mktemp('experiment')
     proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
                     *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
-                    'train_cfg.val_interval=1')
+                    'train_cfg.val_interval=1', *KLDP_RECIPE)
     return out, proc.stdout
+
+
+#: a recipe of KL+DP's own, as the Table 2 configs give it (there: SGD as Roth et al.)
+KLDP_RECIPE = ['method_recipes.kldp.optim_wrapper.optimizer.type=SGD',
+               'method_recipes.kldp.optim_wrapper.optimizer.lr=0.01',
+               'method_recipes.kldp.optim_wrapper.optimizer.momentum=0.9']
 
 
 def test_every_method_runs_and_the_report_is_written(experiment):
@@ -150,3 +156,19 @@ def test_a_method_registered_by_the_user_runs_with_no_edit_of_the_tools(digits_r
                     expect_ok=False)
     assert proc.returncode != 0 and "unknown method(s) ['nosuch']; registered methods:" in \
         proc.stdout
+
+
+def test_kldp_trains_with_its_own_recipe_unless_asked_for_the_same(experiment, digits_root):
+    out, stdout = experiment
+    for run in ('kldp_resnet', 'kldp_convnext'):
+        text = (out / 'configs' / f'{run}.py').read_text()
+        assert "type='SGD'" in text and 'momentum=0.9' in text, run
+    assert "type='Adam'" in (out / 'configs' / 'bikd.py').read_text()
+    assert 'kldp: its own (method_recipes.kldp)' in stdout and "bikd: the config's" in stdout
+    proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
+                    '--methods', 'kldp', '--same-recipe',
+                    *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
+                    'train_cfg.val_interval=1', *KLDP_RECIPE)
+    assert 'kldp_resnet: the config changed' in proc.stdout
+    assert "type='Adam'" in (out / 'configs' / 'kldp_resnet.py').read_text()
+    assert "kldp: the config's" in (out / 'report.md').read_text()

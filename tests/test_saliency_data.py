@@ -3,6 +3,7 @@ s-AUC negatives come from other videos, bad input is named."""
 import os
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -80,7 +81,17 @@ def test_hollywood2_layout(dhf1k, tmp_path):
     for i, name in enumerate(sorted(os.listdir(root / 'testing'))):
         os.rename(root / 'testing' / name, root / 'testing' / f'actioncliptest00{i}_1')
     ds = VideoSaliencyDataset(str(root), 'test', layout='hollywood2', clip_len=4)
-    assert len(ds) == 20 and ds.videos[0]['name'].endswith('actioncliptest000_1')
+    assert len(ds) == 20 and ds.videos[0]['name'].endswith('actioncliptest000')
+    # the shots of a video are one frame sequence (as the releases' loaders join them) ...
+    os.rename(root / 'testing' / 'actioncliptest001_1', root / 'testing' / 'actioncliptest000_2')
+    ds = VideoSaliencyDataset(str(root), 'test', layout='hollywood2', clip_len=4)
+    assert [len(v['images']) for v in ds.videos] == [20]
+    assert ds.videos[0]['images'][10].split(os.sep)[-3] == 'actioncliptest000_2'
+    # ... unless each shot is asked to be a video of its own
+    ds = VideoSaliencyDataset(str(root), 'test', layout='hollywood2', clip_len=4,
+                              join_shots=False)
+    assert [v['name'].split(os.sep)[-1] for v in ds.videos] == [
+        'actioncliptest000_1', 'actioncliptest000_2']
 
 
 def test_centred_windows_take_frames_after_the_target(dhf1k):
@@ -125,3 +136,47 @@ def test_all_zero_training_map_is_replaced_and_named(dhf1k, tmp_path):
         ds[0]
     val = VideoSaliencyDataset(str(root), 'val', clip_len=4)
     assert len(val) == 20
+
+
+def test_frames_are_resized_once_from_the_source_with_the_releases_filter(dhf1k):
+    """Several sizes: each member's frames are PIL's bilinear resize of the decoded source
+    frame (as the releases' transforms.Resize does); a member resizing a single shared size
+    itself lands within one grey level of PIL's filter."""
+    from PIL import Image
+
+    from saliency_bikd.member import SaliencyMember
+    ds = VideoSaliencyDataset(dhf1k, 'val', clip_len=4, frame_size=[[36, 64], [24, 40]])
+    sample = ds[5]
+    assert set(sample['inputs']) == {'36x64', '24x40'}
+    source = Image.open(ds.videos[0]['images'][5]).convert('RGB')
+    for key, (h, w) in (('36x64', (36, 64)), ('24x40', (24, 40))):
+        expected = np.asarray(source.resize((w, h), Image.BILINEAR))
+        assert np.array_equal(sample['inputs'][key][-1].permute(1, 2, 0).numpy(), expected)
+    # a member fed the source size resizes with an antialiased filter, within 1 of PIL's
+    member = SaliencyMember('m', clip_len=1, input_size=(24, 40), mean=(0, 0, 0),
+                            std=(1, 1, 1), pretrained=False)
+    rng = np.random.default_rng(0)
+    photo = cv2.GaussianBlur(rng.integers(0, 256, (360, 640, 3)).astype(np.uint8), (0, 0), 2)
+    clip = torch.from_numpy(photo).permute(2, 0, 1)[None, None]
+    ours = (member.view(clip)[0, :, 0] * 255).round().permute(1, 2, 0).numpy()
+    pil = np.asarray(Image.fromarray(photo).resize((40, 24), Image.BILINEAR)).astype(np.float64)
+    assert np.abs(ours - pil).max() <= 1
+
+
+def test_s_auc_negatives_keep_single_pixel_fixations_when_downscaled():
+    """200 single-pixel fixations at 720x1280 moved to 360x640 by their coordinates (the
+    MATLAB code's way): none lost, each where its coordinates scale to."""
+    from saliency_bikd.data import rescale_fixations
+    rng = np.random.default_rng(0)
+    fix = np.zeros((720, 1280), bool)
+    ys = rng.choice(360, 200, replace=False) * 2 + rng.integers(0, 2, 200)
+    xs = rng.choice(640, 200, replace=False) * 2 + rng.integers(0, 2, 200)
+    fix[ys, xs] = True
+    rows, cols = rescale_fixations(fix, (360, 640))
+    small = np.zeros((360, 640), bool)
+    small[rows, cols] = True
+    assert small.sum() == 200
+    assert set(zip(rows.tolist(), cols.tolist())) == set(zip((ys // 2).tolist(),
+                                                             (xs // 2).tolist()))
+    resized = cv2.resize(fix.astype(np.uint8), (640, 360), interpolation=cv2.INTER_NEAREST)
+    assert resized.sum() < 200  # what nearest-neighbour resizing of the map loses

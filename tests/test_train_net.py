@@ -234,3 +234,75 @@ def test_killed_run_resumes_to_the_same_weights_bit_for_bit(digits_root, tmp_pat
     for a, b in zip(whole['optimizer']['state'].values(), resumed['optimizer']['state'].values()):
         assert all(torch.equal(a[k], b[k]) for k in a)
     assert read_summary(tmp_path / 'whole')['members'] == read_summary(cut)['members']
+    # each member's best weights: the evaluation after epoch 1 ran after the checkpoint the
+    # run resumed from, and its best is kept all the same
+    from bikd.engine.best import read_best
+    best = read_best(tmp_path / 'whole')
+    assert best and best == read_best(cut) == read_summary(cut)['best']
+    for member, metrics in best.items():
+        for record in metrics.values():
+            a = torch.load(tmp_path / 'whole' / 'best' / record['file'], weights_only=True)
+            b = torch.load(cut / 'best' / record['file'], weights_only=True)
+            assert all(torch.equal(a[k], b[k]) for k in a), member
+
+
+def test_each_members_best_weights_are_kept_exported_and_scored_on_another_split(digits_root,
+                                                                                 tmp_path):
+    """Three evaluations: each member's best (chosen on the validation split) is the best of
+    its logged evaluations, its weights are kept and exported by --which best, and a test
+    split scores the last and the best weights."""
+    import shutil
+    data = tmp_path / 'digits'
+    shutil.copytree(digits_root, data)
+    shutil.copytree(data / 'val', data / 'test')
+    work = tmp_path / 'run'
+    config = tmp_path / 'with_test_split.yaml'  # what a user adds for a split of its own
+    config.write_text(f"""_base_: {CONFIG}
+test_dataloader:
+  batch_size: 256
+  num_workers: 0
+  sampler: {{type: DefaultSampler, shuffle: false}}
+  collate_fn: {{type: default_collate}}
+  dataset:
+    type: ImageFolderDataset
+    data_root: {data}
+    split: test
+    transform: {{input_size: 32, is_training: false, crop_pct: 1.0, interpolation: bilinear}}
+test_evaluator: {{type: ClassificationEvaluator, topk: [1, 5]}}
+test_cfg: {{type: TestLoop}}
+""")
+    proc = run_tool('train_net.py', '--config-file', config,
+                    *digits_overrides(data, str(work)), 'train_dataloader.batch_size=64',
+                    'train_cfg.max_epochs=3', 'train_cfg.val_interval=1',
+                    'optim_wrapper.optimizer.lr=0.003')
+    summary = read_summary(work)
+    # the best of the evaluations during training, from the log (the one before it excluded)
+    (scalars, ) = [work / d / 'vis_data' / 'scalars.json' for d in os.listdir(work)
+                   if (work / d / 'vis_data' / 'scalars.json').is_file()]
+    records = [json.loads(line) for line in open(scalars) if 'resnet/top1' in line]
+    assert [r['step'] for r in records] == [0, 1, 2, 3]  # epochs; 20 iterations each
+    for member in ('resnet', 'convnext'):
+        scores = [(r[f'{member}/top1'], r['step'] * 20) for r in records[1:]]
+        value, step = max(scores, key=lambda x: (x[0], -x[1]))  # ties: the earlier
+        assert summary['best'][member]['top1'] == dict(iteration=step, value=value,
+                                                       file=f'{member}.top1.pth')
+    assert re.search(r'best \(iteration\)', proc.stdout)
+    # --which best exports those weights
+    out = tmp_path / 'export'
+    run_tool('export_members.py', '--config-file', config, '--which', 'best', '--output-dir',
+             out, f'work_dir={work}', 'model.random_init=true')
+    for member in ('resnet', 'convnext'):
+        kept = torch.load(work / 'best' / f'{member}.top1.pth', weights_only=True)
+        exported = torch.load(out / f'{member}.pth', weights_only=True)
+        assert all(torch.equal(exported[k], kept[f'model.{k}']) for k in exported), member
+    # the test split scored the last and the best weights, the last as the validation did
+    test = summary['test']
+    assert test['best_iterations'] == {m: summary['best'][m]['top1']['iteration']
+                                       for m in ('resnet', 'convnext')}
+    for member in ('resnet', 'convnext'):
+        assert test['last'][f'{member}/top1'] == pytest.approx(
+            summary['members'][member]['after']['top1'])
+        assert test['best'][f'{member}/top1'] == pytest.approx(
+            summary['best'][member]['top1']['value'])
+    assert 'on the test split, last / best weights (chosen on the validation top1)' in \
+        proc.stdout

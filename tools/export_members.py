@@ -2,10 +2,14 @@
 """Export every trained member in its native format (timm: a state dict for
 ``timm.create_model(name, checkpoint_path=...)``) plus a JSON describing it.
 
-    python tools/export_members.py --config-file FILE [--checkpoint CKPT] [--output-dir DIR] [key=value ...]
+    python tools/export_members.py --config-file FILE [--which last|best] [--metric NAME]
+                                   [--checkpoint CKPT] [--output-dir DIR] [key=value ...]
 
-Without --checkpoint, the last checkpoint of the config's work_dir is exported; without
---output-dir, files go to <work_dir>/export.
+``--which last`` (default) exports the members of a runner checkpoint: --checkpoint, or the
+last one of the config's work_dir. ``--which best`` exports each member's best weights of the
+run (``<work_dir>/best/``, chosen at the evaluations on the validation split) for --metric
+(default: the evaluator's primary metric, e.g. top1, mIoU, CC; saliency runs also keep the
+best by validation ``loss``). Without --output-dir, files go to <work_dir>/export.
 """
 import argparse
 import os.path as osp
@@ -22,6 +26,10 @@ def main(argv=None):
     parser.add_argument('--config-file', required=True, metavar='FILE')
     parser.add_argument('--checkpoint', help='runner checkpoint (default: last in work_dir)')
     parser.add_argument('--output-dir', help='default: <work_dir>/export')
+    parser.add_argument('--which', choices=['last', 'best'], default='last',
+                        help="the run's last weights, or each member's best")
+    parser.add_argument('--metric', help='with --which best: the selection metric (default: '
+                                         "the evaluator's primary metric)")
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
 
@@ -33,10 +41,18 @@ def main(argv=None):
         raise FileNotFoundError(f'no checkpoint given and none found in {work_dir}; pass '
                                 '--checkpoint or work_dir=...')
     model = load_trained(args.config_file, ckpt, args.opts)
+    source = osp.abspath(ckpt)
+    if args.which == 'best':
+        from bikd.engine.best import load_best_members
+        from mmengine.registry import METRICS
+        metric = args.metric or METRICS.build(dict(cfg.val_evaluator)).primary_metric
+        iterations = load_best_members(model, work_dir, metric)
+        source = f'best {metric} of {osp.abspath(work_dir)}: ' + ', '.join(
+            f'{name} iteration {it}' for name, it in iterations.items())
     out_dir = args.output_dir or osp.join(work_dir, 'export')
-    for info in export_members(model, out_dir, source=osp.abspath(ckpt)):
+    for info in export_members(model, out_dir, source=source):
         print(f'{info["member"]}: {osp.join(out_dir, info.get("checkpoint", ""))}')
-    print(f'exported {len(model.members)} member(s) from {ckpt} to {out_dir}')
+    print(f'exported {len(model.members)} member(s) ({source}) to {out_dir}')
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ report folder per config and ``kway.md`` / ``kway.csv`` / ``kway.png``: each mem
 per method as members are added.
 """
 import argparse
+import copy
 import csv
 import json
 import os
@@ -227,10 +228,12 @@ def _write_csv(rows: List[dict], path: str) -> None:
         writer.writerows(rows)
 
 
-def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str]):
+def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
+               same_recipe: bool = False):
     """Every run of ``methods`` (default: every registered method) on ``config`` (reusing
     finished ones) and its report in ``out``; returns the report's rows, the member names and
-    the run order."""
+    the run order. A method's runs take the config's ``method_recipes.<method>`` (its own
+    optimiser or schedule), unless ``same_recipe``."""
     from bikd.engine import load_config
     from bikd.fileio import save_json, save_text
     from bikd.meta_arch import member_names
@@ -240,11 +243,18 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
     classes = method_classes(methods)
     runs = plan_runs(cfg.model.to_dict(), classes)
     names = member_names(cfg.model)
-    summaries = {}
+    recipes = {} if same_recipe else (cfg.get('method_recipes') or {})
+    summaries, recipe_of = {}, {}
     for i, (run, planned) in enumerate(runs.items(), start=1):
         work = os.path.join(out, 'runs', run)
         summary_path = os.path.join(work, 'summary.json')
         run_cfg = cfg.copy()
+        run_cfg.pop('method_recipes', None)  # the experiment's business, not the run's
+        recipe = recipes.get(planned.method)
+        if recipe:
+            run_cfg.merge_from_dict(copy.deepcopy(recipe.to_dict()))
+        recipe_of[planned.method] = 'its own (method_recipes.' + planned.method + ')' \
+            if recipe else 'the config\'s'
         run_cfg.model = planned.model
         run_cfg.work_dir = work
         path = os.path.join(out, 'configs', f'{run}.py')
@@ -271,11 +281,13 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
     comparison = against_controls(rows, order, classes)
     if comparison:
         report += '\n' + '\n'.join(['```'] + comparison + ['```']) + '\n'
+    report += '\nOptimiser and schedule of each method: ' + ', '.join(
+        f'{m}: {r}' for m, r in recipe_of.items()) + '.\n'
     save_text(report, os.path.join(out, 'report.md'))
     _write_csv(rows, os.path.join(out, 'report.csv'))
     save_json(dict(config=os.path.abspath(config), runs=order, rows=rows,
                    work_dirs={r: os.path.join(out, 'runs', r) for r in order},
-                   against_controls=comparison),
+                   against_controls=comparison, recipes=recipe_of),
               os.path.join(out, 'report.json'))
     bikd_run = next((r for r in order if runs[r].method == 'bikd'), '')
     plots(rows, names, order, os.path.join(out, 'runs', bikd_run) if bikd_run else '', out)
@@ -340,6 +352,9 @@ def main(argv=None):
                         help='comma-separated methods (default: every registered method: '
                              'bikd,kldp,kd,dml,independent and any the config registers)')
     parser.add_argument('--output-dir', help='default: work_dirs/experiments/<config name>')
+    parser.add_argument('--same-recipe', action='store_true',
+                        help="every method with the config's optimiser and schedule, also those "
+                             'the config gives a recipe of their own (method_recipes)')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
@@ -349,9 +364,10 @@ def main(argv=None):
     default = stems[0] if len(stems) == 1 else f'kway_{stems[0]}'
     out = os.path.abspath(args.output_dir or os.path.join('work_dirs', 'experiments', default))
     if len(stems) == 1:
-        run_config(args.config_file[0], methods, out, args.opts)
+        run_config(args.config_file[0], methods, out, args.opts, args.same_recipe)
         return 0
-    results = {stem: run_config(c, methods, os.path.join(out, stem), args.opts)
+    results = {stem: run_config(c, methods, os.path.join(out, stem), args.opts,
+                                args.same_recipe)
                for stem, c in zip(stems, args.config_file)}
     print('\n' + kway(results, methods or list(method_classes()), out))
     print(f'K-way report: {out}/kway.md, kway.csv, kway.png')

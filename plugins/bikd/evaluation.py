@@ -29,6 +29,11 @@ class MemberwiseMetric(BaseMetric):
         #: per model, the per-sample outcome of the last evaluation (see ``sample_outcome``)
         self.last_outcomes: Dict[str, np.ndarray] = {}
 
+    def selection_metrics(self) -> Dict[str, bool]:
+        """The metrics a member's best weights are chosen on, name -> higher is better (see
+        :class:`bikd.engine.best.BestMembersHook`): the primary metric by default."""
+        return {self.primary_metric: self.higher_is_better}
+
     def sample_stats(self, preds: Tensor, data_batch: Any) -> List[Any]:
         """Per-sample statistics of all models: one entry per sample of the batch.
 

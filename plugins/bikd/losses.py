@@ -27,7 +27,8 @@ def masked_kl(log_probs: Sequence[Tensor], teacher: Tensor, detach_teacher: bool
 
     Args:
         log_probs: K tensors ``[N, C, *spatial]`` of log-probabilities over axis 1.
-        teacher: ``LongTensor[N]``, the teacher's member index per sample.
+        teacher: ``LongTensor[N]``, the teacher's member index per sample; a negative index
+            (:data:`bikd.partition.NO_TEACHER`) gives that sample no distillation.
         detach_teacher: stop the gradient into the teacher's distribution (standard
             distillation). ``False`` lets it flow, as the paper authors' released code does.
 
@@ -61,12 +62,13 @@ def masked_kl(log_probs: Sequence[Tensor], teacher: Tensor, detach_teacher: bool
     # each student then costs one cross term sum_c p_t log p_j.
     neg_entropy = torch.where(p_teacher > 0, p_teacher * lp_teacher, 0.0).sum(dim=1)
     total = log_probs[0].new_zeros(())
+    taught = teacher >= 0
     for j, lp in enumerate(log_probs):
-        student = teacher != j
+        student = (teacher != j) & taught
         kl = neg_entropy - (p_teacher * lp).sum(dim=1)  # [N, *spatial]
         if kl.dim() > 1:
             kl = kl.flatten(1).mean(dim=1)
-        total = total + (kl * student.to(kl.dtype)).sum()
+        total = total + torch.where(student, kl, 0.0).sum()
     return total
 
 

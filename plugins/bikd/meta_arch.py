@@ -21,7 +21,7 @@ from torch.profiler import record_function
 
 from .losses import distillation_loss, positive_temperature
 from .member import Member, MemberOutput
-from .partition import select_teachers, teacher_share
+from .partition import TIE_RULES, select_teachers, teacher_share
 from .registry import MEMBERS, META_ARCH, accepted_arguments
 from .step import StepOutput, report_nonfinite_terms
 
@@ -248,8 +248,14 @@ class BiKDMetaArch(MultiMemberMetaArch):
         partition: ``'confidence'`` or ``'loss'``.
         temperature: T of Eq. 1.
         detach_teacher: stop the distillation gradient into the teacher (standard
-            distillation). ``False`` lets it flow, as the paper authors' released code does
-            for two members.
+            distillation, the default). ``False`` lets it flow into the teacher too, as the
+            paper authors' classification and saliency scripts do.
+        detach_student: also stop it into the students, so that the distillation term is
+            computed and logged but trains nothing: the authors' segmentation code, which is
+            therefore equivalent to the Independent control.
+        ties: a sample whose best score is shared by several members: ``'later'`` (the
+            later member teaches, as Eq. 3 / 6 say for two members; the default) or
+            ``'skip'`` (nobody teaches it, as the authors' three- and four-model scripts do).
 
     Logged per step: each member's task loss, the distillation term and the share of the
     batch each member taught (:mod:`bikd.step`).
@@ -259,13 +265,18 @@ class BiKDMetaArch(MultiMemberMetaArch):
     distills = True
 
     def __init__(self, members: Sequence[Union[dict, Member]], partition: str = 'confidence',
-                 temperature: float = 1.0, detach_teacher: bool = True, **kwargs):
+                 temperature: float = 1.0, detach_teacher: bool = True,
+                 detach_student: bool = False, ties: str = 'later', **kwargs):
         super().__init__(members, **kwargs)
         if partition not in PARTITIONS:
             raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
+        if ties not in TIE_RULES:
+            raise ValueError(f'ties must be one of {TIE_RULES}, got {ties!r}')
         self.partition = partition
         self.temperature = positive_temperature(temperature)
         self.detach_teacher = bool(detach_teacher)
+        self.detach_student = bool(detach_student)
+        self.ties = ties
         kinds = {m.name: m.partition_loss_kind for m in self.members}
         if partition == 'loss' and len(set(kinds.values())) > 1:
             warnings.warn(f'partition="loss" compares per-sample losses that the members define '
@@ -280,9 +291,10 @@ class BiKDMetaArch(MultiMemberMetaArch):
             if missing:
                 raise ValueError(f'members {missing} give no ground-truth confidence; use '
                                  "partition='loss' for this task")
-            return select_teachers(torch.stack([o.confidence for o in outputs]), True)
+            return select_teachers(torch.stack([o.confidence for o in outputs]), True,
+                                   self.ties)
         losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
-        return select_teachers(torch.stack([x.detach() for x in losses]), False)
+        return select_teachers(torch.stack([x.detach() for x in losses]), False, self.ties)
 
     def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
         outputs = self.forward_members(inputs, data_samples)
@@ -295,8 +307,10 @@ class BiKDMetaArch(MultiMemberMetaArch):
             share = teacher_share(teachers, len(outputs))
             out.teacher_share = dict(zip(self.member_names, share))
             if self.distills:
-                out.distill_loss = distillation_loss([o.logits for o in outputs], teachers,
-                                                     self.temperature, self.detach_teacher)
+                logits = [o.logits.detach() if self.detach_student else o.logits
+                          for o in outputs]
+                out.distill_loss = distillation_loss(logits, teachers, self.temperature,
+                                                     self.detach_teacher)
         return out
 
 

@@ -7,29 +7,48 @@ from torch import Tensor
 from .losses import at_least_fp32
 
 
-def select_teachers(scores: Tensor, higher_is_better: bool = True) -> Tensor:
+#: what a sample whose best score is shared by several members gets
+TIE_RULES = ('later', 'skip')
+#: the teacher index of a sample that teaches nobody (``ties='skip'``)
+NO_TEACHER = -1
+
+
+def select_teachers(scores: Tensor, higher_is_better: bool = True, ties: str = 'later') -> Tensor:
     """Pick the teacher of every sample.
 
     Args:
         scores: ``[K, N]`` score of each of K members on each of N samples: the ground-truth
             confidence (``higher_is_better=True``, Eq. 3 / 11) or the per-sample task loss
-            (``higher_is_better=False``, Eq. 6).
+            (``higher_is_better=False``, Eq. 6). Compared in their own precision (float64
+            stays float64; half precision is compared in float32).
         higher_is_better: whether the best score is the largest one.
+        ties: a sample whose best score is shared by several members: ``'later'`` gives it
+            to the highest member index among them, as Eq. 3 and Eq. 6 give it to the second
+            member; ``'skip'`` gives it to nobody (:data:`NO_TEACHER`), as the paper authors'
+            three- and four-model scripts do.
 
     Returns:
-        ``LongTensor[N]``: the teacher's member index per sample. Ties go to the *highest*
-        member index, as Eq. 3 and Eq. 6 give them to the second member. A NaN score never
-        wins, unless every member's score is NaN (then the last member is chosen).
+        ``LongTensor[N]``: the teacher's member index per sample (or :data:`NO_TEACHER`). A
+        NaN score never wins, unless every member's score is NaN (then the last member is
+        chosen, or nobody with ``'skip'``).
     """
     if scores.dim() != 2:
         raise ValueError(f'scores must have shape [K, N], got {tuple(scores.shape)}')
+    if ties not in TIE_RULES:
+        raise ValueError(f'ties must be one of {TIE_RULES}, got {ties!r}')
     scores = scores.detach()
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
     if not higher_is_better:
         scores = -scores
-    scores = torch.nan_to_num(scores.float(), nan=float('-inf'))
+    scores = torch.nan_to_num(scores, nan=float('-inf'))
     # argmax returns the first maximum; flipping the member axis turns that into the last one.
     k = scores.shape[0]
-    return (k - 1) - scores.flip(0).argmax(dim=0)
+    teachers = (k - 1) - scores.flip(0).argmax(dim=0)
+    if ties == 'skip':
+        best = scores.amax(dim=0)
+        shared = (scores == best).sum(dim=0) > 1
+        teachers = torch.where(shared, torch.full_like(teachers, NO_TEACHER), teachers)
+    return teachers
 
 
 @torch.no_grad()
@@ -61,6 +80,8 @@ def gt_confidence(logits: Sequence[Tensor], targets: Tensor) -> Tensor:
 
 
 def teacher_share(teachers: Tensor, num_members: int) -> Tensor:
-    """Fraction of samples each member taught: ``Tensor[K]`` summing to 1."""
-    counts = torch.bincount(teachers, minlength=num_members).float()
+    """Fraction of samples each member taught: ``Tensor[K]``, summing to 1 less the share of
+    samples that taught nobody (``ties='skip'``)."""
+    taught = teachers[teachers >= 0]
+    counts = torch.bincount(taught, minlength=num_members).float()
     return counts / max(teachers.numel(), 1)

@@ -28,7 +28,8 @@ DATASETS = Registry('dataset', parent=mme.DATASETS, scope='bikd')
 TRANSFORMS = Registry('transform', parent=mme.TRANSFORMS, scope='bikd')
 METRICS = Registry('metric', parent=mme.METRICS, scope='bikd', locations=['bikd.evaluation'])
 HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd',
-                 locations=['bikd.engine.hooks', 'bikd.engine.random_state'])
+                 locations=['bikd.engine.hooks', 'bikd.engine.random_state',
+                            'bikd.engine.best'])
 
 RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd')
 RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=mme.RUNNER_CONSTRUCTORS, scope='bikd')

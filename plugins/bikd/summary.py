@@ -80,9 +80,13 @@ def format_table(summary: dict, title: str = '') -> str:
     def fmt(x, sign=False):
         return _fmt(x, digits, sign)
 
+    best = {name: r.get(metric) for name, r in (summary.get('best') or {}).items()
+            if r.get(metric)}
     header = ['model', f'{metric} before']
     if has_after:
         header += [f'{metric} after', 'delta', 'recovered %']
+    if best:
+        header += ['best (iteration)']
     rows = []
     for name, m in summary['members'].items():
         row = [name, fmt(m['before'].get(metric))]
@@ -90,6 +94,9 @@ def format_table(summary: dict, title: str = '') -> str:
             after = (m.get('after') or {}).get(metric)
             row += [fmt(after), fmt(m.get('delta', {}).get(metric), sign=True),
                     _fmt(m.get('recovered'), 1)]
+        if best:
+            b = best.get(name)
+            row += [f'{fmt(b["value"])} ({b["iteration"]})' if b else '-']
         rows.append(row)
     ens = summary['ensemble']
     if len(summary['members']) > 1:  # the "ensemble" of one member is that member
@@ -97,6 +104,8 @@ def format_table(summary: dict, title: str = '') -> str:
         if has_after:
             after = (ens.get('after') or {}).get(metric)
             row += [f'({fmt(after)} trained)', '', '']
+        if best:
+            row += ['']
         rows.append(row)
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
     line = '  '.join('-' * w for w in widths)
@@ -114,6 +123,14 @@ def format_table(summary: dict, title: str = '') -> str:
                  'share of samples the partition picked (the control does not use it)')
         text.append(f'{label}: ' +
                     ', '.join(f'{k} {100 * v:.1f}%' for k, v in share.items()))
+    test = summary.get('test')
+    if test and test.get('best'):
+        last, chosen = split_metrics(test['last']), split_metrics(test['best'])
+        text.append(f'on the {test["split"]} split, last / best weights (chosen on the '
+                    f'validation {test["selected_on"]}): ' + ', '.join(
+                        f'{name} {fmt(last.get(name, {}).get(metric))} / '
+                        f'{fmt(chosen.get(name, {}).get(metric))}'
+                        for name in summary['members']))
     if summary.get('skipped_steps'):
         text.append(f'steps dropped for a non-finite loss: {summary["skipped_steps"]} of '
                     f'{summary.get("iterations", "?")} (see the log for members and iterations)')

@@ -116,7 +116,9 @@ TOP_LEVEL_KEYS = frozenset({
     'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
     'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
-    'efficient_conv_bn_eval', 'custom_imports'})
+    'efficient_conv_bn_eval', 'custom_imports',
+    # tools/run_experiment.py: a method's own optimiser or schedule (method -> config keys)
+    'method_recipes'})
 
 
 class ConfigKeyError(KeyError):

@@ -12,6 +12,7 @@ from ..fileio import atomic_path, save_json
 from ..registry import HOOKS
 from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
+from .best import find_best_hook
 
 
 def unwrap(model):
@@ -112,6 +113,7 @@ class BiKDSummaryHook(Hook):
         if self.last is None or self.last_iter != runner.iter:
             runner.val_loop.run()
         model = unwrap(runner.model)
+        best = find_best_hook(runner)
         summary = build_summary(
             self.before, self.last, model.member_names, primary_metric_of(runner),
             method=type(model).__name__,
@@ -119,7 +121,7 @@ class BiKDSummaryHook(Hook):
                        teacher_share=self.teacher_share(),
                        partition_teaches=model.partition_teaches, work_dir=runner.work_dir,
                        skipped_steps=getattr(runner.optim_wrapper, 'skipped_steps', 0),
-                       **self._flips(runner, model)))
+                       **self._flips(runner, model), **(best.summary() if best else {})))
         if is_main_process():
             save_json(summary, osp.join(runner.work_dir, self.filename))
             runner.logger.info('\n' + format_table(summary, f'Result of {summary["method"]}'))
