@@ -45,11 +45,17 @@ class FixedMap(Member):
         return MemberOutput(loss=saliency_loss(self.m, gt), logits=map_log_probs(self.m))
 
 
-def ours(model, inputs, targets):
-    out = model(inputs, targets, mode='loss')
-    total = out.total()
+def assert_equals_the_authors(model, targets, tensors, authors, rel, rtol, atol):
+    """Our loss and its gradients for the members' tensors against ``authors(tensors,
+    targets)`` on copies of them."""
+    total = model(None, targets, mode='loss').total()
     grads = torch.autograd.grad(total, list(model.parameters()))
-    return total.detach(), grads
+    params = [torch.nn.Parameter(t.clone()) for t in tensors]
+    ref = authors(params, targets)
+    ref_grads = torch.autograd.grad(ref, params)
+    assert total.item() == pytest.approx(ref.item(), rel=rel)
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, rtol=rtol, atol=atol)
 
 
 # ----------------------------------------------------------------------------- classification
@@ -85,13 +91,7 @@ def test_classification_equals_the_authors_scripts(k):
         zs[j][:4] = zs[0][:4] - 8 * F.one_hot(labels[:4], c)
     model = BiKDMetaArch([FixedLogits(f'm{i}', z) for i, z in enumerate(zs)],
                          detach_teacher=False, ties='later' if k == 2 else 'skip')
-    loss, grads = ours(model, None, labels)
-    params = [torch.nn.Parameter(z.clone()) for z in zs]
-    ref = authors_classification(params, labels)
-    ref_grads = torch.autograd.grad(ref, params)
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+    assert_equals_the_authors(model, labels, zs, authors_classification, 1e-6, 1e-4, 1e-7)
     if k > 2:  # the tied samples taught nobody
         teachers = select_teachers(gt_confidence(zs, labels), ties='skip')
         assert (teachers[:4] == NO_TEACHER).all() and (teachers[4:] >= 0).all()
@@ -142,13 +142,7 @@ def test_saliency_equals_the_authors_scripts(k):
     maps = [torch.rand(n, 12, 20, generator=g) for _ in range(k)]
     model = BiKDMetaArch([FixedMap(f'm{i}', m) for i, m in enumerate(maps)], partition='loss',
                          detach_teacher=False, ties='later' if k == 2 else 'skip')
-    loss, grads = ours(model, None, gt)
-    params = [torch.nn.Parameter(m.clone()) for m in maps]
-    ref = authors_saliency(params, gt)
-    ref_grads = torch.autograd.grad(ref, params)
-    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    for a, b in zip(grads, ref_grads):
-        assert torch.allclose(a, b, rtol=1e-3, atol=1e-6)
+    assert_equals_the_authors(model, gt, maps, authors_saliency, 1e-5, 1e-3, 1e-6)
 
 
 # ----------------------------------------------------------------------------- segmentation
