@@ -1,7 +1,7 @@
 """Each member's best weights: members of one run peak at different times, and the paper
 authors keep every model's best epoch.
 
-At every evaluation (the one before training included), :class:`BestMembersHook` compares each
+At every evaluation during training, :class:`BestMembersHook` compares each
 member's selection metrics (the evaluator's ``selection_metrics``: its primary metric, and for
 saliency also the validation loss the authors select on) with that member's best so far, and
 when one improves, writes the member's weights to ``<work_dir>/best/<member>.<metric>.pth``
@@ -91,7 +91,9 @@ class BestMembersHook(Hook):
 
     # ----------------------------------------------------------------------------- selection
     def after_val_epoch(self, runner, metrics=None) -> None:
-        if not metrics or not self._training:
+        # the evaluation before training scores the initial weights ("before"), not a
+        # checkpoint of the run: as the authors, the best is chosen among the trained ones
+        if not metrics or not self._training or runner.iter == 0:
             return
         model = _unwrap(runner.model)
         changed = False
