@@ -32,6 +32,12 @@ class ClassificationEvaluator(MemberwiseMetric):
         stats = np.stack([c.long().cpu().numpy() for c in cols], axis=-1)  # [M, N, len(topk)+1]
         return list(stats.transpose(1, 0, 2))
 
+    def sample_losses(self, preds: Tensor, data_batch: Any) -> Tensor:
+        """``-log p(label)``: its order is that of the ground-truth confidence (Eq. 3)."""
+        labels = data_batch['data_samples']['label'].to(preds.device)
+        index = labels.view(1, -1, 1).expand(preds.shape[0], -1, 1)
+        return -preds.double().gather(2, index).squeeze(2).log()
+
     def summarize(self, stats: List[np.ndarray], model: int) -> Dict[str, float]:
         table = np.stack([s[model] for s in stats])
         return {f'top{k}': 100.0 * float(table[:, i].mean()) for i, k in enumerate(self.topk)}

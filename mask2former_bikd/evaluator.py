@@ -86,6 +86,20 @@ class SemSegEvaluator(MemberwiseMetric):
                                             self.ignore_index) for m in range(labels.shape[0])]))
         return out
 
+    def sample_losses(self, preds: Tensor, data_batch: Any) -> Tensor:
+        """Per image, the mean of ``-log p(ground truth)`` over its non-ignored pixels: the
+        ``pixel_ce`` partition, at the ground truth's size."""
+        out = []
+        for i, gt in enumerate(gt_maps(data_batch)):
+            h, w = gt.shape[-2:]
+            gt = gt.to(preds.device).long()
+            valid = (gt != self.ignore_index) & (gt >= 0) & (gt < self.num_classes)
+            p = preds[:, i, :, :h, :w].double().clamp(min=1e-12)
+            nll = -p.gather(1, gt.clamp(0, self.num_classes - 1)[None, None].expand(
+                p.shape[0], 1, h, w)).squeeze(1).log()
+            out.append((nll * valid).flatten(1).sum(1) / valid.sum().clamp(min=1))
+        return torch.stack(out, dim=1)
+
     def summarize(self, stats: List[np.ndarray], model: int) -> Dict[str, float]:
         inter, pred, label = np.sum([s[model] for s in stats], axis=0).astype(np.float64)
         union = pred + label - inter

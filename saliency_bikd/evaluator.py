@@ -3,6 +3,7 @@ from typing import Any, Dict, List
 
 import cv2
 import numpy as np
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -74,6 +75,15 @@ class SaliencyEvaluator(MemberwiseMetric):
                                               other, rng))
             out.append(np.stack(rows))
         return out
+
+    def sample_losses(self, preds: Tensor, data_batch: Any) -> Tensor:
+        """Per frame, the task loss KL - CC of the prediction (resized to the ground truth)."""
+        from .losses import saliency_loss
+        gt = data_batch['data_samples']['map'].float().to(preds.device)
+        maps = F.interpolate(preds.flatten(0, 1)[:, None].float(), size=tuple(gt.shape[-2:]),
+                             mode='bilinear', align_corners=False)[:, 0]
+        maps = maps.unflatten(0, preds.shape[:2]).clamp(min=0)
+        return torch.stack([saliency_loss(m, gt) for m in maps]).double()
 
     def summarize(self, stats: List[np.ndarray], model: int) -> Dict[str, float]:
         table = np.stack([s[model] for s in stats])  # [frames, metrics]

@@ -4,6 +4,7 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, digits_overrides, run_tool
@@ -172,3 +173,40 @@ def test_kldp_trains_with_its_own_recipe_unless_asked_for_the_same(experiment, d
     assert 'kldp_resnet: the config changed' in proc.stdout
     assert "type='Adam'" in (out / 'configs' / 'kldp_resnet.py').read_text()
     assert "kldp: the config's" in (out / 'report.md').read_text()
+
+
+def test_seeds_give_a_paired_difference_with_its_t_interval(digits_root, tmp_path):
+    """Three seeds of Bi-KD and the control: the report's paired difference is the mean of
+    the per-seed differences, its interval Student's t at 95%, and the verdict follows from
+    the interval."""
+    from scipy import stats
+    out = tmp_path / 'seeds'
+    args = ['run_experiment.py', '--config-file', CONFIG, '--output-dir', out, '--methods',
+            'bikd,independent', '--seeds', '3', *digits_overrides(digits_root, out / 'ignored'),
+            'train_cfg.max_epochs=1', 'train_cfg.val_interval=1']
+    proc = run_tool(*args)
+    assert sorted(os.listdir(out / 'runs')) == sorted(
+        f'{m}.seed{s}' for m in ('bikd', 'independent') for s in (0, 1, 2))
+    with open(out / 'report.csv') as f:
+        rows = list(csv.DictReader(f))
+    with open(out / 'report.json') as f:
+        report = json.load(f)
+    assert report['seeds'] == [0, 1, 2]
+    for record in report['paired']:
+        m = record['member']
+        delta = {(r['method'], int(r['seed'])): float(r['delta']) for r in rows
+                 if r['member'] == m}
+        diffs = [delta['bikd', s] - delta['independent', s] for s in (0, 1, 2)]
+        mean, sd = np.mean(diffs), np.std(diffs, ddof=1)
+        half = stats.t.ppf(0.975, 2) * sd / np.sqrt(3)
+        assert record['mean'] == pytest.approx(mean)
+        assert (record['low'], record['high']) == pytest.approx((mean - half, mean + half))
+        expected = ('better' if mean - half > 0 else 'worse' if mean + half < 0
+                    else 'no measurable difference')
+        assert record['verdict'] == expected
+        assert f'[{mean - half:+.2f}, {mean + half:+.2f}]: {expected}' in proc.stdout
+    # the seeds changed the data order: the three runs of a method differ
+    bikd = [float(r['after']) for r in rows if r['method'] == 'bikd' and r['member'] == 'resnet']
+    assert len(set(bikd)) > 1
+    assert '± ' in (out / 'report.md').read_text() and (out / 'deltas.png').stat().st_size > 0
+    assert 'done before' in run_tool(*args).stdout  # finished seeds are reused

@@ -19,7 +19,9 @@ For each: 1. write the data (once); 2. "pretrain" the members from scratch on di
 recipes (configs/<task>/pretrain_<member>.yaml) and export them in their native format
 (checkpoints/<task>/), once; 3. fine-tune them with Bi-KD and with the Independent control on
 the identical schedule through tools/run_experiment.py (its report and deltas.png go to
-work_dirs/<task>/); 4. print each run's table and the comparison with the control. Every step
+work_dirs/<task>/); the digits with three seeds; 4. print each method's table (the first seed's)
+and the difference from the control (with several seeds, its 95% confidence interval and the
+verdict it gives). Every step
 is the command a user would type (tools/train_net.py, tools/export_members.py,
 tools/run_experiment.py).
 """
@@ -55,8 +57,9 @@ def _dhf1k_data(root, force=False):
 
 
 TASKS = {
+    # three seeds: the difference from the control with its confidence interval
     'digits': dict(members=('resnet', 'convnext'), data='datasets/digits', make=_digits_data,
-                   experiment=['configs/digits/resnet_convnext_bikd.yaml']),
+                   experiment=['configs/digits/resnet_convnext_bikd.yaml'], seeds=3),
     'ade20k_toy': dict(members=('mask2former', 'upernet'), data='datasets/ade20k_toy',
                        make=_ade_data, experiment=['configs/ade20k_toy/m2f_upernet_bikd.yaml']),
     # the official Mask2Former (detectron2) with the mmseg UPerNet (make d2 installs detectron2)
@@ -114,6 +117,8 @@ def main(argv=None):
              f'work_dir={work}'])
 
     cmd = ['tools/run_experiment.py', '--methods', 'bikd,independent', '--output-dir', out]
+    if task.get('seeds'):
+        cmd += ['--seeds', str(task['seeds'])]
     for cfg in task['experiment']:
         cmd += ['--config-file', cfg]
     run(cmd + data)  # the configs start from the members in checkpoints/<task>/
@@ -121,7 +126,10 @@ def main(argv=None):
         with open(os.path.join(ROOT, out, 'report.json')) as f:
             report = json.load(f)
         print('\n' + '=' * 72)
-        for work in report['work_dirs'].values():
+        seeds = report['seeds'] or []
+        for name, work in report['work_dirs'].items():
+            if len(seeds) > 1 and not name.endswith(f'.seed{seeds[0]}'):
+                continue  # one table per method: the first seed's
             with open(os.path.join(work, 'summary.json')) as f:
                 summary = json.load(f)
             print(format_table(summary, f'{summary["method"]} '

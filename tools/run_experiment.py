@@ -38,6 +38,8 @@ import sys
 import time
 from typing import Dict, List, Optional
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -71,15 +73,17 @@ def plan_runs(model: dict, methods: Dict[str, type]) -> Dict[str, object]:
     return runs
 
 
-def collect(summaries: Dict[str, dict], runs: Dict[str, object]) -> List[dict]:
-    """One row per (member, run) in which the member learned."""
+def collect(summaries: Dict[str, dict], runs: Dict[str, object],
+            seeds: Dict[str, Optional[int]], bases: Dict[str, str]) -> List[dict]:
+    """One row per (member, run, seed) in which the member learned; ``run`` is the run's name
+    without its seed."""
     rows = []
     for name, s in summaries.items():
         metric = s['primary_metric']
         for m in runs[name].trains:
             r = s['members'][m]
-            row = dict(member=m, method=runs[name].method, run=name, metric=metric,
-                       before=r['before'][metric], after=r['after'][metric],
+            row = dict(member=m, method=runs[name].method, run=bases[name], seed=seeds[name],
+                       metric=metric, before=r['before'][metric], after=r['after'][metric],
                        delta=r['delta'][metric], recovered=r.get('recovered'),
                        ensemble_before=s['ensemble']['before'][metric])
             for j, f in s.get('flips', {}).get(m, {}).items():
@@ -88,6 +92,43 @@ def collect(summaries: Dict[str, dict], runs: Dict[str, object]) -> List[dict]:
                 row[f'negative_flips_vs_{who}'] = f['negative']
             rows.append(row)
     return rows
+
+
+def aggregate(rows: List[dict]) -> List[dict]:
+    """One row per (member, run): the mean over seeds of every number, with ``delta_sd`` (the
+    standard deviation of the delta over seeds, 0 for one seed), ``n`` and ``deltas``."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r['member'], r['run']), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0])
+        row.pop('seed', None)
+        for key, value in group[0].items():
+            if isinstance(value, float) and key != 'before':
+                values = [g[key] for g in group if g.get(key) is not None]
+                row[key] = float(np.mean(values)) if values else None
+        deltas = [g['delta'] for g in group]
+        row.update(n=len(group), deltas=deltas,
+                   delta_sd=float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0)
+        out.append(row)
+    return out
+
+
+def paired_difference(diffs: List[float], confidence: float = 0.95) -> dict:
+    """Mean of per-seed differences, its standard deviation and the confidence interval of
+    the mean from Student's t distribution, and the verdict the interval gives."""
+    from scipy import stats
+    n = len(diffs)
+    mean = float(np.mean(diffs))
+    if n < 2:
+        return dict(n=n, mean=mean, sd=None, low=None, high=None,
+                    verdict='one seed: no interval (run more with --seeds)')
+    sd = float(np.std(diffs, ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = 'better' if low > 0 else 'worse' if high < 0 else 'no measurable difference'
+    return dict(n=n, mean=mean, sd=sd, low=low, high=high, verdict=verdict)
 
 
 def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
@@ -110,22 +151,58 @@ def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
     return out
 
 
-def against_controls(rows: List[dict], runs: List[str], methods: Dict[str, type]) -> List[str]:
-    """Per method whose control also ran: each member's change under the method, under the
-    control, and the difference (lines of text)."""
-    cols = dict(columns(rows, runs))
+def against_controls(rows: List[dict], runs: List[str], methods: Dict[str, type]) -> tuple:
+    """Per method whose control also ran, each member's change under the method minus under
+    the control, paired by seed (the same data order): the mean, and with several seeds its
+    95% confidence interval and the verdict it gives. Returns (lines of text, records)."""
     digits = metric_digits(r['before'] for r in rows)
-    lines = []
+    seeds = sorted({r['seed'] for r in rows}, key=lambda x: (x is None, x))
+    per_seed = {seed: dict(columns([r for r in rows if r['seed'] == seed], runs))
+                for seed in seeds}
+    lines, records = [], []
+    first = per_seed[seeds[0]]
     for method, cls in methods.items():
-        if method not in cols or cls.control not in cols:
+        if method not in first or cls.control not in first:
             continue
-        mine, control = cols[method], cols[cls.control]
-        lines.append(f'{method} vs {cls.control}, change of {rows[0]["metric"]}:')
-        for m in (m for m in mine if m in control):
-            a, b = mine[m]['delta'], control[m]['delta']
-            lines.append(f'  {m:<12} {method} {a:+.{digits}f}   {cls.control} {b:+.{digits}f}   '
-                         f'difference {a - b:+.{digits}f}')
-    return lines
+        lines.append(f'{method} vs {cls.control}, change of {rows[0]["metric"]}'
+                     + (f' over {len(seeds)} seeds, paired by seed (95% interval of the mean):'
+                        if len(seeds) > 1 else ':'))
+        for m in (m for m in first[method] if m in first[cls.control]):
+            a = [per_seed[s][method][m]['delta'] for s in seeds]
+            b = [per_seed[s][cls.control][m]['delta'] for s in seeds]
+            stat = paired_difference([x - y for x, y in zip(a, b)])
+            records.append(dict(member=m, method=method, control=cls.control, seeds=seeds,
+                                method_deltas=a, control_deltas=b, **stat))
+            if len(seeds) == 1:
+                lines.append(f'  {m:<12} {method} {a[0]:+.{digits}f}   {cls.control} '
+                             f'{b[0]:+.{digits}f}   difference {a[0] - b[0]:+.{digits}f}')
+            else:
+                lines.append(f'  {m:<12} {method} {np.mean(a):+.{digits}f}   {cls.control} '
+                             f'{np.mean(b):+.{digits}f}   difference {stat["mean"]:+.{digits}f}'
+                             f' [{stat["low"]:+.{digits}f}, {stat["high"]:+.{digits}f}]: '
+                             f'{stat["verdict"]}')
+    return lines, records
+
+
+def predicted(rows: List[dict], names: List[str], before_outcomes: Dict[str, np.ndarray],
+              runs: List[str]) -> List[str]:
+    """Each member's complementarity measured before training (the share of samples another
+    member gets right and it gets wrong: what tools/find_partners.py ranks by) next to its
+    change under each method (lines of a Markdown table)."""
+    if not before_outcomes or not all(m in before_outcomes for m in names):
+        return []
+    cols = columns(rows, runs)
+    digits = metric_digits(r['before'] for r in rows)
+    body = []
+    for m in names:
+        others = np.any([before_outcomes[o] for o in names if o != m], axis=0)
+        adds = 100 * float(np.mean(others & ~before_outcomes[m]))
+        body.append([m, f'{adds:.1f}'] + [f'{c[m]["delta"]:+.{digits}f}' if m in c else 'frozen'
+                                          for _, c in cols])
+    return ['', 'Complementarity predicted before training (% of the samples another member '
+            'gets right and this one wrong, as tools/find_partners.py measures it) next to the '
+            'change each method measured:', ''] + _table(
+        ['model', 'others right, it wrong %'] + [label for label, _ in cols], body)
 
 
 def _fmt(x, digits):
@@ -142,11 +219,17 @@ def markdown(rows: List[dict], names: List[str], runs: List[str], title: str) ->
     digits = metric_digits(r['before'] for r in rows)
     cols = columns(rows, runs)
     before = {r['member']: r['before'] for r in rows}
-    main = [[m, _fmt(before[m], digits)] + [
-        'frozen' if m not in c else f'{_fmt(c[m]["after"], digits)} ({c[m]["delta"]:+.{digits}f})'
-        for _, c in cols] for m in names]
+    def cell(r):
+        spread = f' ± {r["delta_sd"]:.{digits}f}' if r.get('n', 1) > 1 else ''
+        return f'{_fmt(r["after"], digits)} ({r["delta"]:+.{digits}f}{spread})'
+
+    main = [[m, _fmt(before[m], digits)] + ['frozen' if m not in c else cell(c[m])
+                                            for _, c in cols] for m in names]
+    seeds = max(r.get('n', 1) for r in rows)
     lines = [f'# {title}', '', f'{metric} of each member before and after each method (delta in '
-             'brackets; "frozen": the member only taught in that run).', '']
+             'brackets' + (f'; means over {seeds} seeds, ± the standard deviation of the delta'
+                           if seeds > 1 else '') +
+             '; "frozen": the member only taught in that run).', '']
     lines += _table(['model', 'before'] + [label for label, _ in cols], main)
     lines += ['', f'Ensemble of the initial members: {_fmt(rows[0]["ensemble_before"], digits)}. '
               'Recovered % of each member\'s gap to it (Eq. 14):', '']
@@ -185,13 +268,16 @@ def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, ou
     width = 0.8 / len(cols)
     for i, (label, cells) in enumerate(cols):
         xs = [k + i * width for k, m in enumerate(names) if m in cells]
-        bars = ax.bar(xs, [cells[m]['delta'] for m in names if m in cells], width, label=label)
+        errors = [cells[m].get('delta_sd', 0.0) for m in names if m in cells]
+        bars = ax.bar(xs, [cells[m]['delta'] for m in names if m in cells], width, label=label,
+                      yerr=errors if any(errors) else None, capsize=3)
         ax.bar_label(bars, fmt='%+.3g', fontsize=7)
     ax.axhline(0, color='black', lw=0.8)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names)
     ax.set_ylabel(f'delta {rows[0]["metric"]}')
     ax.legend(fontsize=8)
-    ax.set_title('change of each member, per method')
+    ax.set_title('change of each member, per method'
+                 + (' (mean ± sd over seeds)' if any(r.get('n', 1) > 1 for r in rows) else ''))
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'deltas.png'), dpi=120)
     plt.close(fig)
@@ -229,11 +315,12 @@ def _write_csv(rows: List[dict], path: str) -> None:
 
 
 def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
-               same_recipe: bool = False):
+               same_recipe: bool = False, seeds: Optional[List[int]] = None):
     """Every run of ``methods`` (default: every registered method) on ``config`` (reusing
-    finished ones) and its report in ``out``; returns the report's rows, the member names and
-    the run order. A method's runs take the config's ``method_recipes.<method>`` (its own
-    optimiser or schedule), unless ``same_recipe``."""
+    finished ones), once per seed of ``seeds`` (default: the config's), and its report in
+    ``out``; returns the report's rows (averaged over seeds), the member names and the run
+    order. A method's runs take the config's ``method_recipes.<method>`` (its own optimiser or
+    schedule), unless ``same_recipe``."""
     from bikd.engine import load_config
     from bikd.fileio import save_json, save_text
     from bikd.meta_arch import member_names
@@ -241,9 +328,15 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
     stem = os.path.splitext(os.path.basename(config))[0]
     cfg = load_config(config, opts)  # imports custom_imports: methods of the user's own
     classes = method_classes(methods)
-    runs = plan_runs(cfg.model.to_dict(), classes)
+    planned_runs = plan_runs(cfg.model.to_dict(), classes)
     names = member_names(cfg.model)
     recipes = {} if same_recipe else (cfg.get('method_recipes') or {})
+    # one run per (planned run, seed); with several seeds the names carry the seed
+    runs, seed_of, base_of = {}, {}, {}
+    for seed in seeds or [None]:
+        for base, planned in planned_runs.items():
+            name = base if seeds is None or len(seeds) == 1 else f'{base}.seed{seed}'
+            runs[name], seed_of[name], base_of[name] = planned, seed, base
     summaries, recipe_of = {}, {}
     for i, (run, planned) in enumerate(runs.items(), start=1):
         work = os.path.join(out, 'runs', run)
@@ -255,6 +348,8 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
             run_cfg.merge_from_dict(copy.deepcopy(recipe.to_dict()))
         recipe_of[planned.method] = 'its own (method_recipes.' + planned.method + ')' \
             if recipe else 'the config\'s'
+        if seed_of[run] is not None:  # data order, augmentation, dropout; the same members
+            run_cfg.merge_from_dict({'randomness.seed': seed_of[run]})
         run_cfg.model = planned.model
         run_cfg.work_dir = work
         path = os.path.join(out, 'configs', f'{run}.py')
@@ -275,21 +370,27 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
         with open(summary_path) as f:
             summaries[run] = json.load(f)
 
-    rows = collect(summaries, runs)
-    order = list(runs)
+    per_seed = collect(summaries, runs, seed_of, base_of)
+    rows = aggregate(per_seed)
+    order = list(planned_runs)
     report = markdown(rows, names, order, f'{stem}: {", ".join(classes)}')
-    comparison = against_controls(rows, order, classes)
+    comparison, paired = against_controls(per_seed, order, classes)
     if comparison:
         report += '\n' + '\n'.join(['```'] + comparison + ['```']) + '\n'
+    bikd_run = next((r for r in runs if runs[r].method == 'bikd'), '')
+    before = {}
+    if bikd_run and os.path.isfile(os.path.join(out, 'runs', bikd_run, 'per_sample_before.npz')):
+        with np.load(os.path.join(out, 'runs', bikd_run, 'per_sample_before.npz')) as data:
+            before = {k: data[k] for k in data.files}
+    report += '\n'.join(predicted(rows, names, before, order)) + '\n'
     report += '\nOptimiser and schedule of each method: ' + ', '.join(
         f'{m}: {r}' for m, r in recipe_of.items()) + '.\n'
     save_text(report, os.path.join(out, 'report.md'))
-    _write_csv(rows, os.path.join(out, 'report.csv'))
-    save_json(dict(config=os.path.abspath(config), runs=order, rows=rows,
-                   work_dirs={r: os.path.join(out, 'runs', r) for r in order},
-                   against_controls=comparison, recipes=recipe_of),
+    _write_csv(per_seed, os.path.join(out, 'report.csv'))
+    save_json(dict(config=os.path.abspath(config), runs=order, seeds=seeds, rows=per_seed,
+                   mean_rows=rows, work_dirs={r: os.path.join(out, 'runs', r) for r in runs},
+                   against_controls=comparison, paired=paired, recipes=recipe_of),
               os.path.join(out, 'report.json'))
-    bikd_run = next((r for r in order if runs[r].method == 'bikd'), '')
     plots(rows, names, order, os.path.join(out, 'runs', bikd_run) if bikd_run else '', out)
     print('\n' + report)
     print(f'report: {out}/report.md, report.csv, deltas.png')
@@ -342,6 +443,19 @@ def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
     return text
 
 
+def parse_seeds(text: str, config: str, opts: List[str]) -> Optional[List[int]]:
+    """``--seeds``: '' (the config's seed), a number N (the config's and the N - 1 after it)
+    or a comma-separated list."""
+    if not text:
+        return None
+    if ',' in text:
+        return [int(s) for s in text.split(',') if s.strip()]
+    from bikd.engine import load_config
+    base = int(load_config(config, opts, import_modules=False).get('randomness', {}).get(
+        'seed', 0))
+    return list(range(base, base + int(text)))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -352,22 +466,27 @@ def main(argv=None):
                         help='comma-separated methods (default: every registered method: '
                              'bikd,kldp,kd,dml,independent and any the config registers)')
     parser.add_argument('--output-dir', help='default: work_dirs/experiments/<config name>')
+    parser.add_argument('--seeds', default='',
+                        help='run every method with several seeds (data order, augmentation, '
+                             'dropout; the same initial members): a number N (the config\'s '
+                             'seed and the N - 1 after it) or a comma-separated list')
     parser.add_argument('--same-recipe', action='store_true',
                         help="every method with the config's optimiser and schedule, also those "
                              'the config gives a recipe of their own (method_recipes)')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
+    seeds = parse_seeds(args.seeds, args.config_file[0], args.opts)
     stems = [os.path.splitext(os.path.basename(c))[0] for c in args.config_file]
     if len(set(stems)) != len(stems):
         raise SystemExit(f'config files need distinct names, got {stems}')
     default = stems[0] if len(stems) == 1 else f'kway_{stems[0]}'
     out = os.path.abspath(args.output_dir or os.path.join('work_dirs', 'experiments', default))
     if len(stems) == 1:
-        run_config(args.config_file[0], methods, out, args.opts, args.same_recipe)
+        run_config(args.config_file[0], methods, out, args.opts, args.same_recipe, seeds)
         return 0
     results = {stem: run_config(c, methods, os.path.join(out, stem), args.opts,
-                                args.same_recipe)
+                                args.same_recipe, seeds)
                for stem, c in zip(stems, args.config_file)}
     print('\n' + kway(results, methods or list(method_classes()), out))
     print(f'K-way report: {out}/kway.md, kway.csv, kway.png')

@@ -47,6 +47,12 @@ class MemberwiseMetric(BaseMetric):
         """Metrics of model ``model`` (index into the names) from all samples' statistics."""
         raise NotImplementedError
 
+    def sample_losses(self, preds: Tensor, data_batch: Any) -> Tensor:
+        """``[M, N]`` per-sample loss of each model's prediction, lower is better: the score
+        the partition would compare, computed from predictions (``tools/find_partners.py``).
+        Its order on a sample is the partition's: the teacher has the lowest loss."""
+        raise NotImplementedError(f'{type(self).__name__} gives no per-sample losses')
+
     def sample_outcome(self, stats: List[Any], model: int) -> Optional[np.ndarray]:
         """Per-sample ``bool`` outcome of model ``model`` (correct or not) in dataset order,
         for flip counts; ``None`` where the task has no such notion (the default)."""

@@ -1,0 +1,286 @@
+#!/usr/bin/env python
+"""Which model should teach mine? Rank candidate partners of a target member before spending a
+training run on any of them.
+
+    python tools/find_partners.py --config-file FILE --target NAME
+                                  [--pool POOL.yaml] [--timm NAME[=CHECKPOINT] ...]
+                                  [--k K] [--split val|test] [--output-dir DIR] [key=value ...]
+
+FILE is a Bi-KD config: its data, evaluator and members. The target is the member named NAME;
+the candidates are the config's other members, the member configs listed in POOL.yaml (a YAML
+list of member configs, as in a config's ``model.members``), and, for classification, timm
+models by name with an optional local checkpoint (``--timm resnet18.a1_in1k=ckpt.pth``; the
+target's ``num_classes`` and ``input_size`` apply). Every model is evaluated once on the split
+(``val``, or ``test`` for the config's test_dataloader), batched, with the config's evaluator.
+
+Per candidate, against the target:
+
+- its own metric, and that of the ensemble of target and candidate; the gap between that
+  ensemble and the target is what Eq. 14 divides by (the most Bi-KD can recover);
+- the share of samples on which it would teach the target (the partition training would use:
+  Eq. 3 / 6, the candidate second in the pair, so ties go to it);
+- complementarity: for classification, the share of samples the candidate gets right and the
+  target wrong, and the reverse (Roth et al.'s complementary knowledge); for dense tasks, the
+  share of samples where the candidate's loss is lower, and by how much on them.
+
+Candidates are ranked by what they could add to the target: the share it gets wrong that they
+get right (dense: the share where their loss is lower), then the ensemble gap. ``--k K`` also
+chooses K - 1 partners greedily, each time the candidate that adds most to the set (right where
+every chosen model is wrong; dense: a lower loss than every chosen model's).
+
+Writes ``partners.md``, ``partners.csv``, ``partners.png``, ``per_sample.npz`` (every model's
+per-sample loss and, for classification, correctness: the numbers the table is computed from)
+and a ready Bi-KD config for the best pair (``bikd_<target>_<partner>.yaml``; with --k, also
+``bikd_kway.yaml``) to ``work_dirs/partners/<config>/<target>`` or --output-dir.
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+from typing import List
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def candidate_configs(cfg, target: str, pool: str, timm_names: List[str]) -> List[dict]:
+    """The target's config first, then every candidate's (names made unique)."""
+    members = [m.to_dict() if hasattr(m, 'to_dict') else dict(m) for m in cfg.model.members]
+    names = [m.get('name') for m in members]
+    if target not in names:
+        raise SystemExit(f'--target {target!r} is not a member of the config; its members: '
+                         f'{names}')
+    chosen = members[names.index(target)]
+    others = [m for m in members if m.get('name') != target]
+    if pool:
+        with open(pool) as f:
+            listed = yaml.safe_load(f) or []
+        if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+            raise SystemExit(f'{pool}: expected a YAML list of member configs (each a mapping '
+                             'with type: ...)')
+        others += listed
+    for spec in timm_names:
+        name, _, checkpoint = spec.partition('=')
+        cand = dict(type='TimmMember', model_name=name, name=name.split('.')[0].replace('/', '_'))
+        cand.update({k: chosen[k] for k in ('num_classes', 'input_size') if k in chosen})
+        cand.update(dict(checkpoint=checkpoint, pretrained=False) if checkpoint else {})
+        others.append(cand)
+    if not others:
+        raise SystemExit('no candidates: give --pool, --timm, or a config with other members')
+    seen = {target}
+    for m in others:  # names must be unique: suffix repeats
+        base = m.get('name') or m.get('model_name', m['type']).split('.')[0]
+        name, i = base, 1
+        while name in seen:
+            i += 1
+            name = f'{base}_{i}'
+        m['name'] = name
+        seen.add(name)
+    return [chosen] + others
+
+
+def evaluate(members, evaluator, loader, device) -> dict:
+    """One pass over the split: every model's predictions, and the ensembles of the target
+    (model 0) with each candidate, scored by the evaluator; every model's per-sample losses."""
+    from mmengine.model import BaseDataPreprocessor
+    stats, losses = [], []
+    start, total = time.time(), len(loader)
+    preprocess = BaseDataPreprocessor().to(device)  # to the device; members normalise
+    for i, batch in enumerate(loader, start=1):
+        data = preprocess(batch, False)
+        with torch.no_grad():
+            preds = [m.predict(data['inputs'], data['data_samples']).float() for m in members]
+            pairs = [(preds[0] + p) / 2 for p in preds[1:]]
+            stacked = torch.stack(preds + pairs)
+            stats += evaluator.sample_stats(stacked, data)
+            losses.append(evaluator.sample_losses(stacked[:len(members)], data).cpu())
+        if i % 10 == 0 or i == total:
+            eta = (time.time() - start) / i * (total - i)
+            print(f'  batch {i}/{total}, eta {eta:.0f} s', flush=True)
+    return dict(stats=stats, losses=torch.cat(losses, dim=1).numpy())
+
+
+def compare(names: List[str], result: dict, evaluator) -> List[dict]:
+    """Per candidate: the numbers of the table (see the module's description)."""
+    from bikd.partition import select_teachers
+    stats, losses = result['stats'], result['losses']
+    metric, k = evaluator.primary_metric, len(names)
+    own = [evaluator.summarize(stats, i)[metric] for i in range(k)]
+    outcomes = [evaluator.sample_outcome(stats, i) for i in range(k)]
+    rows = []
+    for j in range(1, k):
+        teachers = select_teachers(torch.from_numpy(np.stack([losses[0], losses[j]])),
+                                   higher_is_better=False)
+        ensemble = evaluator.summarize(stats, k + j - 1)[metric]
+        row = dict(candidate=names[j], metric=metric, own=own[j], target=own[0],
+                   ensemble=ensemble, gap=ensemble - own[0],
+                   teaches=float((teachers == 1).double().mean()))
+        if outcomes[0] is not None:
+            t, c = outcomes[0], outcomes[j]
+            row.update(adds=float(np.mean(c & ~t)), takes=float(np.mean(t & ~c)))
+        else:
+            lower = losses[j] < losses[0]
+            row.update(adds=float(lower.mean()),
+                       margin=float((losses[0] - losses[j])[lower].mean()) if lower.any() else 0.0)
+        rows.append(row)
+    rows.sort(key=lambda r: (-r['adds'], -r['gap'], r['candidate']))
+    for rank, r in enumerate(rows, start=1):
+        r['rank'] = rank
+        r['reason'] = reason(r, classification=outcomes[0] is not None)
+    return rows
+
+
+def reason(r: dict, classification: bool) -> str:
+    if classification:
+        what = (f'right on {100 * r["adds"]:.1f}% of the samples the target gets wrong, wrong on '
+                f'{100 * r["takes"]:.1f}% it gets right')
+    else:
+        what = (f'lower loss on {100 * r["adds"]:.1f}% of the samples (by {r["margin"]:.3g} on '
+                'them)')
+    return (f'{what}; would teach {100 * r["teaches"]:.1f}%; the pair\'s ensemble is '
+            f'{r["gap"]:+.2f} over the target')
+
+
+def greedy(names: List[str], result: dict, evaluator, k: int) -> List[str]:
+    """K - 1 partners, each adding most to the chosen set (see the module's description)."""
+    losses = result['losses']
+    outcomes = [evaluator.sample_outcome(result['stats'], i) for i in range(len(names))]
+    chosen, left = [0], list(range(1, len(names)))
+    while len(chosen) < k and left:
+        if outcomes[0] is not None:
+            covered = np.any([outcomes[i] for i in chosen], axis=0)
+            gains = {j: float(np.mean(outcomes[j] & ~covered)) for j in left}
+        else:
+            best = np.min([losses[i] for i in chosen], axis=0)
+            gains = {j: float(np.mean(losses[j] < best)) for j in left}
+        pick = max(left, key=lambda j: (gains[j], -j))
+        chosen.append(pick)
+        left.remove(pick)
+    return [names[i] for i in chosen]
+
+
+def write_config(path: str, base: str, members: List[dict]) -> None:
+    from bikd.fileio import save_text
+    text = yaml.safe_dump(dict(_base_=os.path.relpath(base, os.path.dirname(path)),
+                               model=dict(members=members)), sort_keys=False)
+    save_text('# Bi-KD between the members tools/find_partners.py chose (see partners.md).\n'
+              + text, path)
+
+
+def plot(rows: List[dict], target: str, path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    names = [r['candidate'] for r in rows][::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 0.5 * len(rows) + 1.5), sharey=True)
+    y = np.arange(len(rows))
+    axes[0].barh(y, [100 * r['adds'] for r in rows][::-1], color='C2', label='adds')
+    if 'takes' in rows[0]:
+        axes[0].barh(y, [-100 * r['takes'] for r in rows][::-1], color='C3', label='takes')
+        axes[0].set_xlabel(f'% of samples: right where {target} is wrong (+) / the reverse (-)')
+    else:
+        axes[0].set_xlabel(f'% of samples with a lower loss than {target}')
+    axes[0].axvline(0, color='black', lw=0.8)
+    axes[1].barh(y, [r['gap'] for r in rows][::-1], color='C0')
+    axes[1].set_xlabel(f'ensemble with {target} - {target} ({rows[0]["metric"]})')
+    axes[0].set_yticks(y, names)
+    fig.suptitle(f'partners for {target} (best first)')
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--config-file', required=True, metavar='FILE')
+    parser.add_argument('--target', required=True, help='the member to find partners for')
+    parser.add_argument('--pool', help='YAML list of candidate member configs')
+    parser.add_argument('--timm', action='append', default=[], metavar='NAME[=CHECKPOINT]',
+                        help='a timm candidate (classification), repeatable')
+    parser.add_argument('--k', type=int, default=2, help='members of the set to choose '
+                                                         '(target included)')
+    parser.add_argument('--split', choices=['val', 'test'], default='val')
+    parser.add_argument('--output-dir')
+    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
+    args = parser.parse_args(argv)
+
+    from mmengine.registry import METRICS, init_default_scope
+    from mmengine.runner import Runner
+
+    from bikd.engine import load_config, setup_engine
+    from bikd.fileio import atomic_path, save_text
+    from bikd.meta_arch import build_member
+
+    setup_engine()
+    cfg = load_config(args.config_file, args.opts)
+    init_default_scope(cfg.get('default_scope', 'bikd'))
+    configs = candidate_configs(cfg, args.target, args.pool, args.timm)
+    names = [c['name'] for c in configs]
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    print(f'target {args.target}; candidates: {", ".join(names[1:])}', flush=True)
+    members = [build_member(c).to(device).eval() for c in configs]
+    loader_cfg = cfg.get(f'{args.split}_dataloader')
+    evaluator_cfg = cfg.get(f'{args.split}_evaluator')
+    if loader_cfg is None or evaluator_cfg is None:
+        raise SystemExit(f'the config has no {args.split}_dataloader / {args.split}_evaluator')
+    loader = Runner.build_dataloader(loader_cfg, seed=0)
+    evaluator = METRICS.build(evaluator_cfg)
+    evaluator.dataset_meta = getattr(loader.dataset, 'metainfo', None)
+    print(f'evaluating {len(members)} models and {len(members) - 1} pair ensembles on '
+          f'{len(loader.dataset)} samples ({args.split})', flush=True)
+    result = evaluate(members, evaluator, loader, device)
+    rows = compare(names, result, evaluator)
+
+    stem = os.path.splitext(os.path.basename(args.config_file))[0]
+    out = os.path.abspath(args.output_dir or os.path.join('work_dirs', 'partners', stem,
+                                                          args.target))
+    os.makedirs(out, exist_ok=True)
+    outcomes = {n: evaluator.sample_outcome(result['stats'], i) for i, n in enumerate(names)}
+    with atomic_path(os.path.join(out, 'per_sample.npz')) as tmp, open(tmp, 'wb') as f:
+        np.savez_compressed(f, **{f'loss/{n}': result['losses'][i] for i, n in enumerate(names)},
+                            **{f'correct/{n}': o for n, o in outcomes.items() if o is not None})
+    metric = rows[0]['metric']
+    digits = 3 if max(abs(r['own']) for r in rows) <= 1 else 2
+    dense = 'takes' not in rows[0]
+    head = ['rank', 'candidate', metric, f'ensemble with {args.target}', 'gap',
+            'teaches %', 'lower loss %' if dense else 'adds %', 'by' if dense else 'takes %']
+    body = [[str(r['rank']), r['candidate'], f'{r["own"]:.{digits}f}',
+             f'{r["ensemble"]:.{digits}f}', f'{r["gap"]:+.{digits}f}',
+             f'{100 * r["teaches"]:.1f}', f'{100 * r["adds"]:.1f}',
+             f'{r["margin"]:.3g}' if dense else f'{100 * r["takes"]:.1f}'] for r in rows]
+    lines = [f'# Partners for {args.target} ({metric} {rows[0]["target"]:.{digits}f} on '
+             f'{args.split})', '', '| ' + ' | '.join(head) + ' |',
+             '|' + '|'.join(['---:'] * len(head)) + '|'] + \
+        ['| ' + ' | '.join(b) + ' |' for b in body]
+    lines += ['', 'Why, best first:', ''] + [f'{r["rank"]}. {r["candidate"]}: {r["reason"]}'
+                                             for r in rows]
+    best = rows[0]['candidate']
+    pair = os.path.join(out, f'bikd_{args.target}_{best}.yaml')
+    write_config(pair, args.config_file, [configs[0], configs[names.index(best)]])
+    lines += ['', f'Ready config for the best pair: {pair}']
+    if args.k > 2:
+        chosen = greedy(names, result, evaluator, args.k)
+        write_config(os.path.join(out, 'bikd_kway.yaml'), args.config_file,
+                     [configs[names.index(n)] for n in chosen])
+        lines += [f'K = {len(chosen)}, chosen greedily: {", ".join(chosen)} '
+                  f'({os.path.join(out, "bikd_kway.yaml")})']
+    text = '\n'.join(lines) + '\n'
+    save_text(text, os.path.join(out, 'partners.md'))
+    with atomic_path(os.path.join(out, 'partners.csv')) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plot(rows, args.target, os.path.join(out, 'partners.png'))
+    print('\n' + text)
+    print(f'written to {out}: partners.md, partners.csv, partners.png, per_sample.npz')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
