@@ -146,8 +146,9 @@ def reason(r: dict, classification: bool) -> str:
             f'{r["gap"]:+.2f} over the target')
 
 
-def greedy(names: List[str], result: dict, evaluator, k: int) -> List[str]:
-    """K - 1 partners, each adding most to the chosen set (see the module's description)."""
+def greedy(names: List[str], result: dict, evaluator, k: int, ranked: List[str]) -> List[str]:
+    """K - 1 partners, each adding most to the chosen set (see the module's description);
+    equal additions go to the better ranked candidate (``ranked``: best first)."""
     losses = result['losses']
     outcomes = [evaluator.sample_outcome(result['stats'], i) for i in range(len(names))]
     chosen, left = [0], list(range(1, len(names)))
@@ -158,7 +159,7 @@ def greedy(names: List[str], result: dict, evaluator, k: int) -> List[str]:
         else:
             best = np.min([losses[i] for i in chosen], axis=0)
             gains = {j: float(np.mean(losses[j] < best)) for j in left}
-        pick = max(left, key=lambda j: (gains[j], -j))
+        pick = max(left, key=lambda j: (gains[j], -ranked.index(names[j])))
         chosen.append(pick)
         left.remove(pick)
     return [names[i] for i in chosen]
@@ -265,7 +266,7 @@ def main(argv=None):
     write_config(pair, args.config_file, [configs[0], configs[names.index(best)]])
     lines += ['', f'Ready config for the best pair: {pair}']
     if args.k > 2:
-        chosen = greedy(names, result, evaluator, args.k)
+        chosen = greedy(names, result, evaluator, args.k, [r['candidate'] for r in rows])
         write_config(os.path.join(out, 'bikd_kway.yaml'), args.config_file,
                      [configs[names.index(n)] for n in chosen])
         lines += [f'K = {len(chosen)}, chosen greedily: {", ".join(chosen)} '
