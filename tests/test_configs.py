@@ -205,3 +205,20 @@ def test_the_digits_demo_is_the_papers_method_at_a_short_schedule():
     assert (opt.type, opt.weight_decay) == ('Adam', 1e-5)  # lr 1e-4 for 200 steps, said there
     assert [m.checkpoint for m in cfg.model.members] == [
         'checkpoints/digits/resnet.pth', 'checkpoints/digits/convnext.pth']
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs/*/pools/*.yaml'))),
+                         ids=lambda p: os.path.relpath(p, ROOT))
+def test_partner_pools_list_members_that_build(path):
+    """A pool (tools/find_partners.py --pool) is a list of member configs, not a run config."""
+    import yaml
+    from bikd.meta_arch import build_member
+    with open(path) as f:
+        pool = yaml.safe_load(f)
+    assert isinstance(pool, list) and pool
+    init_default_scope('bikd')
+    for spec in pool:
+        member = build_member(spec, random_init=True)
+        assert member.name == spec['name']
+        x = torch.rand(2, 3, *spec['input_size'])
+        assert member.predict(x).shape == (2, spec['num_classes'])
