@@ -3,9 +3,11 @@ no timing is asserted)."""
 import os
 import re
 
+import pytest
+
 from conftest import digits_overrides, run_tool
 
-VARIANT_ROW = r'\s+\d+\.\d{4}\s+\d+\.\d\s+\d+'
+VARIANT_ROW = r'\s+\d+\.\d{4}\s+\d+\.\d\s+\d+\s+\d+\.\d'
 K_ROW = r'^\s+(\d)\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d{2}\s+(\d+\.\d)$'
 
 
@@ -14,6 +16,13 @@ def check_common_rows(out, names):
         assert re.search(re.escape(f'{name} alone') + VARIANT_ROW, out), name
         assert re.search(re.escape(f'KL+DP, student {name}') + VARIANT_ROW, out), name
     assert re.search(r'Bi-KD \(all members\)' + VARIANT_ROW, out)
+    assert re.search(r'Bi-KD lean \(member by member\)' + VARIANT_ROW, out)
+    # lean mode holds one member's activations at a time: about the largest member's own
+    lean, ordinary = map(float, re.search(
+        r'lean Bi-KD: activation peak / the largest member alone\'s \(\w+\): (\d+\.\d{3})  '
+        r'\(target <= 1.15; ordinary Bi-KD: (\d+\.\d{3})\)', out).groups())
+    assert lean <= 1.15 < ordinary
+    assert re.search(r'lean Bi-KD / ordinary Bi-KD: \d+\.\d{3}', out)
     assert re.search(r'Bi-KD / sum of the members alone: \d+\.\d{3}', out)
     assert re.search(r'kldp for every member \(2 runs\) / Bi-KD: \d+\.\d{3}', out)
     assert re.search(r'at the physical limit .* Bi-KD would cost \d\.\d\dx kldp', out)
@@ -46,11 +55,35 @@ def test_benchmark_on_the_segmentation_toy_distils_150_classes_at_quarter_resolu
     make_ade20k_toy(str(tmp_path / 'toy'), n_train=6, n_val=2, size=64)
     root = os.path.join(tmp_path, 'toy', 'ADEChallengeData2016')
     proc = run_tool('benchmark.py', '--config-file', 'configs/ade20k_toy/m2f_upernet_bikd.yaml',
-                    '--iters', '1', '--warmup', '1', '--device', 'cpu',
+                    '--iters', '1', '--warmup', '1', '--device', 'cpu', '--eval-k', '3,5',
                     f'train_dataloader.dataset.data_root={root}',
-                    'train_dataloader.num_workers=0', 'train_dataloader.batch_size=2')
+                    f'val_dataloader.dataset.data_root={root}',
+                    'train_dataloader.num_workers=0', 'train_dataloader.batch_size=2',
+                    'val_dataloader.batch_size=2')
     check_common_rows(proc.stdout, ['mask2former', 'upernet'])
+    # evaluation member by member: flat in K (from K = 3, where every kind of member has run
+    # beside the running ensemble sum); all outputs held: one prediction more per member (K = 3
+    # and 5 end on the same kind of member, whose own peak sits on top of the held outputs)
+    rows = [tuple(map(float, r)) for r in re.findall(
+        r'^\s+(\d)\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d)\s+(\d+\.\d)$', proc.stdout,
+        flags=re.M)]
+    assert [r[0] for r in rows] == [3, 5]
+    assert rows[1][1] <= rows[0][1] * 1.02
+    assert rows[1][4] - rows[0][4] == pytest.approx(2.0, abs=0.3)
     # 150 classes at 1/4 of the crop (at most 128x128; smaller where the random scale
     # made the image smaller)
     h, w = map(int, re.search(r'output \(2, 150, (\d+), (\d+)\)', proc.stdout).groups())
     assert 16 <= h <= 32 and 16 <= w <= 32
+
+
+def test_benchmark_memory_cap_trains_lean_where_the_ordinary_step_runs_out(digits_root, tmp_path):
+    """Fresh processes under an address-space cap halfway between what two ordinary and two
+    lean steps need: the ordinary step runs out of memory, the lean one trains."""
+    proc = run_tool('benchmark.py', '--config-file', 'configs/digits/resnet_convnext_bikd.yaml',
+                    '--iters', '1', '--warmup', '1', '--rounds', '1', '--methods', '',
+                    '--memory-cap', *digits_overrides(digits_root, tmp_path),
+                    'train_dataloader.batch_size=256')
+    out = proc.stdout
+    assert re.search(r'needs: ordinary \d+ MiB, lean \d+ MiB', out), out[-2000:]
+    assert 'ordinary Bi-KD under the cap: out of memory' in out
+    assert re.search(r'lean Bi-KD under the cap: trained \(loss \d+\.\d+\)', out)

@@ -83,7 +83,7 @@ def test_imagenet_config_builds_with_paper_settings(path):
     images = torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8)
     with torch.no_grad():
         (out, ) = model(images, mode='predict')
-    assert out['preds'].shape == (len(model.members) + 1, 1, 1000)
+    assert out['preds'].stacked().shape == (len(model.members) + 1, 1, 1000)
     # the control differs only in type
     ind_cfg, ind = build(path.replace('_bikd.yaml', '_independent.yaml'))
     assert type(ind).__name__ == 'IndependentMetaArch'

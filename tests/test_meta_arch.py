@@ -96,7 +96,7 @@ def test_predict_stacks_members_and_ensemble_mean():
     images, samples = batch()
     (out, ) = model(images, samples, mode='predict')
     assert out['names'] == ['a', 'b', 'ensemble']
-    preds = out['preds']
+    preds = out['preds'].stacked()
     assert preds.shape == (3, 8, 5)
     assert torch.allclose(preds.sum(-1), torch.ones(3, 8), atol=1e-5)
     assert torch.allclose(preds[2], (preds[0] + preds[1]) / 2)

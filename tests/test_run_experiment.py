@@ -120,8 +120,8 @@ class HalfKLMetaArch(BiKDMetaArch):
     \"\"\"Bi-KD with half the distillation term: a new method is one registered class.\"\"\"
     method = 'halfkl'
 
-    def loss(self, inputs, data_samples):
-        out = super().loss(inputs, data_samples)
+    def loss_from_outputs(self, outputs, data_samples, decide_on=None):
+        out = super().loss_from_outputs(outputs, data_samples, decide_on)
         out.distill_loss = out.distill_loss / 2
         return out
 """

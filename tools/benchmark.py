@@ -3,23 +3,27 @@
 
     python tools/benchmark.py --config-file FILE [--iters N] [--warmup W] [--rounds R]
                               [--methods kldp,...] [--device cpu|cuda] [--pretrained]
-                              [--profile] [key=value ...]
+                              [--profile] [--memory-cap] [--eval-k 2,3,4] [key=value ...]
 
 On the same batches (drawn once from the config's training loader) and the same initial
 members (random weights unless --pretrained), it times full training steps (forward, backward,
-optimiser) of: each member trained alone, BiKDMetaArch with all members, and every run that
-the --methods (default: KL+DP, one run per student: a trainable student plus its frozen
-teacher and frozen initial copy) declare to improve the members. Every variant is built and
+optimiser) of: each member trained alone, BiKDMetaArch with all members, the same in lean mode
+(``model.lean=true``: member by member, one member's activations alive at a time), and every
+run that the --methods (default: KL+DP, one run per student: a trainable student plus its
+frozen teacher and frozen initial copy) declare to improve the members. Every variant is built and
 warmed up first, then all are timed round-robin in --rounds rounds, so that the machine's
 drifts fall on all alike. For each: median seconds per iteration, samples/s and its own memory
 (weights, buffers and optimiser state plus the peak of the tensors a training step allocates:
 the CUDA allocator's peak, or torch's memory profile on CPU). Then the ratios measured in this
-one run: Bi-KD / sum of the members alone, each method's runs for every member / Bi-KD, and
+one run: Bi-KD / sum of the members alone; lean Bi-KD's activation peak / the largest member
+alone's and its time / ordinary Bi-KD's; each method's runs for every member / Bi-KD, and
 the bound on the latter that the members' frozen-forward cost sets. Then the data loader's
 throughput against what a Bi-KD step consumes, and the distillation term alone (partition +
 masked KL, forward and backward) for K = 2..8 members on the members' real output shape: time,
 and the memory it allocates in units of one member's output, both linear in K. --profile adds
-a torch.profiler breakdown of one Bi-KD step.
+a torch.profiler breakdown of one Bi-KD step. --memory-cap caps the memory between what a lean
+and an ordinary step need and takes both under it; --eval-k measures the evaluation's peak
+memory for K members, member by member against all outputs held at once.
 
 Timings are medians over --iters steps after --warmup steps; on a shared or small machine
 compare ratios from one run, not absolute figures across runs. Mixed precision and
@@ -28,18 +32,21 @@ optim_wrapper.dtype=bfloat16 model.channels_last=true``; every variant runs unde
 """
 import argparse
 import copy
+import gc
 import math
 import os
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
+import torch.multiprocessing as mp
 from mmengine.optim import build_optim_wrapper
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIKD = 'Bi-KD (all members)'  # the variant's name in the table
+BIKD = 'Bi-KD (all members)'  # the variants' names in the table
+LEAN = 'Bi-KD lean (member by member)'
 sys.path.insert(0, ROOT)
 
 
@@ -75,7 +82,8 @@ def static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> in
 class Variant:
     """One way of training, built and warmed up. Its own memory: weights, buffers and
     optimiser state, plus the peak of the tensors one training step allocates (activations,
-    gradients, temporaries; the allocator's peak on CUDA, torch's memory profile on CPU)."""
+    gradients, temporaries; the allocator's peak on CUDA, torch's memory profile on CPU), and
+    the peak of its activation memory alone (see :func:`step_memory`)."""
 
     def __init__(self, name: str, build: Callable[[], torch.nn.Module], optim_cfg: dict,
                  batches: list, warmup: int, device: str):
@@ -85,7 +93,9 @@ class Variant:
         for i in range(max(warmup, 1)):
             self.step(i)
         _sync(device)
-        self.step_peak_mib = tensor_peak_bytes(lambda: self.step(0), device) / 2**20
+        memory = step_memory(lambda: self.step(0), device, self.model)
+        self.step_peak_mib = memory['total'] / 2**20
+        self.activation_peak_mib = memory['activations'] / 2**20
         self.peak_mib = static_bytes(self.model, self.wrapper.optimizer) / 2**20 + \
             self.step_peak_mib
         self.times: List[float] = []
@@ -99,7 +109,7 @@ class Variant:
     def result(self) -> dict:
         med = statistics.median(self.times)
         return dict(name=self.name, seconds=med, samples_per_s=_batch_size(self.batches[0]) / med,
-                    peak_mib=self.peak_mib)
+                    peak_mib=self.peak_mib, activation_mib=self.activation_peak_mib)
 
 
 def measure_interleaved(variants: Dict[str, Callable[[], torch.nn.Module]], optim_cfg: dict,
@@ -169,26 +179,61 @@ def _batch_size(batch) -> int:
 def tensor_peak_bytes(fn: Callable[[], None], device: str) -> int:
     """Peak bytes of the tensors ``fn`` allocates beyond those alive before it: the CUDA
     allocator's peak, or on CPU the peak of the live tensors in torch's memory profile."""
+    return step_memory(fn, device)['total']
+
+
+def step_memory(fn: Callable[[], None], device: str,
+                model: Optional[torch.nn.Module] = None) -> Dict[str, int]:
+    """Peak bytes of the tensors ``fn`` allocates beyond those alive before it: ``total``, and
+    ``activations``: the peak of those that are not weights' gradients or optimiser state
+    (activations, the outputs kept for the loss, temporaries).
+
+    On CPU both come from torch's memory profile, which tells each tensor's category. On CUDA
+    ``total`` is the allocator's peak and ``activations`` that peak less the bytes of the
+    gradients of ``model``'s trainable weights (a lower bound: at the peak not every gradient
+    need exist yet)."""
     if device.startswith('cuda'):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
         fn()
         torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
+        total = torch.cuda.max_memory_allocated() - base
+        grads = sum(p.numel() * p.element_size() for p in model.parameters()
+                    if p.requires_grad) if model is not None else 0
+        return dict(total=total, activations=max(total - grads, 0))
     from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action
+    from torch.profiler._memory_profiler import Action, Category, TensorKey
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                  with_stack=True) as prof:
         fn()
-    live = peak = 0
-    for _, action, _, size in prof._memory_profile().timeline:
+    memory = prof._memory_profile()
+    kept_apart = (Category.GRADIENT, Category.PARAMETER, Category.OPTIMIZER_STATE)
+    live, counted = {}, {}  # tensor -> bytes; tensor -> whether it counts as activation
+    total = activations = peak_total = peak_activations = 0
+    for _, action, (key, version), size in memory.timeline:
+        # allocations the profiler ties to no tensor (kernels' workspaces) share one key:
+        # they count in both, by size
+        tensor = isinstance(key, TensorKey)
         if action == Action.CREATE:
-            live += size
+            total += size
+            if not tensor:
+                activations += size
+            else:
+                live[key] = size
         elif action == Action.DESTROY:
-            live -= size
-        peak = max(peak, live)
-    return peak
+            total -= size
+            if not tensor:
+                activations -= size
+            elif key in live:
+                activations -= counted.pop(key, False) * live.pop(key)
+        if tensor and key in live and action in (Action.CREATE, Action.INCREMENT_VERSION):
+            now = memory._categories.get(key, version) not in kept_apart
+            activations += (now - counted.get(key, False)) * live[key]
+            counted[key] = now
+        peak_total = max(peak_total, total)
+        peak_activations = max(peak_activations, activations)
+    return dict(total=peak_total, activations=peak_activations)
 
 
 def distill_table(shape, ks, iters: int, device: str) -> List[dict]:
@@ -216,6 +261,173 @@ def distill_table(shape, ks, iters: int, device: str) -> List[dict]:
         rows.append(dict(k=k, ms=1000 * statistics.median(times), peak_mib=peak / 2**20,
                          outputs=peak / one_output))
     return rows
+
+
+def lean_copy(model: torch.nn.Module) -> torch.nn.Module:
+    model = copy.deepcopy(model)
+    model.lean = True
+    return model
+
+
+def _vm_bytes(field: str = 'VmSize') -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'no {field} in /proc/self/status')
+
+
+def _capped_steps(config: str, opts: List[str], lean: bool, cap: Optional[float],
+                  result) -> None:
+    """In a fresh process: build the config's Bi-KD model (lean or not) and its optimiser,
+    then take two training steps on the loader's first batch, with the process's address
+    space capped at its size before the steps plus ``cap`` bytes (``None``: no cap). Puts
+    (outcome, the address space the steps added at their peak, detail) into ``result``."""
+    import resource
+
+    from mmengine.registry import MODELS, init_default_scope
+    from mmengine.runner import Runner
+
+    from bikd.engine import load_config, setup_engine
+    setup_engine()
+    cfg = load_config(config, opts)
+    init_default_scope(cfg.get('default_scope', 'bikd'))
+    torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
+    model = MODELS.build(dict(cfg.model, type='BiKDMetaArch', lean=lean)).train()
+    wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    batch = next(iter(Runner.build_dataloader(loader_cfg, seed=0)))
+    gc.collect()
+    before = _vm_bytes()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if cap is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (int(before + cap), hard))
+    try:
+        for _ in range(2):
+            logs = model.train_step(batch, wrapper)
+        outcome = ('trained', f'loss {float(logs["loss"]):.4f}')
+    except (RuntimeError, MemoryError) as e:
+        outcome = ('out of memory', str(e).splitlines()[0][:100])
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    result.put((outcome[0], _vm_bytes('VmPeak') - before, outcome[1]))
+
+
+def memory_cap_demo(args, opts: List[str], ordinary: Variant, lean: Variant) -> None:
+    """Cap the memory between what a lean and an ordinary step need and train under it,
+    ordinary and lean: on CUDA with the process's memory fraction, halfway between the two
+    steps' tensor peaks measured above; on CPU in fresh processes with an address-space limit
+    (``RLIMIT_AS``), halfway between the address space each needs in an uncapped fresh
+    process (first steps included: the optimiser's state, the kernels' caches)."""
+    print('\nmemory cap: ordinary and lean Bi-KD steps under a cap between their needs')
+    if args.device.startswith('cuda'):
+        need = [v.step_peak_mib * 2**20 for v in (ordinary, lean)]
+        outcomes = []
+        for variant in (ordinary, lean):
+            variant.wrapper.zero_grad()
+            gc.collect()
+            torch.cuda.empty_cache()
+            limit = torch.cuda.memory_allocated() + (need[0] + need[1]) / 2
+            total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(limit / total, 1.0))
+            try:
+                for i in range(2):
+                    variant.step(i)
+                outcomes.append(('trained', '2 steps'))
+            except torch.cuda.OutOfMemoryError as e:
+                variant.wrapper.zero_grad()
+                outcomes.append(('out of memory', str(e).splitlines()[0][:100]))
+            finally:
+                torch.cuda.set_per_process_memory_fraction(1.0)
+        how = 'tensor memory of a step (CUDA allocator, per-process memory fraction)'
+    else:
+        ctx = mp.get_context('spawn')
+
+        def fresh(is_lean, cap):
+            result = ctx.Queue()
+            proc = ctx.Process(target=_capped_steps, args=(args.config_file, opts, is_lean,
+                                                           cap, result))
+            # one malloc arena: no 64 MiB reservations per thread in the address space
+            arenas = os.environ.get('MALLOC_ARENA_MAX')
+            os.environ['MALLOC_ARENA_MAX'] = '1'
+            try:
+                proc.start()
+            finally:
+                if arenas is None:
+                    os.environ.pop('MALLOC_ARENA_MAX')
+                else:
+                    os.environ['MALLOC_ARENA_MAX'] = arenas
+            out = result.get()
+            proc.join()
+            return out
+
+        need = [fresh(is_lean, None)[1] for is_lean in (False, True)]
+        if need[0] <= need[1]:
+            print(f'  nothing to show: in a fresh process the ordinary steps need no more '
+                  f'address space than the lean ones ({need[0] / 2**20:.0f} vs '
+                  f'{need[1] / 2**20:.0f} MiB)')
+            return
+        cap = (need[0] + need[1]) / 2
+        outcomes = [fresh(is_lean, cap)[::2] for is_lean in (False, True)]
+        how = ('address space two first steps add in a fresh process (RLIMIT_AS), after '
+               'building the model')
+    print(f'  needs: ordinary {need[0] / 2**20:.0f} MiB, lean {need[1] / 2**20:.0f} MiB of '
+          f'{how}; cap {(need[0] + need[1]) / 2 / 2**20:.0f} MiB')
+    for name, (outcome, detail) in zip(('ordinary Bi-KD', 'lean Bi-KD'), outcomes):
+        print(f'  {name} under the cap: {outcome} ({detail})')
+
+
+def eval_memory_table(cfg, members: list, ks: List[int], device: str) -> None:
+    """Peak tensor memory of evaluating one validation batch with K members, member by member
+    (as the meta-architectures evaluate) and with all K + 1 outputs held at once (stacked)."""
+    from mmengine.registry import METRICS
+    from mmengine.runner import Runner
+
+    from bikd import IndependentMetaArch
+    loader_cfg = copy.deepcopy(cfg.val_dataloader)
+    loader_cfg.update(num_workers=0, persistent_workers=False)
+    loader = Runner.build_dataloader(loader_cfg, seed=0)
+    data_batch = next(iter(loader))
+    evaluator = METRICS.build(copy.deepcopy(cfg.val_evaluator))
+    evaluator.dataset_meta = getattr(loader.dataset, 'metainfo', None)
+    rows = []
+    for k in ks:
+        copies = []
+        for i in range(k):
+            m = copy.deepcopy(members[i % len(members)])
+            m.name = f'{m.name}_{i}'
+            copies.append(m)
+        model = IndependentMetaArch(copies, data_preprocessor=cfg.model.get(
+            'data_preprocessor')).to(device).eval()
+
+        def memberwise():
+            with torch.no_grad():
+                evaluator.process(data_batch, model.val_step(data_batch))
+            evaluator.results.clear()
+
+        def stacked():
+            with torch.no_grad():
+                out = model.val_step(data_batch)[0]
+                evaluator.results.extend(evaluator.sample_stats(out['preds'].stacked(),
+                                                                data_batch))
+            evaluator.results.clear()
+
+        memberwise()  # warm-up
+        with torch.no_grad():
+            data = model.data_preprocessor(data_batch, False)
+            one = copies[0].predict(data['inputs'], data['data_samples'])
+        rows.append((k, tensor_peak_bytes(memberwise, device), tensor_peak_bytes(stacked, device),
+                     one.numel() * 4))
+        del model, copies
+    print(f'\nevaluation of one validation batch, peak tensor memory (one member\'s prediction: '
+          f'{tuple(one.shape)}, {rows[0][3] / 2**20:.1f} MiB)')
+    print(f'{"K":>3}{"member by member MiB":>22}{"x prediction":>14}{"all held MiB":>14}'
+          f'{"x prediction":>14}')
+    for k, lazy, held, size in rows:
+        print(f'{k:>3}{lazy / 2**20:>22.1f}{lazy / size:>14.1f}{held / 2**20:>14.1f}'
+              f'{held / size:>14.1f}')
+    print('(member by member, as the meta-architectures evaluate: flat in K; all K + 1 '
+          'outputs held at once grows by one prediction per member)')
 
 
 def loader_throughput(loader_cfg: dict, batches: int) -> float:
@@ -249,6 +461,14 @@ def main(argv=None):
                         help='also profile one Bi-KD step with torch.profiler: time per part '
                              '(each member\'s forward, partition + KL, backward, optimiser) '
                              'and the top operators')
+    parser.add_argument('--memory-cap', action='store_true',
+                        help='show lean mode at work: cap the memory (on CPU the process\'s '
+                             'address space, on CUDA its memory fraction) between the lean and '
+                             'the ordinary step\'s needs, then take an ordinary and a lean step')
+    parser.add_argument('--eval-k', default='', metavar='K,K,...',
+                        help='also measure the peak memory of evaluating one validation batch '
+                             'with K members (the config\'s, repeated), member by member '
+                             'against all outputs held at once, e.g. 2,3,4')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
 
@@ -287,6 +507,7 @@ def main(argv=None):
     for m in members:
         variants[f'{m.name} alone'] = lambda m=m: IndependentMetaArch([copy.deepcopy(m)], **fmt)
     variants[BIKD] = lambda: copy.deepcopy(bikd)
+    variants[LEAN] = lambda: lean_copy(bikd)
     planned = {}  # method -> its runs, each timed as a variant named by the run's label
     for method, cls in select_methods([m for m in args.methods.split(',') if m]).items():
         try:
@@ -303,14 +524,26 @@ def main(argv=None):
     results = {name: v.result() for name, v in built.items()}
 
     width = max(len(n) for n in results) + 2
-    print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"own MiB":>11}')
+    print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"own MiB":>11}'
+          f'{"act. MiB":>11}')
     for r in results.values():
         print(f'{r["name"]:<{width}}{r["seconds"]:>10.4f}{r["samples_per_s"]:>12.1f}'
-              f'{r["peak_mib"]:>11.0f}')
+              f'{r["peak_mib"]:>11.0f}{r["activation_mib"]:>11.1f}')
+    print('(act. MiB: the peak of the activation memory of a step: tensors other than '
+          'gradients, weights and optimiser state' + (
+              '; on CUDA the peak less the gradients\' size)' if args.device.startswith('cuda')
+              else ')'))
     step = {n: results[f'{n} alone']['seconds'] for n in names}
     alone = sum(step.values())
     ours = results[BIKD]['seconds']
     print(f'\nBi-KD / sum of the members alone: {ours / alone:.3f}  (time per iteration)')
+    largest = max(names, key=lambda n: results[f'{n} alone']['activation_mib'])
+    own_act = results[f'{largest} alone']['activation_mib']
+    print(f'lean Bi-KD: activation peak / the largest member alone\'s ({largest}): '
+          f'{results[LEAN]["activation_mib"] / own_act:.3f}  (target <= 1.15; ordinary Bi-KD: '
+          f'{results[BIKD]["activation_mib"] / own_act:.3f})')
+    print(f'lean Bi-KD / ordinary Bi-KD: {results[LEAN]["seconds"] / ours:.3f}  (time per '
+          'iteration; one more forward per member)')
     frozen = {}  # member -> seconds of its forward without gradient
     for method, runs in planned.items():
         total = sum(results[run.label]['seconds'] for run in runs)
@@ -332,6 +565,10 @@ def main(argv=None):
 
     if args.profile:
         profile_step(built[BIKD], args)
+    if args.memory_cap:
+        memory_cap_demo(args, opts, built[BIKD], built[LEAN])
+    if args.eval_k:
+        eval_memory_table(cfg, members, [int(k) for k in args.eval_k.split(',')], args.device)
 
     # the data pipeline: the loader alone against what a Bi-KD step consumes
     n_load = max(min(len(loader) - 1, 2 * (args.iters + args.warmup)), 1)

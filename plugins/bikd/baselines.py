@@ -7,7 +7,7 @@ per-sample partition (:func:`~bikd.partition.select_teachers`) and the masked KL
 Frozen members stay in eval mode, take no gradient and are never updated.
 """
 import copy
-from typing import Any, List, Sequence, Union
+from typing import Any, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -37,10 +37,6 @@ class _FrozenMembersMixin:
         for module in self.frozen_modules():
             module.eval()
         return self
-
-    def _frozen_forward(self, member: Member, inputs: Any, data_samples: Any) -> MemberOutput:
-        with torch.no_grad():
-            return member.forward_train(inputs, data_samples)
 
 
 def _member_index(members: Sequence[Member], name: str, role: str) -> int:
@@ -120,12 +116,16 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
         # select_teachers gives ties to the later entry: the initial student, as KL+DP does
         return select_teachers(torch.stack([self._scores(teacher), self._scores(initial)])) == 0
 
-    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
+    def step_members(self) -> List[Member]:
+        """The student, the teacher and the initial student, in this order."""
+        return [self.members[self.student_index], self.members[self.teacher_index],
+                self.initial_student]
+
+    def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
+                          decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
         student = self.members[self.student_index]
-        out = student.forward_train(inputs, data_samples)
-        teacher = self._frozen_forward(self.members[self.teacher_index], inputs, data_samples)
-        initial = self._frozen_forward(self.initial_student, inputs, data_samples)
-        to_teacher = self.route(teacher, initial)
+        out, teacher, initial = outputs
+        to_teacher = self.route(*(outputs if decide_on is None else decide_on)[1:])
         shape = (-1, ) + (1, ) * (teacher.logits.dim() - 1)
         target = torch.where(to_teacher.view(shape), teacher.logits, initial.logits)
         # the student is member 0 and the chosen target member 1 for every sample
@@ -163,14 +163,11 @@ class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
                               label=f'KD from {t}')
                 for t in names]
 
-    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
-        outputs, out = [], StepOutput()
-        for i, m in enumerate(self.members):
-            if i == self.teacher_index:
-                outputs.append(self._frozen_forward(m, inputs, data_samples))
-            else:
-                outputs.append(m.forward_train(inputs, data_samples))
-                out.task_losses[m.name] = outputs[-1].loss.mean()
+    def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
+                          decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
+        out = StepOutput(task_losses={m.name: o.loss.mean()
+                                      for i, (m, o) in enumerate(zip(self.members, outputs))
+                                      if i != self.teacher_index})
         n = outputs[0].logits.shape[0]
         teachers = torch.full((n, ), self.teacher_index, dtype=torch.long,
                               device=outputs[0].logits.device)
@@ -195,8 +192,8 @@ class DMLMetaArch(MultiMemberMetaArch):
         super().__init__(members, **kwargs)
         self.temperature = positive_temperature(temperature)
 
-    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
-        outputs = self.forward_members(inputs, data_samples)
+    def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
+                          decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
         logits = [o.logits for o in outputs]
         n, k = logits[0].shape[0], len(logits)
         total = logits[0].new_zeros(())

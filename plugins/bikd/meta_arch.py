@@ -19,6 +19,8 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from .evaluation import MemberPredictions
+from .lean import lean_train_step, trains
 from .losses import distillation_loss, positive_temperature
 from .member import Member, MemberOutput
 from .partition import TIE_RULES, select_teachers, teacher_share
@@ -117,9 +119,16 @@ class MultiMemberMetaArch(BaseModel):
         channels_last: keep the members' convolution weights and the input batch in
             channels-last memory format (channels-last-3d for video), which tensor-core GPUs
             and oneDNN on CPU run faster. Results are unchanged up to floating-point order.
+        lean: train member by member (:mod:`bikd.lean`): at most one member's activations
+            are alive at once, for members that do not fit on the device together; costs one
+            more forward per trained member. The weights after each step are the ordinary
+            step's.
 
-    Subclasses implement ``loss(inputs, data_samples) -> StepOutput``. A training step whose
-    loss is not finite is the optimiser wrapper's to drop or raise
+    Subclasses implement ``loss_from_outputs(outputs, data_samples, decide_on=None) ->
+    StepOutput``: the step's losses from the outputs of :meth:`step_members` (in that
+    order), with any per-sample choice (teachers, routes) taken on ``decide_on`` when given
+    (the lean step passes the outputs computed without gradient). A training step whose loss
+    is not finite is the optimiser wrapper's to drop or raise
     (``optim_wrapper.nonfinite_policy``, :mod:`bikd.engine.optim`).
 
     As a method of an experiment, a subclass sets ``method`` (its name for
@@ -137,7 +146,7 @@ class MultiMemberMetaArch(BaseModel):
 
     def __init__(self, members: Sequence[Union[dict, Member]], random_init: bool = False,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, lean: bool = False):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if len(members) < self.min_members:
             raise ValueError(f'{type(self).__name__} needs at least {self.min_members} members, '
@@ -156,6 +165,7 @@ class MultiMemberMetaArch(BaseModel):
         self.channels_last = bool(channels_last)
         if self.channels_last:
             self.members._apply(to_channels_last)
+        self.lean = bool(lean)
 
     @property
     def member_names(self) -> List[str]:
@@ -201,10 +211,25 @@ class MultiMemberMetaArch(BaseModel):
         # Members arrive with their pretrained weights; mmengine must not re-initialise them.
         pass
 
+    def train_step(self, data: Any, optim_wrapper) -> Dict[str, Tensor]:
+        if self.lean:
+            return lean_train_step(self, data, optim_wrapper)
+        return super().train_step(data, optim_wrapper)
+
+    def prepare_inputs(self, inputs: Any) -> Any:
+        """The batch as the members take it (channels-last where switched on)."""
+        return to_channels_last(inputs) if self.channels_last else inputs
+
     def forward(self, inputs: Any, data_samples: Any = None, mode: str = 'tensor'):
-        if self.channels_last:
-            inputs = to_channels_last(inputs)
+        inputs = self.prepare_inputs(inputs)
         if mode == 'loss':
+            if self.lean and torch.is_grad_enabled() and not self._warned_not_lean:
+                self._warned_not_lean = True
+                warnings.warn('model.lean=true, but the training step came through '
+                              "forward(mode='loss') (a model wrapper that does not know lean "
+                              'mode): this step is the ordinary one. Under DDP use '
+                              'model_wrapper_cfg.type=LeanDistributedDataParallel.',
+                              RuntimeWarning)
             return self.loss(inputs, data_samples)
         if mode == 'predict':
             return self.predict(inputs, data_samples)
@@ -213,25 +238,43 @@ class MultiMemberMetaArch(BaseModel):
         raise ValueError(f'invalid mode {mode!r}; expected "loss", "predict" or "tensor"')
 
     def predict(self, inputs: Any, data_samples: Any = None) -> List[Dict[str, Any]]:
-        """Every member's prediction and the ensemble's (their mean), stacked.
+        """Every member's prediction and the ensemble's (their mean).
 
         Returns a one-element list (mmengine's evaluator iterates over outputs) holding
-        ``dict(names=[K member names + 'ensemble'], preds=Tensor[K + 1, N, ...])``.
+        ``dict(names=[K member names + 'ensemble'], preds=MemberPredictions)``: the members
+        run one at a time when the metric reads them
+        (:class:`bikd.evaluation.MemberPredictions`; ``.stacked()`` for one tensor).
         """
-        preds = torch.stack([m.predict(inputs, data_samples).float() for m in self.members])
-        preds = torch.cat([preds, preds.mean(dim=0, keepdim=True)])
-        return [dict(names=self.member_names + ['ensemble'], preds=preds)]
+        preds = MemberPredictions(self.members, inputs, data_samples)
+        return [dict(names=preds.names, preds=preds)]
+
+    _warned_not_lean = False
+
+    def step_members(self) -> List[Member]:
+        """The modules whose training forward a step runs, in the order in which
+        :meth:`loss_from_outputs` takes their outputs: the members by default (KL+DP adds
+        the frozen initial copy of its student). Those without trainable weights run
+        without gradient."""
+        return list(self.members)
 
     def forward_members(self, inputs: Any, data_samples: Any) -> List[MemberOutput]:
-        """Every member's training forward, labelled for torch.profiler traces."""
+        """The training forward of every module of :meth:`step_members`, labelled for
+        torch.profiler traces; frozen ones without gradient."""
         outputs = []
-        for m in self.members:
-            with record_function(f'bikd.forward.{m.name}'):
+        for m in self.step_members():
+            with record_function(f'bikd.forward.{m.name}'), torch.set_grad_enabled(
+                    torch.is_grad_enabled() and trains(m)):
                 outputs.append(m.forward_train(inputs, data_samples))
         return outputs
 
+    def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
+                          decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
+        """The step's losses from the outputs of :meth:`step_members`; per-sample choices
+        are taken on ``decide_on`` (default: ``outputs``)."""
+        raise NotImplementedError(f'{type(self).__name__} implements no loss_from_outputs')
+
     def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
-        raise NotImplementedError
+        return self.loss_from_outputs(self.forward_members(inputs, data_samples), data_samples)
 
 
 @META_ARCH.register_module()
@@ -296,14 +339,14 @@ class BiKDMetaArch(MultiMemberMetaArch):
         losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
         return select_teachers(torch.stack([x.detach() for x in losses]), False, self.ties)
 
-    def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
-        outputs = self.forward_members(inputs, data_samples)
+    def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
+                          decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
         out = StepOutput(task_losses={m.name: o.loss.mean()
                                       for m, o in zip(self.members, outputs)})
         if len(outputs) < 2:
             return out
         with record_function('bikd.distillation'):
-            teachers = self.select_teachers(outputs)
+            teachers = self.select_teachers(outputs if decide_on is None else decide_on)
             share = teacher_share(teachers, len(outputs))
             out.teacher_share = dict(zip(self.member_names, share))
             if self.distills:

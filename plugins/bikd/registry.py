@@ -36,7 +36,8 @@ RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=mme.RUNNER_CONSTRUCT
 LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd')
 DATA_SAMPLERS = Registry('data sampler', parent=mme.DATA_SAMPLERS, scope='bikd')
 FUNCTIONS = Registry('function', parent=mme.FUNCTIONS, scope='bikd')
-MODEL_WRAPPERS = Registry('model_wrapper', parent=mme.MODEL_WRAPPERS, scope='bikd')
+MODEL_WRAPPERS = Registry('model_wrapper', parent=mme.MODEL_WRAPPERS, scope='bikd',
+                          locations=['bikd.engine.lean_ddp'])
 WEIGHT_INITIALIZERS = Registry('weight initializer', parent=mme.WEIGHT_INITIALIZERS, scope='bikd')
 OPTIMIZERS = Registry('optimizer', parent=mme.OPTIMIZERS, scope='bikd')
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd')

@@ -39,6 +39,10 @@ def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
                              'optim_wrapper.dtype=... (bf16 also on CPU)')
     parser.add_argument('--channels-last', action='store_true',
                         help='channels-last memory format: the same as model.channels_last=true')
+    parser.add_argument('--lean', action='store_true',
+                        help='train member by member, for members that do not fit on the device '
+                             'together (one more forward per member; the same weights): the '
+                             'same as model.lean=true')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value',
                         help='config overrides')
     return parser
@@ -72,10 +76,14 @@ def _setup_distributed(cfg) -> str:
     if int(os.environ.get('WORLD_SIZE', '1')) <= 1:
         return 'none'
     cuda = torch.cuda.is_available()
-    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})
-    cfg.env_cfg.dist_cfg['backend'] = 'nccl' if cuda else 'gloo'
+    env = dict(cfg.get('env_cfg') or {})
+    env['dist_cfg'] = dict(env.get('dist_cfg') or {}, backend='nccl' if cuda else 'gloo')
+    cfg.env_cfg = env
+    # the lean step reduces each member's gradients itself (bikd.engine.lean_ddp)
+    lean = bool(cfg.model.get('lean', False))
     wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='MMDistributedDataParallel', broadcast_buffers=False,
+        type='LeanDistributedDataParallel' if lean else 'MMDistributedDataParallel',
+        broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
     if not cuda:
         if not dist.is_initialized():
@@ -103,6 +111,8 @@ def setup(args):
         cfg.optim_wrapper.update(type='AmpOptimWrapper', dtype=AMP_DTYPES[args.amp])
     if getattr(args, 'channels_last', False):
         cfg.model.channels_last = True
+    if getattr(args, 'lean', False):
+        cfg.model.lean = True
     if not cfg.get('work_dir'):
         cfg.work_dir = osp.join('work_dirs', osp.splitext(osp.basename(args.config_file))[0])
     cfg.launcher = _setup_distributed(cfg)

@@ -27,7 +27,7 @@ underflow). ``tools/train_net.py ... --amp bf16`` sets it. The distillation term
 partition upcast the members' outputs to fp32 themselves (:func:`bikd.losses.at_least_fp32`).
 """
 import logging
-from typing import Dict, Optional, Union
+from typing import Dict, Iterable, Optional, Union
 
 import torch
 import torch.distributed as dist
@@ -99,6 +99,34 @@ class StepPolicy:
             super().update_params(loss, step_kwargs, zero_kwargs)
             return
         self._drop_step(loss)
+
+    def update_params_in_parts(self, total: torch.Tensor, parts: Iterable[torch.Tensor],
+                               step_kwargs: Optional[Dict] = None,
+                               zero_kwargs: Optional[Dict] = None) -> None:
+        """One step whose gradient is the sum of the gradients of ``parts``: the lean
+        training step (:mod:`bikd.lean`), which computes the loss member by member.
+
+        ``total`` is the step's loss value (no graph needed): the step policy decides on it
+        before any part is computed. ``parts`` is iterated lazily: each loss is
+        back-propagated before the next is drawn, so that the caller can free one part's
+        activations before the next part's forward. As :meth:`update_params` for gradient
+        accumulation and clipping (the parts make one step)."""
+        bad = not bool(torch.isfinite(total.detach()).all())
+        if _any_process(bad, total.device):
+            self._drop_step(total)
+            return
+        self.skipped_in_a_row = 0
+        self.last_step_skipped = False
+        for loss in parts:
+            self.backward_part(self.scale_loss(loss))
+        self._inner_count += 1
+        if self.should_update():
+            self.step(**(step_kwargs or {}))
+            self.zero_grad(**(zero_kwargs or {}))
+
+    def backward_part(self, loss: torch.Tensor) -> None:
+        """Back-propagate one part of a step's loss (no step counted)."""
+        loss.backward()
 
     def _drop_step(self, loss: torch.Tensor) -> None:
         terms = nonfinite_terms()
@@ -184,3 +212,6 @@ class AmpOptimWrapper(StepPolicy, _MMEngineAmpOptimWrapper):
         self._scale_update_param = None
         self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
         self.cast_dtype = torch.bfloat16
+
+    def backward_part(self, loss: torch.Tensor) -> None:
+        self.loss_scaler.scale(loss).backward()

@@ -1,0 +1,66 @@
+"""DDP for the lean training step (``model.lean=true``, :mod:`bikd.lean`).
+
+mmengine's ``MMDistributedDataParallel`` reduces the gradients in hooks that its own forward
+arms, once per backward; the lean step runs one backward per member outside that forward. This
+wrapper is mmengine's for the ordinary step and, for a model in lean mode, runs the lean step
+and averages each member's gradients over the processes right after the member's backward, in
+buckets. ``tools/train_net.py`` chooses it when the model is lean and the run has several
+processes.
+"""
+from typing import Dict, List
+
+import torch
+import torch.distributed as dist
+from mmengine.model import MMDistributedDataParallel
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from ..lean import lean_train_step
+from ..registry import MODEL_WRAPPERS
+
+BUCKET_BYTES = 25 * 2**20  # as torch's DDP
+
+
+def all_reduce_gradients(module: nn.Module, group=None) -> None:
+    """Average the gradients of ``module``'s trainable weights over the processes. A weight
+    without a gradient here but with one on another process gets zeros first, so that every
+    process reduces the same tensors (as DDP does for weights unused on some processes)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        return
+    world = dist.get_world_size(group)
+    device = params[0].device
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8,
+                           device=device)
+    dist.all_reduce(present, op=dist.ReduceOp.MAX, group=group)
+    grads: List[torch.Tensor] = []
+    for p, used in zip(params, present.tolist()):
+        if not used:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        grads.append(p.grad)
+    bucket: List[torch.Tensor] = []
+    size = 0
+    for i, g in enumerate(grads):
+        bucket.append(g)
+        size += g.numel() * g.element_size()
+        if size >= BUCKET_BYTES or i == len(grads) - 1:
+            flat = _flatten_dense_tensors(bucket)
+            dist.all_reduce(flat, group=group)
+            flat.div_(world)
+            for g_, r in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+                g_.copy_(r)
+            bucket, size = [], 0
+
+
+@MODEL_WRAPPERS.register_module()
+class LeanDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper; the lean step for a model with ``lean=True``."""
+
+    def train_step(self, data, optim_wrapper) -> Dict[str, torch.Tensor]:
+        if not getattr(self.module, 'lean', False):
+            return super().train_step(data, optim_wrapper)
+        return lean_train_step(self.module, data, optim_wrapper,
+                               reduce_gradients=lambda m: all_reduce_gradients(
+                                   m, self.process_group))
