@@ -20,6 +20,7 @@ that do not train (frozen teachers) run once, without gradient.
 
 Under DDP the step bypasses the wrapper's forward, so it reduces each member's gradients
 itself after the member's backward (:class:`bikd.engine.lean_ddp.LeanDistributedDataParallel`).
+A meta-architecture runs it through :meth:`bikd.meta_arch.MultiMemberMetaArch.lean_step`.
 """
 from typing import Any, Callable, Dict, List, Optional
 
@@ -69,11 +70,6 @@ def lean_train_step(model, data: Any, optim_wrapper,
         raise TypeError(f'model.lean=true needs an optimiser wrapper of the bikd scope '
                         f'(optim_wrapper.type: OptimWrapper or AmpOptimWrapper under '
                         f'default_scope bikd), got {type(optim_wrapper).__name__}')
-    from .meta_arch import MultiMemberMetaArch
-    if type(model).loss is not MultiMemberMetaArch.loss:
-        raise TypeError(f'{type(model).__name__} overrides loss(); lean mode computes the loss '
-                        'member by member and needs it as loss_from_outputs(outputs, '
-                        'data_samples, decide_on=None) (see bikd.meta_arch)')
     with optim_wrapper.optim_context(model):
         data = model.data_preprocessor(data, True)
     inputs, samples = model.prepare_inputs(data['inputs']), data['data_samples']

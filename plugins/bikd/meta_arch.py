@@ -11,7 +11,7 @@ and ``tools/benchmark.py`` read these declarations, so a new method is one regis
 """
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from mmengine.model import BaseModel
@@ -213,8 +213,19 @@ class MultiMemberMetaArch(BaseModel):
 
     def train_step(self, data: Any, optim_wrapper) -> Dict[str, Tensor]:
         if self.lean:
-            return lean_train_step(self, data, optim_wrapper)
+            return self.lean_step(data, optim_wrapper)
         return super().train_step(data, optim_wrapper)
+
+    def lean_step(self, data: Any, optim_wrapper,
+                  reduce_gradients: Optional[Callable[[nn.Module], None]] = None
+                  ) -> Dict[str, Tensor]:
+        """One training step member by member (:mod:`bikd.lean`); ``reduce_gradients(member)``
+        after each member's backward (DDP)."""
+        if type(self).loss is not MultiMemberMetaArch.loss:
+            raise TypeError(f'{type(self).__name__} overrides loss(); lean mode computes the loss '
+                            'member by member and needs it as loss_from_outputs(outputs, '
+                            'data_samples, decide_on=None)')
+        return lean_train_step(self, data, optim_wrapper, reduce_gradients)
 
     def prepare_inputs(self, inputs: Any) -> Any:
         """The batch as the members take it (channels-last where switched on)."""

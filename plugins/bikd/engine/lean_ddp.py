@@ -15,7 +15,6 @@ from mmengine.model import MMDistributedDataParallel
 from torch import nn
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
-from ..lean import lean_train_step
 from ..registry import MODEL_WRAPPERS
 
 BUCKET_BYTES = 25 * 2**20  # as torch's DDP
@@ -61,6 +60,5 @@ class LeanDistributedDataParallel(MMDistributedDataParallel):
     def train_step(self, data, optim_wrapper) -> Dict[str, torch.Tensor]:
         if not getattr(self.module, 'lean', False):
             return super().train_step(data, optim_wrapper)
-        return lean_train_step(self.module, data, optim_wrapper,
-                               reduce_gradients=lambda m: all_reduce_gradients(
-                                   m, self.process_group))
+        return self.module.lean_step(data, optim_wrapper, reduce_gradients=lambda m:
+                                     all_reduce_gradients(m, self.process_group))
