@@ -13,29 +13,78 @@ from bikd.registry import DATASETS
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
 
-def scan_image_folder(root: str) -> Tuple[List[str], List[Tuple[str, int]]]:
-    """``root/<class>/**/<image>`` -> (sorted class names, [(path, class index)])."""
+def class_folders(root: str) -> List[str]:
+    """The class folders of an ImageFolder split, sorted by name."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f'dataset folder not found: {root} (expected the ImageFolder '
                                 'layout <root>/<split>/<class>/<image>)')
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith('.'))
     if not classes:
         raise FileNotFoundError(f'no class folders in {root} (expected <class>/<image> inside)')
-    samples = []
-    for idx, cls in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
-            for f in sorted(files):
-                if f.lower().endswith(IMG_EXTENSIONS):
-                    samples.append((os.path.join(dirpath, f), idx))
+    return classes
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _image_files(folder: str, other_classes: Sequence[str], taken: set) -> List[str]:
+    """The images under ``folder``, sorted, following links: but not into a folder that
+    holds the one being walked (a loop), nor into another class's folder (its images are
+    that class's), and each real file once (``taken``, shared by a split's classes)."""
+    out = []
+    for dirpath, dirnames, files in os.walk(folder, followlinks=True):
+        here = os.path.realpath(dirpath)
+        kept = []
+        for d in sorted(dirnames):
+            target = os.path.realpath(os.path.join(dirpath, d))
+            if _within(here, target) or any(_within(target, o) for o in other_classes):
+                continue
+            kept.append(d)
+        dirnames[:] = kept
+        for f in sorted(files):
+            path = os.path.join(dirpath, f)
+            real = os.path.realpath(path)
+            if f.lower().endswith(IMG_EXTENSIONS) and real not in taken:
+                taken.add(real)
+                out.append(path)
+    return sorted(out)
+
+
+def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
+                      classes_from: str = 'the configured classes'
+                      ) -> Tuple[List[str], List[Tuple[str, int]]]:
+    """``root/<class>/**/<image>`` -> (class names, [(path, class index)]).
+
+    Labels are the index of the folder's name in ``classes`` (default: the folders' own
+    sorted names): a split missing a class keeps every other class's label, and a folder that
+    is not among ``classes`` (named by ``classes_from`` in the error) is refused."""
+    found = class_folders(root)
+    classes = list(classes) if classes is not None else found
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise ValueError(f'{root}: class folder(s) {unknown} are not among the {len(classes)} '
+                         f'classes of {classes_from}; labels are given by class name, so every '
+                         'split must use those names (remove or rename the folders)')
+    samples, taken = [], set()
+    real = {c: os.path.realpath(os.path.join(root, c)) for c in found}
+    for cls in found:
+        others = [r for c, r in real.items() if c != cls]
+        samples += [(path, classes.index(cls))
+                    for path in _image_files(os.path.join(root, cls), others, taken)]
     if not samples:
         raise FileNotFoundError(f'no images ({", ".join(IMG_EXTENSIONS)}) under {root}')
     return classes, samples
 
 
 def load_rgb(path: str) -> Image.Image:
-    """Open an image as RGB; an unreadable file raises an error naming it."""
+    """Open an image as 8-bit RGB; an unreadable file raises an error naming it. 16-bit
+    greyscale (``I;16``, as 16-bit PNGs open) is scaled to 8 bits, not clipped at 255."""
     try:
         with Image.open(path) as img:
+            if img.mode.startswith('I;16'):
+                wide = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.round(wide * (255 / 65535)).astype(np.uint8), 'L')
             return img.convert('RGB')
     except Exception as e:  # noqa: BLE001 - PIL raises many types; all mean "cannot read"
         raise OSError(f'cannot read image file {path}: {type(e).__name__}: {e}') from e
@@ -53,21 +102,32 @@ class ImageFolderDataset(Dataset):
 
     Yields ``dict(inputs=uint8 [3, H, W], data_samples=dict(label=int, index=int))``.
 
+    Labels are given by class name, one list for every split: ``classes`` if the config gives
+    it, else the class folders of ``<data_root>/<class_split>`` (the training split), else the
+    split's own folders. So a validation split that lacks a class keeps the other classes'
+    labels, and a folder whose name is not a class is an error that names it. The number of
+    classes is checked against the members' before anything runs
+    (:class:`bikd.engine.hooks.BiKDSummaryHook`).
+
     Args:
         data_root: dataset root.
         split: sub-folder (``train``, ``val``).
         transform: ``create_transform`` keyword arguments; ``is_training`` defaults to
             ``split == 'train'``.
-        classes: expected class names in order; a mismatch with the folders is an error.
+        classes: the class names in label order.
+        class_split: the split whose class folders are the label space when ``classes`` is
+            not given.
     """
 
     def __init__(self, data_root: str, split: str, transform: Optional[Dict] = None,
-                 classes: Optional[Sequence[str]] = None):
+                 classes: Optional[Sequence[str]] = None, class_split: str = 'train'):
         self.root = os.path.join(data_root, split)
-        self.classes, self.samples = scan_image_folder(self.root)
-        if classes is not None and list(classes) != self.classes:
-            raise ValueError(f'class folders of {self.root} ({len(self.classes)}) differ from '
-                             f'the configured classes ({len(classes)})')
+        source = 'the config (classes)'
+        if classes is None and split != class_split and \
+                os.path.isdir(os.path.join(data_root, class_split)):
+            classes = class_folders(os.path.join(data_root, class_split))
+            source = f'the {class_split} split ({os.path.join(data_root, class_split)})'
+        self.classes, self.samples = scan_image_folder(self.root, classes, source)
         kwargs = dict(input_size=224, is_training=split == 'train')
         kwargs.update(transform or {})
         # use_prefetcher=True makes timm end the pipeline with a uint8 array, unnormalised.

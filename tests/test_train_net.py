@@ -108,18 +108,25 @@ def test_resume_continues_from_stored_iteration(digits_root, tmp_path, one_epoch
     assert os.path.isfile(os.path.join(work, 'epoch_2.pth'))
 
 
-def test_eval_only_prints_before_table(digits_root, tmp_path, one_epoch_run):
+def test_eval_only_labels_what_it_evaluated(digits_root, tmp_path, one_epoch_run):
+    """A trained checkpoint is labelled as the checkpoint at its iteration, not "before"."""
     first_work, _ = one_epoch_run
+    ckpt = os.path.join(first_work, 'epoch_1.pth')
     proc = run_tool('train_net.py', '--config-file', CONFIG, '--eval-only',
-                    *digits_overrides(digits_root, str(tmp_path / 'eval')),
-                    f'load_from={os.path.join(first_work, "epoch_1.pth")}')
-    assert 'top1 before' in proc.stdout and 'ensemble (initial members)' in proc.stdout
+                    *digits_overrides(digits_root, str(tmp_path / 'eval')), f'load_from={ckpt}')
+    assert f'Evaluation of the checkpoint {ckpt} (iteration 40)' in proc.stdout
+    assert 'before' not in proc.stdout.split('Evaluation of the checkpoint')[1]
+    assert 'ensemble (these members)' in proc.stdout
     with open(tmp_path / 'eval' / 'eval.json') as f:
         ev = json.load(f)
+    assert ev['checkpoint'] == ckpt and ev['iteration'] == 40
     # evaluating the trained checkpoint gives the run's "after" numbers
     after = read_summary(first_work)['members']
     for name in ('resnet', 'convnext'):
-        assert ev['members'][name]['before']['top1'] == pytest.approx(after[name]['after']['top1'])
+        assert ev['members'][name]['top1'] == pytest.approx(after[name]['after']['top1'])
+    proc = run_tool('train_net.py', '--config-file', CONFIG, '--eval-only',
+                    *digits_overrides(digits_root, str(tmp_path / 'initial')))
+    assert 'Evaluation of the initial members (their configured weights)' in proc.stdout
 
 
 def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_run):
@@ -159,8 +166,8 @@ def test_evaluation_in_two_processes_matches_one(digits_root, tmp_path, one_epoc
         results.append(json.loads((work / 'eval.json').read_text()))
     one, two = results
     for name in ('resnet', 'convnext'):
-        assert one['members'][name]['before'] == two['members'][name]['before']
-    assert one['ensemble']['before'] == two['ensemble']['before']
+        assert one['members'][name] == two['members'][name]
+    assert one['ensemble'] == two['ensemble']
 
 
 def test_training_in_two_processes_uses_mmengines_ddp_wrapper(digits_root, tmp_path):
@@ -173,7 +180,8 @@ def test_training_in_two_processes_uses_mmengines_ddp_wrapper(digits_root, tmp_p
     summary = read_summary(work)
     assert summary['iterations'] == 20  # 1,258 images, batch 32 per process, 2 processes
     assert summary['skipped_steps'] == 0
-    assert 'MMDistributedDataParallel' in proc.stdout
+    log = next(work.glob('*/*.log')).read_text()  # the config dump goes to the log file
+    assert "type='MMDistributedDataParallel'" in log
     for name, m in summary['members'].items():
         assert m['after']['top1'] > m['before']['top1'], name
 

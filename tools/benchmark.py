@@ -471,6 +471,11 @@ def main(argv=None):
                              'against all outputs held at once, e.g. 2,3,4')
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
+    for name in ('iters', 'rounds'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be at least 1, got {getattr(args, name)}')
+    if args.warmup < 0:
+        parser.error(f'--warmup must be at least 0, got {args.warmup}')
 
     from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner

@@ -36,10 +36,12 @@ def main(argv=None):
     cfg = load_config(args.config_file, args.opts)
     work_dir = cfg.get('work_dir') or osp.join(
         'work_dirs', osp.splitext(osp.basename(args.config_file))[0])
-    ckpt = args.checkpoint or find_last_checkpoint(work_dir)
+    ckpt, note = (args.checkpoint, '') if args.checkpoint else find_last_checkpoint(work_dir)
     if ckpt is None:
-        raise FileNotFoundError(f'no checkpoint given and none found in {work_dir}; pass '
-                                '--checkpoint or work_dir=...')
+        raise FileNotFoundError(f'no checkpoint given and none found in {work_dir} ({note}); '
+                                'pass --checkpoint or work_dir=...')
+    if note:
+        print(note)
     model = load_trained(args.config_file, ckpt, args.opts)
     source = osp.abspath(ckpt)
     if args.which == 'best':

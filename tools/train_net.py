@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train or evaluate any Bi-KD experiment.
 
-    python tools/train_net.py --config-file configs/digits/resnet_vit_bikd.yaml
+    python tools/train_net.py --config-file configs/digits/resnet_convnext_bikd.yaml
     python tools/train_net.py --config-file FILE --eval-only
     python tools/train_net.py --config-file FILE --resume
     python tools/train_net.py --config-file FILE --num-gpus 8 train_dataloader.batch_size=16

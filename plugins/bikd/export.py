@@ -1,4 +1,5 @@
 """Write every member of a trained meta-architecture back in its native format."""
+import json
 import os
 from typing import Dict, List, Sequence
 
@@ -25,12 +26,25 @@ def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
 
 def export_members(model, out_dir: str, source: str = '') -> List[Dict]:
     """Call each member's ``export`` into ``out_dir`` (files named after the member) and
-    write ``out_dir/members.json`` listing them. Returns the members' descriptions."""
+    list them in ``out_dir/members.json``, each with the checkpoint it came from (``source``).
+    Members exported there before by other runs stay listed; a member exported again replaces
+    its entry. Returns this export's descriptions."""
     os.makedirs(out_dir, exist_ok=True)
     infos = []
     for member in model.members:
         info = member.export(out_dir, member.name)
         info.setdefault('member', member.name)
+        info.setdefault('source', source)
         infos.append(info)
-    save_json(dict(source=source, members=infos), os.path.join(out_dir, 'members.json'))
+    listing = os.path.join(out_dir, 'members.json')
+    earlier = []
+    if os.path.isfile(listing):
+        try:
+            with open(listing) as f:
+                earlier = list(json.load(f).get('members', []))
+        except (ValueError, AttributeError, TypeError):
+            earlier = []  # not a listing of ours: written anew
+    names = {i['member'] for i in infos}
+    kept = [e for e in earlier if isinstance(e, dict) and e.get('member') not in names]
+    save_json(dict(source=source, members=kept + infos), listing)
     return infos

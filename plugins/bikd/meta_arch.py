@@ -212,6 +212,8 @@ class MultiMemberMetaArch(BaseModel):
         pass
 
     def train_step(self, data: Any, optim_wrapper) -> Dict[str, Tensor]:
+        if self._one_sample_for_batch_norm(data):
+            return {}
         if self.lean:
             return self.lean_step(data, optim_wrapper)
         return super().train_step(data, optim_wrapper)
@@ -226,6 +228,25 @@ class MultiMemberMetaArch(BaseModel):
                             'member by member and needs it as loss_from_outputs(outputs, '
                             'data_samples, decide_on=None)')
         return lean_train_step(self, data, optim_wrapper, reduce_gradients)
+
+    _skipped_single_batches = 0
+
+    def _one_sample_for_batch_norm(self, data: Any) -> bool:
+        """A training batch of one sample (an epoch's last, when the set size leaves one over)
+        cannot be normalised by batch norm in training mode: such a batch is skipped, with a
+        warning the first time."""
+        inputs = data.get('inputs') if isinstance(data, dict) else None
+        n = len(inputs) if isinstance(inputs, (Tensor, list, tuple)) else None
+        if n != 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                             for m in self.modules()):
+            return False
+        self._skipped_single_batches += 1
+        if self._skipped_single_batches == 1:
+            warnings.warn('a training batch holds a single sample, which batch norm cannot '
+                          'normalise (the last batch of an epoch whose size leaves one over): '
+                          'such batches are skipped. train_dataloader.drop_last=true drops '
+                          'every incomplete last batch instead.', RuntimeWarning)
+        return True
 
     def prepare_inputs(self, inputs: Any) -> Any:
         """The batch as the members take it (channels-last where switched on)."""

@@ -38,6 +38,36 @@ def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
     return out
 
 
+def build_evaluation(metrics: Dict[str, float], members: List[str], primary_metric: str,
+                     evaluated: str, method: str = '', checkpoint: Optional[str] = None,
+                     iteration: Optional[int] = None) -> dict:
+    """``eval.json`` of ``train_net --eval-only``: every member's and the ensemble's metrics,
+    and what was evaluated (``evaluated``: the initial members, or a checkpoint at an
+    iteration)."""
+    by_model = split_metrics(metrics)
+    return dict(method=method, primary_metric=primary_metric, evaluated=evaluated,
+                checkpoint=checkpoint, iteration=iteration,
+                members={name: by_model.get(name, {}) for name in members},
+                ensemble=by_model.get('ensemble', {}))
+
+
+def format_evaluation(evaluation: dict) -> str:
+    """Plain-text table of an evaluation: one row per member, then their ensemble."""
+    metric = evaluation['primary_metric']
+    digits = metric_digits(m.get(metric, 0.0) for m in evaluation['members'].values())
+    rows = [(name, _fmt(m.get(metric), digits)) for name, m in evaluation['members'].items()]
+    if len(rows) > 1:
+        rows.append(('ensemble (these members)', _fmt(evaluation['ensemble'].get(metric),
+                                                      digits)))
+    width = max(len(r[0]) for r in rows + [('model', '')])
+    value_width = max(len(metric), *(len(r[1]) for r in rows))
+    text = [f'Evaluation of {evaluation["evaluated"]}',
+            f'{"model".ljust(width)}  {metric.rjust(value_width)}',
+            f'{"-" * width}  {"-" * value_width}']
+    text += [f'{n.ljust(width)}  {v.rjust(value_width)}' for n, v in rows]
+    return '\n'.join(text)
+
+
 def flips(before: Dict[str, np.ndarray], after: Dict[str, np.ndarray],
           members: List[str]) -> Dict[str, Dict[str, Dict[str, float]]]:
     """Positive and negative flips (Roth et al.) in percent of the samples, of every trained

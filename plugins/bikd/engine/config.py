@@ -1,15 +1,18 @@
 """Experiment configs: YAML with ``_base_`` inheritance, read with a safe loader.
 
 YAML files are parsed with a safe loader (no Python objects can be constructed from a
-config); the one addition is the tag ``!tuple`` (``scale: !tuple [2048, 512]``) for arguments
-that must be tuples, which YAML itself cannot express. ``_base_`` entries are YAML files
+config). The shipped configs are plain YAML, which mmengine's ``Config.fromfile`` reads too;
+this loader adds reading ``1e-5`` as a number (YAML 1.2), a transform's ``scale: [W, H]`` as the
+tuple mmcv requires, and the tag ``!tuple`` for other arguments that must be tuples. ``_base_`` entries are YAML files
 relative to the including file, or mmengine config references such as ``mmseg::mask2former/...py`` (configs shipped inside an installed package),
 which mmengine reads. Code is imported from a config only through its explicit
 ``custom_imports`` list.
 """
 import difflib
 import inspect
+import numbers
 import os
+import re
 import warnings
 from typing import Any, Dict, Sequence
 
@@ -29,6 +32,10 @@ class ConfigLoader(yaml.SafeLoader):
 
 ConfigLoader.add_constructor(
     '!tuple', lambda loader, node: tuple(loader.construct_sequence(node, deep=True)))
+# YAML 1.1 reads 1e-5 (no dot) as a string; read it as the number a user means (YAML 1.2)
+ConfigLoader.add_implicit_resolver(
+    'tag:yaml.org,2002:float', re.compile(r'^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$'),
+    list('-+0123456789'))
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -76,17 +83,94 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
     return out
 
 
+_MISSING = object()
+
+
+def _lookup(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split('.'):
+        if isinstance(node, (dict, Config)) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _MISSING
+    return node
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return 'true or false'
+    if isinstance(value, numbers.Integral):
+        return 'an integer'
+    if isinstance(value, numbers.Real):
+        return 'a number'
+    return ''
+
+
+def check_override_types(cfg: Any, overrides: Dict[str, Any]) -> None:
+    """An override must keep the kind of the value it replaces (a number, an integer, true or
+    false): ``train_cfg.max_epochs=two`` is an error that names the key and what it takes."""
+    for key, new in overrides.items():
+        old = _lookup(cfg, key)
+        want = _kind(old) if old is not _MISSING and old is not None else ''
+        if not want or new is None:
+            continue
+        ok = (isinstance(new, bool) if want == 'true or false' else
+              isinstance(new, numbers.Integral) and not isinstance(new, bool)
+              if want == 'an integer' else
+              isinstance(new, numbers.Real) and not isinstance(new, bool))
+        if not ok:
+            raise ConfigKeyError(f'override {key}={new!r}: {key} takes {want} (the config has '
+                                 f'{old!r})')
+
+
+def check_argument_types(section: dict, cls, where: str, path: str) -> None:
+    """A config value where the constructor's default is a number or true/false must be one."""
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return
+    for key, value in section.items():
+        param = params.get(key)
+        if param is None or param.default is inspect.Parameter.empty or value is None:
+            continue
+        want = _kind(param.default)
+        if want and not isinstance(value, (numbers.Real, bool)):
+            raise ConfigKeyError(f'config {path}: {where}.{key}={value!r} must be {want} '
+                                 f'(default {param.default!r})')
+
+
 def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool = True) -> Config:
     """Read an experiment config, apply ``key=value`` overrides (dotted keys; list items by
     index, e.g. ``model.members.0.pretrained=false``) and import its ``custom_imports``."""
     cfg = Config(_load_dict(path), filename=os.path.abspath(path))
     if overrides:
-        cfg.merge_from_dict(parse_overrides(overrides), allow_list_keys=True)
+        parsed = parse_overrides(overrides)
+        check_override_types(cfg, parsed)
+        cfg.merge_from_dict(parsed, allow_list_keys=True)
     _move_step_policy(cfg, path)
+    for key in list(cfg.keys()):
+        _scales_as_tuples(cfg[key])
     if import_modules and cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
     check_keys(cfg, path, members=import_modules)
     return cfg
+
+
+def _scales_as_tuples(node: Any) -> None:
+    """A transform's ``scale: [W, H]`` as the tuple mmcv's resizing transforms require (YAML
+    has lists; the shipped configs keep to plain YAML so that mmengine's Config.fromfile
+    reads them too)."""
+    if isinstance(node, dict):
+        if isinstance(node.get('type'), str) and isinstance(node.get('scale'), list) and \
+                len(node['scale']) == 2 and all(isinstance(v, int) for v in node['scale']):
+            node['scale'] = tuple(node['scale'])
+        for value in node.values():
+            _scales_as_tuples(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            _scales_as_tuples(value)
 
 
 #: Keys of the non-finite-loss policy, which moved from the model to the optimiser wrapper.
@@ -117,6 +201,8 @@ TOP_LEVEL_KEYS = frozenset({
     'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
     'efficient_conv_bn_eval', 'custom_imports',
+    # tools/train_net.py: load_from may hold only part of the model's weights
+    'load_partial',
     # tools/run_experiment.py: a method's own optimiser or schedule (method -> config keys)
     'method_recipes'})
 
@@ -142,22 +228,87 @@ def _check_arguments(section: dict, registry, where: str, path: str) -> None:
         if key not in ('type', '_scope_') and key not in valid:
             raise ConfigKeyError(f'config {path}: {where}.{key} is not an argument of '
                                  f'{cls.__name__}{_suggest(key, valid)}')
+    for klass in cls.__mro__:
+        if '__init__' in vars(klass) and klass not in (object, ):
+            check_argument_types(section, klass, where, path)
+
+
+#: keys of a data loader config that mmengine's Runner.build_dataloader reads besides
+#: torch's DataLoader arguments
+LOADER_KEYS = frozenset({'dataset', 'sampler', 'batch_sampler', 'collate_fn',
+                         'worker_init_fn'})
+
+
+def _loop_class(train_cfg: dict):
+    from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
+
+    from ..registry import LOOPS
+    if isinstance(train_cfg.get('type'), str):
+        return LOOPS.get(train_cfg['type'])
+    return EpochBasedTrainLoop if train_cfg.get('by_epoch', True) else IterBasedTrainLoop
+
+
+def _check_section(section: Any, cls, where: str, path: str, extra=(), hint: str = '') -> None:
+    if not isinstance(section, dict) or cls is None or not inspect.isclass(cls):
+        return
+    valid = accepted_arguments(cls) | set(extra)
+    for key in section:
+        if key not in ('type', '_scope_') and key not in valid:
+            raise ConfigKeyError(f'config {path}: {where}.{key} is not an argument of '
+                                 f'{cls.__name__}{_suggest(key, valid)}{hint}')
 
 
 def check_keys(cfg: Config, path: str, members: bool = True) -> None:
-    """A misspelt key is an error that names it and suggests the closest valid one: top-level
-    keys, the meta-architecture's arguments and, with ``members``, each member's."""
+    """A misspelt or inapplicable key is an error that names it and suggests the closest valid
+    one: top-level keys, the meta-architecture's arguments, with ``members`` each member's, the
+    training loop's, the optimiser wrapper's and optimiser's, the data loaders' and their
+    datasets', the evaluators' and the hooks'. Values where an argument takes a number or
+    true/false must be one. Sections of a type this suite cannot resolve (another library's
+    scope) are left to their builder."""
     for key in cfg.keys():
         if key not in TOP_LEVEL_KEYS:
             raise ConfigKeyError(f'config {path}: unknown top-level key {key!r}'
                                  f'{_suggest(key, TOP_LEVEL_KEYS)}')
-    model = cfg.get('model')
-    if not isinstance(model, dict):
-        return
-    from ..registry import MEMBERS, META_ARCH
-    with DefaultScope.overwrite_default_scope('bikd'):
-        _check_arguments(model, META_ARCH, 'model', path)
-        for i, member in enumerate(model.get('members') or []):
-            if members and isinstance(member, dict):
-                _check_arguments(member, MEMBERS, f'model.members.{i}', path)
+    from torch.utils.data import DataLoader
 
+    from ..registry import DATASETS, HOOKS, MEMBERS, META_ARCH, METRICS, OPTIM_WRAPPERS, OPTIMIZERS
+    with DefaultScope.overwrite_default_scope('bikd'):
+        model = cfg.get('model')
+        if isinstance(model, dict):
+            _check_arguments(model, META_ARCH, 'model', path)
+            for i, member in enumerate(model.get('members') or []):
+                if members and isinstance(member, dict):
+                    _check_arguments(member, MEMBERS, f'model.members.{i}', path)
+        train_cfg = cfg.get('train_cfg')
+        if isinstance(train_cfg, dict):
+            loop = _loop_class(train_cfg)
+            hint = (' (this config trains by epochs: train_cfg.max_epochs=N; by iterations it '
+                    'takes train_cfg.by_epoch=false with max_iters and no max_epochs)'
+                    if loop is not None and loop.__name__ == 'EpochBasedTrainLoop' else '')
+            _check_section(train_cfg, loop, 'train_cfg', path, ('by_epoch', ), hint)
+        wrapper = cfg.get('optim_wrapper')
+        if isinstance(wrapper, dict):
+            _check_section(wrapper, OPTIM_WRAPPERS.get(wrapper.get('type', 'OptimWrapper')),
+                           'optim_wrapper', path, ('optimizer', 'paramwise_cfg', 'constructor'))
+            optimizer = wrapper.get('optimizer')
+            if isinstance(optimizer, dict) and isinstance(optimizer.get('type'), str):
+                _check_section(optimizer, OPTIMIZERS.get(optimizer['type']),
+                               'optim_wrapper.optimizer', path)
+        for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            loader = cfg.get(name)
+            if not isinstance(loader, dict):
+                continue
+            _check_section(loader, DataLoader, name, path, LOADER_KEYS)
+            dataset = loader.get('dataset')
+            if isinstance(dataset, dict) and isinstance(dataset.get('type'), str):
+                _check_arguments(dataset, DATASETS, f'{name}.dataset', path)
+        for name in ('val_evaluator', 'test_evaluator'):
+            evaluator = cfg.get(name)
+            if isinstance(evaluator, dict) and isinstance(evaluator.get('type'), str):
+                _check_arguments(evaluator, METRICS, name, path)
+        hooks = dict(cfg.get('default_hooks') or {})
+        hooks.update({str(i): h for i, h in enumerate(cfg.get('custom_hooks') or [])})
+        for name, hook in hooks.items():
+            if isinstance(hook, dict) and isinstance(hook.get('type'), str):
+                where = f'custom_hooks.{name}' if name.isdigit() else f'default_hooks.{name}'
+                _check_arguments(hook, HOOKS, where, path)

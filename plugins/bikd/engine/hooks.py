@@ -1,14 +1,16 @@
 """Hooks that turn an mmengine run into a Bi-KD experiment: the before/after evaluation, the
 teacher share and ``summary.json``."""
+import os
 import os.path as osp
+import tempfile
 from typing import Dict, Optional
 
 import numpy as np
 from mmengine.dist import is_main_process
-from mmengine.hooks import Hook
+from mmengine.hooks import CheckpointHook, Hook
 from mmengine.model import is_model_wrapper
 
-from ..fileio import atomic_path, save_json
+from ..fileio import atomic_path, save_json, write_bytes
 from ..registry import HOOKS
 from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
@@ -26,6 +28,29 @@ def primary_metric_of(runner) -> str:
             return metric.primary_metric
     raise RuntimeError('the validation evaluator has no member-wise metric (a bikd '
                        'MemberwiseMetric such as ClassificationEvaluator)')
+
+
+def check_label_space(model, loaders: Dict[str, object]) -> None:
+    """The members predict as many classes as every dataset has (``metainfo['classes']``),
+    else a ``ValueError`` naming the dataset, before anything runs."""
+    members = getattr(model, 'members', [])
+    if not members:
+        return
+    try:
+        predicted = members[0].num_classes
+    except NotImplementedError:
+        return
+    for split, loader in loaders.items():
+        dataset = getattr(loader, 'dataset', None)
+        classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
+        if classes is None or len(classes) == predicted:
+            continue
+        where = getattr(dataset, 'root', None) or getattr(dataset, 'data_root', '') or split
+        raise ValueError(
+            f'the {split} data ({where}) has {len(classes)} classes, the members predict '
+            f'{predicted} ({", ".join(m.name for m in members)}): a class folder too many or '
+            'too few, or members built for another label space. Classes: '
+            f'{list(classes)[:12]}{" ..." if len(classes) > 12 else ""}')
 
 
 @HOOKS.register_module()
@@ -49,8 +74,14 @@ class BiKDSummaryHook(Hook):
         self.share_sum: Dict[str, float] = {}
         self.share_iters = 0
         self._resumed_state: Optional[dict] = None
+        self._label_space_checked = False
 
     def before_train(self, runner) -> None:
+        loaders = {'training': runner.train_dataloader}
+        if runner.val_loop is not None:
+            loaders['validation'] = runner.val_loop.dataloader
+        check_label_space(unwrap(runner.model), loaders)
+        self._label_space_checked = True
         resumed = self._resumed_state if runner.iter > 0 else None
         self._resumed_state = None
         if resumed:
@@ -65,6 +96,11 @@ class BiKDSummaryHook(Hook):
         runner.logger.info('Evaluating every member and the ensemble before training')
         self.before = dict(runner.val_loop.run())
         self._save_outcomes(runner, 'before')
+
+    def before_val(self, runner) -> None:
+        if not self._label_space_checked:  # evaluation only: before_train did not run
+            check_label_space(unwrap(runner.model), {'validation': runner.val_loop.dataloader})
+            self._label_space_checked = True
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self.last = dict(metrics or {})
@@ -134,3 +170,30 @@ class BiKDSummaryHook(Hook):
         # Both `resume` and `load_from` come here; only a resumed run (iteration > 0 when
         # training starts) takes the stored state, see before_train.
         self._resumed_state = checkpoint.get('meta', {}).get('bikd_summary')
+
+
+class _WorkDirElsewhere:
+    """The runner, with its work_dir moved (attribute reads go to the runner)."""
+
+    def __init__(self, runner, work_dir: str):
+        self._runner, self.work_dir = runner, work_dir
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+
+@HOOKS.register_module()
+class AtomicCheckpointHook(CheckpointHook):
+    """mmengine's ``CheckpointHook`` (same arguments) whose ``last_checkpoint`` marker is
+    written atomically: mmengine writes it with a plain ``open``, so a kill at that moment left
+    an empty marker. Here mmengine writes it into a scratch folder, and it replaces the marker
+    in the work_dir by a rename. (Checkpoints themselves are atomic through the suite's file
+    backend, :mod:`bikd.engine.patches`.)"""
+
+    def _save_checkpoint_with_step(self, runner, step, meta):
+        with tempfile.TemporaryDirectory(dir=runner.work_dir, prefix='.marker.') as scratch:
+            super()._save_checkpoint_with_step(_WorkDirElsewhere(runner, scratch), step, meta)
+            written = osp.join(scratch, 'last_checkpoint')
+            if osp.isfile(written):  # the main process writes it
+                with open(written, 'rb') as f:
+                    write_bytes(f.read(), osp.join(runner.work_dir, 'last_checkpoint'))

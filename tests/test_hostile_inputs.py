@@ -1,0 +1,299 @@
+"""Inputs made to break the suite (issue 17): no silent wrong results, and errors a person can
+act on. Each test failed before the change it covers."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import classification_bikd  # noqa: F401
+from classification_bikd import ImageFolderDataset
+from classification_bikd.data import load_rgb
+from conftest import ROOT, digits_overrides, run_tool
+
+CONFIG = os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')
+
+
+@pytest.fixture
+def digits_copy(digits_root, tmp_path):
+    root = tmp_path / 'digits'
+    shutil.copytree(digits_root, root)
+    return root
+
+
+# ----------------------------------------------------------------------------- data
+def test_validation_split_without_a_class_keeps_the_other_labels(digits_copy):
+    """Labels come from the training split's class names, not the folder order of each split:
+    without val/3, the images of val/4 are still class 4."""
+    shutil.rmtree(digits_copy / 'val' / '3')
+    val = ImageFolderDataset(str(digits_copy), 'val')
+    assert val.classes == [str(c) for c in range(10)]
+    labels = {os.path.basename(os.path.dirname(p)): y for p, y in val.samples}
+    assert labels == {str(c): c for c in range(10) if c != 3}
+
+
+def test_validation_class_that_training_lacks_is_named(digits_copy):
+    shutil.copytree(digits_copy / 'val' / '9', digits_copy / 'val' / 'nine')
+    with pytest.raises(ValueError, match=r"class folder\(s\) \['nine'\] are not among the 10 "
+                                         r'classes of the train split'):
+        ImageFolderDataset(str(digits_copy), 'val')
+
+
+def test_extra_training_class_is_refused_before_anything_runs(digits_copy, tmp_path):
+    (digits_copy / 'train' / 'zz_empty').mkdir()
+    work = tmp_path / 'w'
+    proc = run_tool('train_net.py', '--config-file', CONFIG,
+                    *digits_overrides(str(digits_copy), str(work)), expect_ok=False)
+    assert proc.returncode != 0
+    assert (f'the training data ({digits_copy / "train"}) has 11 classes, the members predict '
+            '10 (resnet, convnext)') in proc.stdout
+    assert 'Evaluating every member' not in proc.stdout  # refused before the first evaluation
+
+
+def test_a_symlink_loop_is_followed_once(digits_copy):
+    before = len(ImageFolderDataset(str(digits_copy), 'val'))
+    os.symlink('..', digits_copy / 'val' / '3' / 'loop')  # val/3/loop -> val
+    os.symlink(digits_copy / 'val' / '4', digits_copy / 'val' / '3' / 'four')
+    outside = digits_copy.parent / 'more_threes'  # a link out of the dataset is data
+    shutil.copytree(digits_copy / 'train' / '3', outside)
+    os.symlink(outside, digits_copy / 'val' / '3' / 'more')
+    samples = ImageFolderDataset(str(digits_copy), 'val').samples
+    real = {os.path.realpath(p) for p, _ in samples}
+    assert len(real) == len(samples)  # no image twice
+    assert len(samples) == before + len(os.listdir(outside))
+    assert all(y == 3 for p, y in samples if '/val/3/' in p)
+    assert all(y == 4 for p, y in samples if '/val/4/' in p)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    wide = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    Image.fromarray(wide).save(tmp_path / 'x16.png')
+    rgb = np.asarray(load_rgb(str(tmp_path / 'x16.png')))
+    assert rgb.shape == (8, 8, 3)
+    np.testing.assert_array_equal(rgb[..., 0], np.round(wide.astype(float) * 255 / 65535).astype(np.uint8))
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_resume_with_nothing_to_resume_names_the_folder(tmp_path):
+    work = tmp_path / 'mistyped'
+    for extra in ([], ['--eval-only']):
+        proc = run_tool('train_net.py', '--config-file', CONFIG, '--resume', *extra,
+                        f'work_dir={work}', expect_ok=False)
+        assert proc.returncode != 0
+        assert f'--resume: nothing to resume in {work}' in proc.stdout
+    assert not (work / 'last_checkpoint').exists()
+
+
+def _checkpoint(path, step):
+    import torch
+    torch.save(dict(state_dict={'w': torch.full((4, ), float(step))}, meta=dict(iter=step)),
+               path)
+    os.utime(path, (step, step))  # mtime orders them
+
+
+def test_resume_recovers_from_an_empty_dangling_or_truncated_marker(tmp_path):
+    from bikd.engine.launch import find_last_checkpoint
+    for step in (1, 2):
+        _checkpoint(tmp_path / f'epoch_{step}.pth', step)
+    marker = tmp_path / 'last_checkpoint'
+    marker.write_text(str(tmp_path / 'epoch_2.pth'))
+    assert find_last_checkpoint(str(tmp_path)) == (str(tmp_path / 'epoch_2.pth'), '')
+    marker.write_text('')
+    path, note = find_last_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / 'epoch_2.pth') and 'marker' in note and 'is empty' in note
+    marker.write_text(str(tmp_path / 'epoch_3.pth'))
+    path, note = find_last_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / 'epoch_2.pth') and 'does not exist' in note
+    data = (tmp_path / 'epoch_2.pth').read_bytes()
+    (tmp_path / 'epoch_2.pth').write_bytes(data[:len(data) // 2])  # killed mid-write
+    os.utime(tmp_path / 'epoch_2.pth', (2, 2))
+    marker.write_text(str(tmp_path / 'epoch_2.pth'))
+    path, note = find_last_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / 'epoch_1.pth')
+    assert f'{tmp_path / "epoch_2.pth"} is incomplete' in note
+
+
+def test_temporary_files_of_a_killed_save_are_removed(tmp_path):
+    from bikd.engine.launch import remove_stale_temporary_files
+    stale = tmp_path / '.epoch_1.pth.999999999.0123abcd.tmp'  # no such process
+    stale.write_bytes(b'x' * 100)
+    alive = tmp_path / f'.epoch_2.pth.{os.getppid()}.0123abcd.tmp'  # a live writer's
+    alive.write_bytes(b'x')
+    other = tmp_path / '.notes.tmp'  # not ours
+    other.write_bytes(b'x')
+    assert remove_stale_temporary_files(str(tmp_path)) == [str(stale)]
+    assert not stale.exists() and alive.exists() and other.exists()
+
+
+def test_load_from_that_does_not_fit_is_refused_with_the_members_at_fault(tmp_path):
+    import torch
+
+    from bikd import BiKDMetaArch
+    from bikd.engine.launch import check_checkpoint_fits
+    from conftest import tiny
+    two = BiKDMetaArch([tiny('a'), tiny('b')])
+    three = BiKDMetaArch([tiny('a'), tiny('b'), tiny('c')])
+    path = str(tmp_path / 'two.pth')
+    torch.save(dict(state_dict=two.state_dict()), path)
+    check_checkpoint_fits(two, path)
+    with pytest.raises(ValueError, match=r"does not fit the model \(members \['a', 'b', 'c'\]\): "
+                                         r'missing from it: c: \d+ key\(s\)'):
+        check_checkpoint_fits(three, path)
+    check_checkpoint_fits(three, path, allow_partial=True)
+    torch.save(dict(state_dict=three.state_dict()), path)
+    with pytest.raises(ValueError, match=r'not in the model: members.2: \d+ key'):
+        check_checkpoint_fits(two, path)
+
+
+# ----------------------------------------------------------------------------- the command line
+def test_overrides_read_numbers_as_a_user_writes_them():
+    from bikd.engine import load_config
+    cfg = load_config(CONFIG, ['optim_wrapper.optimizer.lr=1e-5', 'model.temperature=2E0',
+                               'optim_wrapper.optimizer.weight_decay=-0'])
+    assert cfg.optim_wrapper.optimizer.lr == 1e-5
+    assert cfg.model.temperature == 2.0
+
+
+@pytest.mark.parametrize('override, message', [
+    ('model.temperature=abc', "override model.temperature='abc': model.temperature takes a "
+                              'number (the config has 1.0)'),
+    ('model.detach_student=maybe', "model.detach_student='maybe' must be true or false "
+                                   '(default False)'),
+    ('train_cfg.max_epochs=two', "override train_cfg.max_epochs='two': train_cfg.max_epochs "
+                                 'takes an integer'),
+    ('train_cfg.max_iters=100', 'train_cfg.max_iters is not an argument of EpochBasedTrainLoop'
+                                "; did you mean 'max_epochs'? (this config trains by epochs"),
+    ('optim_wrapper.optimizer.betas2=1', 'optim_wrapper.optimizer.betas2 is not an argument of '
+                                         "Adam; did you mean 'betas'?"),
+    ('val_dataloader.batchsize=4', "val_dataloader.batchsize is not an argument of DataLoader; "
+                                   "did you mean 'batch_size'?"),
+    ('val_evaluator.top_k=[1]', "val_evaluator.top_k is not an argument of "
+                                "ClassificationEvaluator; did you mean 'topk'?"),
+    ('default_hooks.checkpoint.intervall=2', 'default_hooks.checkpoint.intervall is not an '
+                                             "argument of AtomicCheckpointHook; did you mean "
+                                             "'interval'?"),
+    ('train_dataloader.dataset.splitt=val', 'train_dataloader.dataset.splitt is not an argument '
+                                            "of ImageFolderDataset; did you mean 'split'?"),
+])
+def test_wrong_or_inapplicable_keys_are_named_before_anything_runs(tmp_path, override, message):
+    from bikd.engine import load_config
+    with pytest.raises(KeyError) as info:
+        load_config(CONFIG, [override])
+    assert message in str(info.value)
+
+
+def test_num_gpus_below_one_is_refused(tmp_path):
+    proc = run_tool('train_net.py', '--config-file', CONFIG, '--num-gpus', '0', expect_ok=False)
+    assert proc.returncode == 2 and '--num-gpus must be at least 1, got 0' in proc.stdout
+
+
+def test_benchmark_refuses_zero_iterations():
+    proc = run_tool('benchmark.py', '--config-file', CONFIG, '--iters', '0', expect_ok=False)
+    assert proc.returncode == 2 and '--iters must be at least 1, got 0' in proc.stdout
+
+
+def test_printed_difference_is_the_difference_of_the_printed_values():
+    from bikd import BiKDMetaArch, IndependentMetaArch
+    from tools.run_experiment import against_controls
+    rows = [dict(run=run, method=run, member='a', seed=0, metric='top1', before=50.0,
+                 delta=delta) for run, delta in (('bikd', 1.484), ('independent', 1.296))]
+    lines, _ = against_controls(rows, ['bikd', 'independent'],
+                                {'bikd': BiKDMetaArch, 'independent': IndependentMetaArch})
+    assert 'bikd +1.48   independent +1.30   difference +0.18' in lines[1]
+
+
+def test_a_last_training_batch_of_one_sample_is_skipped_with_a_warning(digits_copy, tmp_path):
+    """65 training images in batches of 64: the second batch holds one image, which batch
+    norm (the ResNet member) cannot normalise; the run goes on and says so once."""
+    train = sorted((digits_copy / 'train').glob('*/*.png'))
+    kept = sorted(p for c in range(10)
+                  for p in sorted((digits_copy / 'train' / str(c)).glob('*.png'))[:7])[:65]
+    for p in train:
+        if p not in kept:
+            p.unlink()
+    work = tmp_path / 'w'
+    proc = run_tool('train_net.py', '--config-file', CONFIG,
+                    *digits_overrides(str(digits_copy), str(work)), 'train_cfg.max_epochs=1',
+                    'train_dataloader.batch_size=64', 'train_cfg.val_interval=1')
+    assert proc.stdout.count('RuntimeWarning: a training batch holds a single sample') == 1
+    import json
+    assert json.loads((work / 'summary.json').read_text())['iterations'] == 2
+
+
+def test_a_user_error_is_one_message_and_exit_status_2(tmp_path):
+    work = tmp_path / 'w'
+    args = ['--config-file', CONFIG, *digits_overrides(str(tmp_path / 'no_digits'), str(work))]
+    proc = run_tool('train_net.py', *args, expect_ok=False)
+    assert proc.returncode == 2
+    assert f'error: dataset folder not found: {tmp_path / "no_digits" / "train"}' in proc.stdout
+    assert 'Traceback' not in proc.stdout
+    # the environment and config dumps go to the log file, not the terminal
+    assert 'System environment' not in proc.stdout and 'Config:\n' not in proc.stdout
+    logs = list(work.glob('*/*.log'))
+    assert logs and 'System environment' in logs[0].read_text()
+    proc = run_tool('train_net.py', '--debug', *args, expect_ok=False)
+    assert proc.returncode != 0 and 'Traceback' in proc.stdout
+
+
+def test_a_missing_file_run_from_elsewhere_says_where_relative_paths_go(tmp_path):
+    proc = run_tool('train_net.py', '--config-file', CONFIG, 'model.random_init=true',
+                    f'work_dir={tmp_path / "w"}', cwd=tmp_path, expect_ok=False)
+    assert proc.returncode == 2
+    assert 'dataset folder not found: datasets/digits/train' in proc.stdout
+    assert (f'relative paths in a config are read from the current directory, {tmp_path}; the '
+            f'config belongs to {ROOT}') in proc.stdout
+
+
+def test_exports_of_two_runs_into_one_folder_list_every_member(tmp_path):
+    import json
+
+    from bikd import BiKDMetaArch
+    from bikd.export import export_members
+    from conftest import tiny
+    export_members(BiKDMetaArch([tiny('a'), tiny('b')]), str(tmp_path), 'run1/epoch_1.pth')
+    export_members(BiKDMetaArch([tiny('c'), tiny('b')]), str(tmp_path), 'run2/epoch_3.pth')
+    listing = json.loads((tmp_path / 'members.json').read_text())['members']
+    assert [(m['member'], m['source']) for m in listing] == [
+        ('a', 'run1/epoch_1.pth'), ('c', 'run2/epoch_3.pth'), ('b', 'run2/epoch_3.pth')]
+    assert all((tmp_path / m['checkpoint']).is_file() for m in listing)
+
+
+def test_the_last_checkpoint_marker_is_replaced_not_written_in_place(tmp_path, monkeypatch):
+    """mmengine's hook truncates and writes the marker in place (a kill then leaves it
+    empty); ours writes it beside and renames it over."""
+    import builtins
+    from collections import deque
+
+    from mmengine.fileio import get_file_backend
+    from mmengine.hooks import checkpoint_hook
+
+    from bikd.engine.hooks import AtomicCheckpointHook
+
+    class Runner:
+        work_dir = str(tmp_path)
+
+        class message_hub:
+            update_info = staticmethod(lambda *a, **k: None)
+
+        @staticmethod
+        def save_checkpoint(out_dir, filename, *args, **kwargs):
+            (tmp_path / filename).write_bytes(b'weights')
+
+    opened = []
+    real_open = builtins.open
+
+    def recording_open(path, mode='r', *args, **kwargs):
+        if 'w' in mode:
+            opened.append(str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_hook, 'open', recording_open, raising=False)
+    hook = AtomicCheckpointHook(interval=1)
+    hook.out_dir, hook.file_backend = str(tmp_path), get_file_backend(str(tmp_path))
+    hook.filename_tmpl, hook.keep_ckpt_ids = 'epoch_{}.pth', deque()
+    hook._save_checkpoint_with_step(Runner(), 3, {})
+    marker = tmp_path / 'last_checkpoint'
+    assert marker.read_text() == str(tmp_path / 'epoch_3.pth')
+    assert opened and str(marker) not in opened  # mmengine wrote into the scratch folder
+    assert not list(tmp_path.glob('.marker.*'))
