@@ -91,10 +91,11 @@ def lean_train_step(model, data: Any, optim_wrapper,
 
     def parts():
         # 2. member by member: its forward with gradient, the others' outputs as constants
-        for i, (state, buffers) in list(saved.items()):
+        for i in list(saved):
+            state, buffers = saved.pop(i)  # freed once put back
             set_generator_state(state, device)
             restore_buffers(units[i], buffers)
-            del saved[i], buffers
+            del buffers
             with optim_wrapper.optim_context(model), \
                     record_function(f'bikd.lean.forward.{i}'):
                 outputs = list(constants)

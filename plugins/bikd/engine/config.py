@@ -220,14 +220,12 @@ def _suggest(key: str, valid) -> str:
 
 
 def _check_arguments(section: dict, registry, where: str, path: str) -> None:
+    """The keys of a registered type's section, and the kinds of its number and true/false
+    arguments."""
     cls = registry.get(section.get('type')) if isinstance(section.get('type'), str) else None
     if cls is None or not inspect.isclass(cls):
         return  # an unknown type is reported when it is built
-    valid = accepted_arguments(cls)
-    for key in section:
-        if key not in ('type', '_scope_') and key not in valid:
-            raise ConfigKeyError(f'config {path}: {where}.{key} is not an argument of '
-                                 f'{cls.__name__}{_suggest(key, valid)}')
+    _check_section(section, cls, where, path)
     for klass in cls.__mro__:
         if '__init__' in vars(klass) and klass not in (object, ):
             check_argument_types(section, klass, where, path)
@@ -249,6 +247,7 @@ def _loop_class(train_cfg: dict):
 
 
 def _check_section(section: Any, cls, where: str, path: str, extra=(), hint: str = '') -> None:
+    """Every key of ``section`` is an argument of ``cls`` (or one of ``extra``)."""
     if not isinstance(section, dict) or cls is None or not inspect.isclass(cls):
         return
     valid = accepted_arguments(cls) | set(extra)

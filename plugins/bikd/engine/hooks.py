@@ -1,6 +1,5 @@
 """Hooks that turn an mmengine run into a Bi-KD experiment: the before/after evaluation, the
 teacher share and ``summary.json``."""
-import os
 import os.path as osp
 import tempfile
 from typing import Dict, Optional

@@ -104,10 +104,6 @@ def _setup_distributed(cfg) -> str:
 def checkpoint_is_complete(path: str) -> bool:
     """Whether a checkpoint file is whole: torch's zip format ends with its directory, which a
     write cut short lacks (checked without reading the tensors)."""
-    if not osp.isfile(path):
-        return False
-    if not zipfile.is_zipfile(path):
-        return False
     try:
         with zipfile.ZipFile(path) as z:
             return bool(z.namelist())
@@ -141,6 +137,16 @@ def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
     return found[0], f'{problem}; resuming from the newest complete checkpoint {found[0]}'
 
 
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
 def remove_stale_temporary_files(work_dir: str) -> List[str]:
     """Remove the temporary files of atomic writes (``.<name>.<pid>.<id>.tmp``, see
     :func:`bikd.fileio.atomic_path`) that a killed process left in ``work_dir``."""
@@ -150,14 +156,8 @@ def remove_stale_temporary_files(work_dir: str) -> List[str]:
         if len(parts) != 4 or not parts[1].isdigit():
             continue
         pid = int(parts[1])
-        try:
-            os.kill(pid, 0)
-            if pid != os.getpid():
-                continue  # its writer is still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
+        if pid != os.getpid() and _process_exists(pid):
+            continue  # its writer is still running
         os.remove(path)
         removed.append(path)
     # the scratch folders of AtomicCheckpointHook's marker (bikd.engine.hooks)
@@ -198,13 +198,19 @@ def setup(args):
     return cfg
 
 
+def _peek_checkpoint(path: str) -> Optional[dict]:
+    """A checkpoint's contents, memory-mapped (tensors are not read until used); ``None`` for
+    a file that is not a loadable checkpoint (mmengine's loader reports it itself)."""
+    try:
+        data = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: nothing to tell from it here
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def checkpoint_iteration(path: str) -> Optional[int]:
     """The training iteration an mmengine checkpoint was saved at (``meta.iter``), if any."""
-    import torch
-    try:
-        meta = torch.load(path, map_location='cpu', mmap=True, weights_only=True).get('meta', {})
-    except Exception:  # noqa: BLE001 - not an mmengine checkpoint: no iteration to tell
-        return None
+    meta = (_peek_checkpoint(path) or {}).get('meta', {})
     return int(meta['iter']) if isinstance(meta, dict) and 'iter' in meta else None
 
 
@@ -212,14 +218,10 @@ def check_checkpoint_fits(model, path: str, allow_partial: bool = False) -> None
     """``load_from`` must hold every weight of the model and no other (a 2-member run's
     checkpoint in a 3-member config would leave a member with random weights): else a
     ``ValueError`` listing the members and keys at fault, unless ``allow_partial``."""
-    import torch
     if allow_partial:
         return
-    try:
-        state = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001 - mmengine's loader reports unreadable files itself
-        return
-    state = state.get('state_dict', state) if isinstance(state, dict) else state
+    state = _peek_checkpoint(path)
+    state = state.get('state_dict', state) if state is not None else None
     if not isinstance(state, dict):
         return
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}

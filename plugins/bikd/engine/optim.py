@@ -90,15 +90,21 @@ class StepPolicy:
         self.skipped_in_a_row = 0
         self.last_step_skipped = False
 
+    def _step_allowed(self, loss: torch.Tensor) -> bool:
+        """The policy's decision on a step whose loss is ``loss``: ``True`` to take it; else
+        the step is dropped (or training stops) here."""
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if _any_process(bad, loss.device):
+            self._drop_step(loss)
+            return False
+        self.skipped_in_a_row = 0
+        self.last_step_skipped = False
+        return True
+
     def update_params(self, loss: torch.Tensor, step_kwargs: Optional[Dict] = None,
                       zero_kwargs: Optional[Dict] = None) -> None:
-        bad = not bool(torch.isfinite(loss.detach()).all())
-        if not _any_process(bad, loss.device):
-            self.skipped_in_a_row = 0
-            self.last_step_skipped = False
+        if self._step_allowed(loss):
             super().update_params(loss, step_kwargs, zero_kwargs)
-            return
-        self._drop_step(loss)
 
     def update_params_in_parts(self, total: torch.Tensor, parts: Iterable[torch.Tensor],
                                step_kwargs: Optional[Dict] = None,
@@ -111,12 +117,8 @@ class StepPolicy:
         back-propagated before the next is drawn, so that the caller can free one part's
         activations before the next part's forward. As :meth:`update_params` for gradient
         accumulation and clipping (the parts make one step)."""
-        bad = not bool(torch.isfinite(total.detach()).all())
-        if _any_process(bad, total.device):
-            self._drop_step(total)
+        if not self._step_allowed(total):
             return
-        self.skipped_in_a_row = 0
-        self.last_step_skipped = False
         for loss in parts:
             self.backward_part(self.scale_loss(loss))
         self._inner_count += 1
