@@ -1,5 +1,6 @@
 """tools/benchmark.py runs on tiny configs and prints its rows (a benchmark is not a test:
-no timing is asserted)."""
+no timing is asserted). Its memory figures count bytes of tensors (bikd.memory), which follow
+from shapes alone, so the ratios asserted here hold on every machine."""
 import os
 import re
 
@@ -7,21 +8,27 @@ import pytest
 
 from conftest import digits_overrides, run_tool
 
-VARIANT_ROW = r'\s+\d+\.\d{4}\s+\d+\.\d\s+\d+\s+\d+\.\d'
-K_ROW = r'^\s+(\d)\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d{2}\s+(\d+\.\d)$'
+VARIANT_ROW = r'\s+\d+\.\d{4}\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d$'
+K_ROW = r'^\s+(\d)\s+\d+\.\d{3}\s+\d+\.\d{3}\s+\d+\.\d{2}\s+(\d+\.\d{2})$'
 
 
 def check_common_rows(out, names):
     for name in names:
-        assert re.search(re.escape(f'{name} alone') + VARIANT_ROW, out), name
-        assert re.search(re.escape(f'KL+DP, student {name}') + VARIANT_ROW, out), name
-    assert re.search(r'Bi-KD \(all members\)' + VARIANT_ROW, out)
-    assert re.search(r'Bi-KD lean \(member by member\)' + VARIANT_ROW, out)
+        assert re.search(re.escape(f'{name} alone') + VARIANT_ROW, out, flags=re.M), name
+        assert re.search(re.escape(f'KL+DP, student {name}') + VARIANT_ROW, out,
+                         flags=re.M), name
+    assert re.search(r'Bi-KD \(all members\)' + VARIANT_ROW, out, flags=re.M)
+    assert re.search(r'Bi-KD lean \(member by member\)' + VARIANT_ROW, out, flags=re.M)
+    # the ordinary step holds every member's activations until its one backward: their sum,
+    # plus the little the partition and the KL save (within 10%)
+    summed = float(re.search(r'ordinary Bi-KD: saved activations / the members alone\'s '
+                             r'summed: (\d+\.\d{3})', out).group(1))
+    assert 1.0 <= summed <= 1.10
     # lean mode holds one member's activations at a time: about the largest member's own
     lean, ordinary = map(float, re.search(
-        r'lean Bi-KD: activation peak / the largest member alone\'s \(\w+\): (\d+\.\d{3})  '
+        r'lean Bi-KD: saved activations / the largest member alone\'s \(\w+\): (\d+\.\d{3})  '
         r'\(target <= 1.15; ordinary Bi-KD: (\d+\.\d{3})\)', out).groups())
-    assert lean <= 1.15 < ordinary
+    assert 1.0 <= lean <= 1.15 < ordinary
     assert re.search(r'lean Bi-KD / ordinary Bi-KD: \d+\.\d{3}', out)
     assert re.search(r'Bi-KD / sum of the members alone: \d+\.\d{3}', out)
     assert re.search(r'kldp for every member \(2 runs\) / Bi-KD: \d+\.\d{3}', out)
@@ -30,12 +37,12 @@ def check_common_rows(out, names):
                      r'\d+\.\dx what a Bi-KD step consumes', out)
     rows = re.findall(K_ROW, out, flags=re.M)
     assert [k for k, _ in rows] == [str(k) for k in range(2, 9)]
-    # the term's own peak, in units of one member's output, grows linearly in K: at most
-    # a constant plus ~2 outputs per member (softmax kept for backward, gradient), never K^2
+    # what the term saves for its backward, in units of one member's output: each member's
+    # log-softmax and the teachers' distribution (K + 1) and a few masks, never K^2
     per_output = [float(x) for _, x in rows]
-    assert all(x <= 2 * k + 4 for x, k in zip(per_output, range(2, 9))), per_output
+    assert all(k + 1 <= x <= k + 1.5 for x, k in zip(per_output, range(2, 9))), per_output
     assert re.search(r'its share of a Bi-KD step at K = 2: \d+\.\d% of the time, \d+\.\d% of '
-                     r'the peak tensor memory', out)
+                     r'the saved activations', out)
 
 
 def test_benchmark_on_digits_prints_every_variant_ratio_and_profile(digits_root, tmp_path):

@@ -12,18 +12,22 @@ optimiser) of: each member trained alone, BiKDMetaArch with all members, the sam
 run that the --methods (default: KL+DP, one run per student: a trainable student plus its
 frozen teacher and frozen initial copy) declare to improve the members. Every variant is built and
 warmed up first, then all are timed round-robin in --rounds rounds, so that the machine's
-drifts fall on all alike. For each: median seconds per iteration, samples/s and its own memory
-(weights, buffers and optimiser state plus the peak of the tensors a training step allocates:
-the CUDA allocator's peak, or torch's memory profile on CPU). Then the ratios measured in this
-one run: Bi-KD / sum of the members alone; lean Bi-KD's activation peak / the largest member
-alone's and its time / ordinary Bi-KD's; each method's runs for every member / Bi-KD, and
-the bound on the latter that the members' frozen-forward cost sets. Then the data loader's
-throughput against what a Bi-KD step consumes, and the distillation term alone (partition +
-masked KL, forward and backward) for K = 2..8 members on the members' real output shape: time,
-and the memory it allocates in units of one member's output, both linear in K. --profile adds
-a torch.profiler breakdown of one Bi-KD step. --memory-cap caps the memory between what a lean
-and an ordinary step need and takes both under it; --eval-k measures the evaluation's peak
-memory for K members, member by member against all outputs held at once.
+drifts fall on all alike. For each: median seconds per iteration, samples/s and its memory:
+weights, buffers and optimiser state, and the peak of the activations a training step holds
+saved for backward (counted exactly through autograd's saved-tensor hooks, the same on every
+machine: :mod:`bikd.memory`), plus on CUDA the allocator's peak. Then the ratios measured in
+this one run: Bi-KD / sum of the members alone (time); ordinary Bi-KD's saved activations / the
+members' summed, lean Bi-KD's / the largest member's and its time / ordinary Bi-KD's; each
+method's runs for every member / Bi-KD, and the bound on the latter that the members'
+frozen-forward cost sets. Then the data loader's throughput against what a Bi-KD step
+consumes, and the distillation term alone (partition + masked KL, forward and backward) for
+K = 2..8 members on the members' real output shape: time, and what it holds saved for its
+backward in units of one member's output, both linear in K. --profile adds a torch.profiler
+breakdown of one Bi-KD step's time. --memory-cap caps the memory between what a lean and an
+ordinary step need (on CPU: the address space two steps add in a fresh process) and takes
+both under it; --eval-k measures the evaluation's peak memory for K members (on CPU: the
+tensors torch functions return, alive at once), member by member against all outputs held
+at once.
 
 Timings are medians over --iters steps after --warmup steps; on a shared or small machine
 compare ratios from one run, not absolute figures across runs. Mixed precision and
@@ -80,10 +84,9 @@ def static_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> in
 
 
 class Variant:
-    """One way of training, built and warmed up. Its own memory: weights, buffers and
-    optimiser state, plus the peak of the tensors one training step allocates (activations,
-    gradients, temporaries; the allocator's peak on CUDA, torch's memory profile on CPU), and
-    the peak of its activation memory alone (see :func:`step_memory`)."""
+    """One way of training, built and warmed up, with its memory (see :func:`step_memory`):
+    its weights, buffers and optimiser state, the peak of the activations one training step
+    holds saved for backward, and on CUDA the allocator's peak over the step."""
 
     def __init__(self, name: str, build: Callable[[], torch.nn.Module], optim_cfg: dict,
                  batches: list, warmup: int, device: str):
@@ -94,10 +97,9 @@ class Variant:
             self.step(i)
         _sync(device)
         memory = step_memory(lambda: self.step(0), device, self.model)
-        self.step_peak_mib = memory['total'] / 2**20
-        self.activation_peak_mib = memory['activations'] / 2**20
-        self.peak_mib = static_bytes(self.model, self.wrapper.optimizer) / 2**20 + \
-            self.step_peak_mib
+        self.state_mib = static_bytes(self.model, self.wrapper.optimizer) / 2**20
+        self.saved_mib = memory['saved'] / 2**20
+        self.step_peak_mib = memory.get('allocated', 0) / 2**20  # CUDA only
         self.times: List[float] = []
 
     def step(self, i: int) -> None:
@@ -109,7 +111,8 @@ class Variant:
     def result(self) -> dict:
         med = statistics.median(self.times)
         return dict(name=self.name, seconds=med, samples_per_s=_batch_size(self.batches[0]) / med,
-                    peak_mib=self.peak_mib, activation_mib=self.activation_peak_mib)
+                    state_mib=self.state_mib, saved_mib=self.saved_mib,
+                    peak_mib=self.state_mib + self.step_peak_mib)
 
 
 def measure_interleaved(variants: Dict[str, Callable[[], torch.nn.Module]], optim_cfg: dict,
@@ -176,71 +179,38 @@ def _batch_size(batch) -> int:
     return len(inputs)
 
 
-def tensor_peak_bytes(fn: Callable[[], None], device: str) -> int:
-    """Peak bytes of the tensors ``fn`` allocates beyond those alive before it: the CUDA
-    allocator's peak, or on CPU the peak of the live tensors in torch's memory profile."""
-    return step_memory(fn, device)['total']
-
-
 def step_memory(fn: Callable[[], None], device: str,
                 model: Optional[torch.nn.Module] = None) -> Dict[str, int]:
-    """Peak bytes of the tensors ``fn`` allocates beyond those alive before it: ``total``, and
-    ``activations``: the peak of those that are not weights' gradients or optimiser state
-    (activations, the outputs kept for the loss, temporaries).
-
-    On CPU both come from torch's memory profile, which tells each tensor's category. On CUDA
-    ``total`` is the allocator's peak and ``activations`` that peak less the bytes of the
-    gradients of ``model``'s trainable weights (a lower bound: at the peak not every gradient
-    need exist yet)."""
+    """Memory of a training step ``fn``: ``saved``, the peak bytes of the tensors autograd
+    holds saved for backward (activations; ``model``'s weights, which layers save too, left
+    out; :func:`bikd.memory.saved_tensors_peak`), exact and alike on every machine; on CUDA
+    also ``allocated``, the allocator's peak beyond what was allocated before (gradients,
+    workspaces and temporaries included). Two runs of ``fn`` on CUDA, one on CPU."""
+    from bikd.memory import saved_tensors_peak
+    weights = [*model.parameters(), *model.buffers()] if model is not None else []
+    out = dict(saved=saved_tensors_peak(fn, exclude=weights))
     if device.startswith('cuda'):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        total = torch.cuda.max_memory_allocated() - base
-        grads = sum(p.numel() * p.element_size() for p in model.parameters()
-                    if p.requires_grad) if model is not None else 0
-        return dict(total=total, activations=max(total - grads, 0))
-    from torch.profiler import ProfilerActivity, profile
-    from torch.profiler._memory_profiler import Action, Category, TensorKey
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                 with_stack=True) as prof:
-        fn()
-    memory = prof._memory_profile()
-    kept_apart = (Category.GRADIENT, Category.PARAMETER, Category.OPTIMIZER_STATE)
-    live, counted = {}, {}  # tensor -> bytes; tensor -> whether it counts as activation
-    total = activations = peak_total = peak_activations = 0
-    for _, action, (key, version), size in memory.timeline:
-        # allocations the profiler ties to no tensor (kernels' workspaces) share one key:
-        # they count in both, by size
-        tensor = isinstance(key, TensorKey)
-        if action == Action.CREATE:
-            total += size
-            if not tensor:
-                activations += size
-            else:
-                live[key] = size
-        elif action == Action.DESTROY:
-            total -= size
-            if not tensor:
-                activations -= size
-            elif key in live:
-                activations -= counted.pop(key, False) * live.pop(key)
-        if tensor and key in live and action in (Action.CREATE, Action.INCREMENT_VERSION):
-            now = memory._categories.get(key, version) not in kept_apart
-            activations += (now - counted.get(key, False)) * live[key]
-            counted[key] = now
-        peak_total = max(peak_total, total)
-        peak_activations = max(peak_activations, activations)
-    return dict(total=peak_total, activations=peak_activations)
+        out['allocated'] = cuda_peak_bytes(fn)
+    return out
+
+
+def cuda_peak_bytes(fn: Callable[[], None]) -> int:
+    """The CUDA allocator's peak while ``fn`` runs, beyond what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
 
 
 def distill_table(shape, ks, iters: int, device: str) -> List[dict]:
     """Partition + masked KL (from the members' raw outputs: softmax, teacher pick, KL),
-    forward and backward, for K members of output ``shape``: median time, and the peak of the
-    tensors it allocates in units of one member's output."""
+    forward and backward, for K members of output ``shape``: median time, and the bytes it
+    holds saved for its backward (what it adds to a step's activations), also in units of one
+    member's output; on CUDA the allocator's peak too."""
     from bikd.losses import distillation_loss
+    from bikd.memory import saved_tensors_peak
     from bikd.partition import select_teachers
     rows = []
     one_output = math.prod(shape) * 4
@@ -257,9 +227,14 @@ def distill_table(shape, ks, iters: int, device: str) -> List[dict]:
         times = time_steps(step, iters, 2, device)
         for z in logits:
             z.grad = None
-        peak = tensor_peak_bytes(step, device)
-        rows.append(dict(k=k, ms=1000 * statistics.median(times), peak_mib=peak / 2**20,
-                         outputs=peak / one_output))
+        saved = saved_tensors_peak(step)
+        row = dict(k=k, ms=1000 * statistics.median(times), saved_mib=saved / 2**20,
+                   outputs=saved / one_output)
+        if device.startswith('cuda'):
+            for z in logits:
+                z.grad = None
+            row['peak_mib'] = cuda_peak_bytes(step) / 2**20
+        rows.append(row)
     return rows
 
 
@@ -286,13 +261,13 @@ def _capped_steps(config: str, opts: List[str], lean: bool, cap: Optional[float]
     import resource
 
     from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import Runner
+    from mmengine.runner import Runner, set_random_seed
 
     from bikd.engine import load_config, setup_engine
     setup_engine()
     cfg = load_config(config, opts)
     init_default_scope(cfg.get('default_scope', 'bikd'))
-    torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
+    set_random_seed(cfg.get('randomness', {}).get('seed', 0))
     model = MODELS.build(dict(cfg.model, type='BiKDMetaArch', lean=lean)).train()
     wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
@@ -347,16 +322,21 @@ def memory_cap_demo(args, opts: List[str], ordinary: Variant, lean: Variant) -> 
             result = ctx.Queue()
             proc = ctx.Process(target=_capped_steps, args=(args.config_file, opts, is_lean,
                                                            cap, result))
-            # one malloc arena: no 64 MiB reservations per thread in the address space
-            arenas = os.environ.get('MALLOC_ARENA_MAX')
-            os.environ['MALLOC_ARENA_MAX'] = '1'
+            # one malloc arena (no 64 MiB reservations per thread in the address space) and a
+            # fixed mmap threshold (glibc's moves with what was freed before): every block of
+            # 128 KiB or more is mapped when allocated and unmapped when freed, so that the
+            # address space follows the tensors alive
+            malloc = dict(MALLOC_ARENA_MAX='1', MALLOC_MMAP_THRESHOLD_='131072')
+            before = {k: os.environ.get(k) for k in malloc}
+            os.environ.update(malloc)
             try:
                 proc.start()
             finally:
-                if arenas is None:
-                    os.environ.pop('MALLOC_ARENA_MAX')
-                else:
-                    os.environ['MALLOC_ARENA_MAX'] = arenas
+                for k, v in before.items():
+                    if v is None:
+                        os.environ.pop(k)
+                    else:
+                        os.environ[k] = v
             out = result.get()
             proc.join()
             return out
@@ -375,6 +355,16 @@ def memory_cap_demo(args, opts: List[str], ordinary: Variant, lean: Variant) -> 
           f'{how}; cap {(need[0] + need[1]) / 2 / 2**20:.0f} MiB')
     for name, (outcome, detail) in zip(('ordinary Bi-KD', 'lean Bi-KD'), outcomes):
         print(f'  {name} under the cap: {outcome} ({detail})')
+
+
+def eval_peak_bytes(fn: Callable[[], None], model: torch.nn.Module, device: str) -> int:
+    """Peak memory of an evaluation ``fn`` beyond the model's weights: the CUDA allocator's,
+    or on CPU that of the tensors torch functions return (:func:`bikd.memory.live_tensors_peak`,
+    the same on every machine)."""
+    if device.startswith('cuda'):
+        return cuda_peak_bytes(fn)
+    from bikd.memory import live_tensors_peak
+    return live_tensors_peak(fn, exclude=[*model.parameters(), *model.buffers()])
 
 
 def eval_memory_table(cfg, members: list, ks: List[int], device: str) -> None:
@@ -416,11 +406,13 @@ def eval_memory_table(cfg, members: list, ks: List[int], device: str) -> None:
         with torch.no_grad():
             data = model.data_preprocessor(data_batch, False)
             one = copies[0].predict(data['inputs'], data['data_samples'])
-        rows.append((k, tensor_peak_bytes(memberwise, device), tensor_peak_bytes(stacked, device),
-                     one.numel() * 4))
+        rows.append((k, eval_peak_bytes(memberwise, model, device),
+                     eval_peak_bytes(stacked, model, device), one.numel() * 4))
         del model, copies
-    print(f'\nevaluation of one validation batch, peak tensor memory (one member\'s prediction: '
-          f'{tuple(one.shape)}, {rows[0][3] / 2**20:.1f} MiB)')
+    how = ('the CUDA allocator\'s peak' if device.startswith('cuda') else
+           'the tensors torch functions return, alive at once')
+    print(f'\nevaluation of one validation batch, peak memory ({how}; one member\'s '
+          f'prediction: {tuple(one.shape)}, {rows[0][3] / 2**20:.1f} MiB)')
     print(f'{"K":>3}{"member by member MiB":>22}{"x prediction":>14}{"all held MiB":>14}'
           f'{"x prediction":>14}')
     for k, lazy, held, size in rows:
@@ -478,7 +470,7 @@ def main(argv=None):
         parser.error(f'--warmup must be at least 0, got {args.warmup}')
 
     from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import Runner
+    from mmengine.runner import Runner, set_random_seed
 
     from bikd import IndependentMetaArch, MethodNotApplicable, select_methods
     from bikd.engine import load_config, setup_engine
@@ -488,7 +480,9 @@ def main(argv=None):
     opts = list(args.opts) + ([] if args.pretrained else ['model.random_init=true'])
     cfg = load_config(args.config_file, opts)
     init_default_scope(cfg.get('default_scope', 'bikd'))
-    torch.manual_seed(cfg.get('randomness', {}).get('seed', 0))
+    # every generator (torch, numpy, Python): the same members and the same augmented batches
+    # in every run of the tool, so that its memory figures repeat exactly
+    set_random_seed(cfg.get('randomness', {}).get('seed', 0))
     bikd = MODELS.build(dict(cfg.model, type='BiKDMetaArch'))
     members = list(bikd.members)
     names = [m.name for m in members]
@@ -514,9 +508,12 @@ def main(argv=None):
     variants[BIKD] = lambda: copy.deepcopy(bikd)
     variants[LEAN] = lambda: lean_copy(bikd)
     planned = {}  # method -> its runs, each timed as a variant named by the run's label
+    # the members as built, named (a member config may leave its name to the member's default)
+    model_cfg = dict(cfg.model.to_dict(), members=[
+        dict(spec, name=m.name) for spec, m in zip(cfg.model.to_dict()['members'], members)])
     for method, cls in select_methods([m for m in args.methods.split(',') if m]).items():
         try:
-            planned[method] = cls.experiment_runs(cfg.model.to_dict())
+            planned[method] = cls.experiment_runs(model_cfg)
         except MethodNotApplicable as e:
             print(f'{method} left out: {e}')
             continue
@@ -528,25 +525,31 @@ def main(argv=None):
                                 args.rounds, args.device)
     results = {name: v.result() for name, v in built.items()}
 
+    cuda = args.device.startswith('cuda')
     width = max(len(n) for n in results) + 2
-    print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"own MiB":>11}'
-          f'{"act. MiB":>11}')
+    print(f'\n{"variant":<{width}}{"s/iter":>10}{"samples/s":>12}{"state MiB":>11}'
+          f'{"saved MiB":>11}' + (f'{"peak MiB":>11}' if cuda else ''))
     for r in results.values():
         print(f'{r["name"]:<{width}}{r["seconds"]:>10.4f}{r["samples_per_s"]:>12.1f}'
-              f'{r["peak_mib"]:>11.0f}{r["activation_mib"]:>11.1f}')
-    print('(act. MiB: the peak of the activation memory of a step: tensors other than '
-          'gradients, weights and optimiser state' + (
-              '; on CUDA the peak less the gradients\' size)' if args.device.startswith('cuda')
-              else ')'))
+              f'{r["state_mib"]:>11.1f}{r["saved_mib"]:>11.1f}' +
+              (f'{r["peak_mib"]:>11.0f}' if cuda else ''))
+    print('(state MiB: weights, buffers and optimiser state; saved MiB: the peak of the '
+          'activations a training step holds saved for backward, weights left out, counted '
+          'exactly and alike on every machine' + (
+              '; peak MiB: state plus the CUDA allocator\'s peak over a step)' if cuda else
+              '; a whole process\'s need on CPU: --memory-cap)'))
     step = {n: results[f'{n} alone']['seconds'] for n in names}
     alone = sum(step.values())
     ours = results[BIKD]['seconds']
     print(f'\nBi-KD / sum of the members alone: {ours / alone:.3f}  (time per iteration)')
-    largest = max(names, key=lambda n: results[f'{n} alone']['activation_mib'])
-    own_act = results[f'{largest} alone']['activation_mib']
-    print(f'lean Bi-KD: activation peak / the largest member alone\'s ({largest}): '
-          f'{results[LEAN]["activation_mib"] / own_act:.3f}  (target <= 1.15; ordinary Bi-KD: '
-          f'{results[BIKD]["activation_mib"] / own_act:.3f})')
+    saved = {n: results[f'{n} alone']['saved_mib'] for n in names}
+    print(f'ordinary Bi-KD: saved activations / the members alone\'s summed: '
+          f'{results[BIKD]["saved_mib"] / sum(saved.values()):.3f}  (about 1: every member\'s '
+          'activations are alive until the one backward)')
+    largest = max(names, key=lambda n: saved[n])
+    print(f'lean Bi-KD: saved activations / the largest member alone\'s ({largest}): '
+          f'{results[LEAN]["saved_mib"] / saved[largest]:.3f}  (target <= 1.15; ordinary Bi-KD: '
+          f'{results[BIKD]["saved_mib"] / saved[largest]:.3f})')
     print(f'lean Bi-KD / ordinary Bi-KD: {results[LEAN]["seconds"] / ours:.3f}  (time per '
           'iteration; one more forward per member)')
     frozen = {}  # member -> seconds of its forward without gradient
@@ -591,19 +594,23 @@ def main(argv=None):
     shape = tuple(out.logits.shape)
     rows = distill_table(shape, range(2, 9), max(args.iters // 2, 5), args.device)
     print(f'\ndistillation term alone (partition + masked KL, forward + backward), output {shape}')
-    print(f'{"K":>3}{"ms":>10}{"ms / (K-1)":>12}{"peak MiB":>11}{"x output":>10}')
+    print(f'{"K":>3}{"ms":>10}{"ms / (K-1)":>12}{"saved MiB":>11}{"x output":>10}' +
+          (f'{"peak MiB":>11}' if cuda else ''))
     for r in rows:
-        print(f'{r["k"]:>3}{r["ms"]:>10.3f}{r["ms"] / (r["k"] - 1):>12.3f}{r["peak_mib"]:>11.2f}'
-              f'{r["outputs"]:>10.1f}')
-    print('(peak MiB: tensors the term allocates; x output: that peak in units of one member\'s '
-          'output; both grow linearly in K, never as K x K)')
+        print(f'{r["k"]:>3}{r["ms"]:>10.3f}{r["ms"] / (r["k"] - 1):>12.3f}'
+              f'{r["saved_mib"]:>11.2f}{r["outputs"]:>10.2f}' +
+              (f'{r["peak_mib"]:>11.2f}' if cuda else ''))
+    print('(saved MiB: what the term holds for its backward, on top of the members\' own '
+          'activations; x output: in units of one member\'s output; both grow linearly in K, '
+          'never as K x K' + ('; peak MiB: the CUDA allocator\'s peak, gradients included)'
+                              if cuda else ')'))
     if len(members) <= 8:
         term = rows[len(members) - 2]
-        step_peak = built[BIKD].step_peak_mib
+        step_saved = results[BIKD]['saved_mib']
         print(f'its share of a Bi-KD step at K = {len(members)}: '
               f'{100 * term["ms"] / 1000 / ours:.1f}% of the time, '
-              f'{100 * term["peak_mib"] / step_peak:.1f}% of the peak tensor memory '
-              f'({term["peak_mib"]:.2f} of {step_peak:.1f} MiB)')
+              f'{100 * term["saved_mib"] / step_saved:.1f}% of the saved activations '
+              f'({term["saved_mib"]:.2f} of {step_saved:.1f} MiB)')
     return 0
 
 

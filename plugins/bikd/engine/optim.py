@@ -121,6 +121,7 @@ class StepPolicy:
             return
         for loss in parts:
             self.backward_part(self.scale_loss(loss))
+            del loss  # its graph (what backward did not free) before the next part's forward
         self._inner_count += 1
         if self.should_update():
             self.step(**(step_kwargs or {}))
