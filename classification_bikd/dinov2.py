@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from bikd.fileio import save_torch
 from bikd.registry import MEMBERS
-from bikd.weights import download_weights
+from bikd.checkpoint import download_weights
 
 from .member import TimmMember
 
@@ -43,22 +43,29 @@ class DinoV2LinearMember(TimmMember):
         self.layers = layers
         self.head_file = head_file
         self.head = nn.Linear((1 + layers) * self.model.embed_dim, num_classes)
-        if head_file:
-            self.load_state(self.read_weights(head_file), head_file, self.head)
 
     def load_checkpoint(self, source: str) -> None:
-        """The backbone from ``checkpoint`` (timm's layout); its head must come from
-        ``head_file``."""
-        super().load_checkpoint(source)
+        """The backbone from ``checkpoint`` (timm's layout), the head from ``head_file``."""
         if not self.head_file:
             raise ValueError(f'member {self.name!r}: the backbone comes from {source} but '
                              'the linear head has no weights; pass head_file=PATH')
+        super().load_checkpoint(source)
+        self.load_head(self.head_file)
 
     def load_pretrained(self) -> str:
+        """The released backbone, and the head from ``head_file`` or the release's URL."""
         source = super().load_pretrained()
-        if not self.head_file:
-            self._download_head()
+        self.load_head(self.head_file or self.head_url())
         return source
+
+    def load_head(self, source: str) -> None:
+        """The linear head, as released (a local file or its URL)."""
+        if source.startswith(('http://', 'https://')):
+            state = download_weights(source, self.name, 'head_file=PATH (a local copy of the '
+                                     'linear head), or pretrained=False', self.trust_checkpoint)
+        else:
+            state = self.read_weights(source)
+        self.load_state(state, source, self.head)
 
     def head_url(self) -> str:
         """The release's URL of this head, e.g. ``.../dinov2_vits14/dinov2_vits14_linear4_head.pth``."""
@@ -68,12 +75,6 @@ class DinoV2LinearMember(TimmMember):
         base = f'dinov2_vit{size}14'
         return (f'https://dl.fbaipublicfiles.com/dinov2/{base}/{base}{reg}_linear'
                 f'{"4" if self.layers == 4 else ""}_head.pth')
-
-    def _download_head(self) -> None:
-        url = self.head_url()
-        state = download_weights(url, self.name, 'head_file=PATH (a local copy of the linear '
-                                 'head), or pretrained=False', self.trust_checkpoint)
-        self.load_state(state, url, self.head)
 
     @property
     def num_classes(self) -> int:

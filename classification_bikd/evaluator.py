@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
-from bikd.evaluation import MemberwiseMetric
+from bikd.metrics import MemberwiseMetric
 from bikd.registry import METRICS
 
 

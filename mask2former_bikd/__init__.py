@@ -4,12 +4,13 @@ segmentors as members, ADE20K data checks, the semantic-segmentation evaluator.
 Importing the package registers its classes; detectron2 is imported only when an official
 Mask2Former member is built.
 """
-from .evaluator import SemSegEvaluator
+from .evaluator import SegmentationEvaluator
 from .mask2former_member import Mask2FormerMember
 from .mmseg_decode_head import MMSegDecodeHeadMember
 from .mmseg_mask2former import MMSegMask2FormerMember
-from .mmseg_member import MMSegMember
+from .mmseg_member import MMSegMemberBase, build_mmseg_member
 from .transforms import CheckSegAnnotation
 
-__all__ = ['CheckSegAnnotation', 'Mask2FormerMember', 'MMSegDecodeHeadMember', 'MMSegMask2FormerMember',
-           'MMSegMember', 'SemSegEvaluator']
+__all__ = ['CheckSegAnnotation', 'Mask2FormerMember', 'MMSegDecodeHeadMember',
+           'MMSegMask2FormerMember', 'MMSegMemberBase', 'SegmentationEvaluator',
+           'build_mmseg_member']

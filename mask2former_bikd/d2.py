@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from mmengine.logging import print_log
 
+from bikd import compat
+
 INSTALL_HINT = ('install them with `make d2` (or `python tools/install_d2.py`), which builds '
                 'detectron2 from source against the installed torch and puts the official '
                 'Mask2Former on the path')
@@ -28,10 +30,12 @@ def require_detectron2():
     """``detectron2``, or an ImportError that says how to install it."""
     try:
         import detectron2  # noqa: F401
-        import detectron2._C  # noqa: F401  (its C++ ops: a source build, not a stub package)
     except ImportError as e:
         raise ImportError(f'the official Mask2Former needs detectron2 ({e}); {INSTALL_HINT}') \
             from e
+    if not compat.detectron2_ops_built():  # a stub package of the same name
+        raise ImportError(f'the official Mask2Former needs detectron2 built with its C++ ops '
+                          f'(the installed one has none); {INSTALL_HINT}')
     return sys.modules['detectron2']
 
 
@@ -101,7 +105,7 @@ def resolve_config(config: str) -> str:
                             f'config of the Mask2Former repository, {in_repo})')
 
 
-def load_config(config: str, opts: Optional[Sequence[Any]] = None):
+def load_d2_config(config: str, opts: Optional[Sequence[Any]] = None):
     """The detectron2 config (a ``CfgNode``) of a Mask2Former model: detectron2's defaults,
     DeepLab's and Mask2Former's additions, the file and ``opts`` (``['KEY', value, ...]``).
 
@@ -125,7 +129,7 @@ def load_config(config: str, opts: Optional[Sequence[Any]] = None):
     base = own.get('_BASE_')
     if base and not os.path.isabs(base) and \
             not os.path.isfile(os.path.join(os.path.dirname(path), base)):
-        cfg = load_config(base)  # a name in the Mask2Former repository
+        cfg = load_d2_config(base)  # a name in the Mask2Former repository
         own.pop('_BASE_')
         cfg.merge_from_other_cfg(CfgNode(own))
     else:
@@ -140,10 +144,8 @@ def load_config(config: str, opts: Optional[Sequence[Any]] = None):
 
 class _ArraysOnly(pickle.Unpickler):
     """Unpickles numpy arrays and plain containers; any other object is refused."""
-    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy', 'ndarray'),
-               ('numpy._core.multiarray', '_reconstruct'), ('numpy', 'dtype'),
-               ('numpy.core.multiarray', 'scalar'), ('numpy._core.multiarray', 'scalar'),
-               ('collections', 'OrderedDict')}
+    ALLOWED = {('numpy', 'ndarray'), ('numpy', 'dtype'), ('collections', 'OrderedDict'),
+               *compat.numpy_pickle_names()}
 
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:

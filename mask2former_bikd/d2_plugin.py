@@ -1,5 +1,6 @@
-"""Bi-KD as a detectron2 plug-in: ``BiKDMetaArch`` and ``IndependentMetaArch`` in detectron2's
-``META_ARCH_REGISTRY``, over official Mask2Former members.
+"""Bi-KD as a detectron2 plug-in: ``D2BiKDMetaArch`` and ``D2IndependentMetaArch`` in
+detectron2's ``META_ARCH_REGISTRY``, over official Mask2Former members (named apart from the
+core's :class:`bikd.BiKDMetaArch`, which they wrap).
 
 A detectron2 project adds Bi-KD in a few lines::
 
@@ -9,7 +10,7 @@ A detectron2 project adds Bi-KD in a few lines::
 
     cfg = get_cfg()
     bikd_d2.add_bikd_config(cfg)
-    cfg.merge_from_file('bikd_swinT_swinS.yaml')      # MODEL.META_ARCHITECTURE: BiKDMetaArch
+    cfg.merge_from_file('bikd_swinT_swinS.yaml')      # MODEL.META_ARCHITECTURE: D2BiKDMetaArch
     model = build_model(cfg)                          # both members, their own configs/weights
 
 and trains it with detectron2's trainers (the loss dict holds each member's task loss and the
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 import bikd
+from bikd.metrics import MemberPredictions
 from bikd.step import TEACHER_SHARE, log_key
 
 from . import d2
@@ -60,7 +62,7 @@ def add_bikd_config(cfg) -> None:
 def build_members(cfg) -> List[Mask2FormerMember]:
     """The members a ``MODEL.BIKD`` config names, each with its own config and weights."""
     b = cfg.MODEL.BIKD
-    if len(b.MEMBERS) < 2 and cfg.MODEL.META_ARCHITECTURE == 'BiKDMetaArch':
+    if len(b.MEMBERS) < 2 and cfg.MODEL.META_ARCHITECTURE == 'D2BiKDMetaArch':
         raise ValueError(f'MODEL.BIKD.MEMBERS names {len(b.MEMBERS)} member config(s); Bi-KD '
                          'needs at least two')
     for key in ('WEIGHTS', 'NAMES'):
@@ -69,13 +71,16 @@ def build_members(cfg) -> List[Mask2FormerMember]:
                              f'{len(b.MEMBERS)} members')
     names = list(b.NAMES) or [os.path.splitext(os.path.basename(c))[0] for c in b.MEMBERS]
     weights = list(b.WEIGHTS) or [''] * len(b.MEMBERS)
-    return [Mask2FormerMember(config, name=name, checkpoint=w or None, test_resize=False,
-                              partition_loss=b.PARTITION_LOSS, distribution=b.DISTRIBUTION)
-            for config, name, w in zip(b.MEMBERS, names, weights)]
+    members = [Mask2FormerMember(config, name=name, checkpoint=w or None, test_resize=False,
+                                 partition_loss=b.PARTITION_LOSS, distribution=b.DISTRIBUTION)
+               for config, name, w in zip(b.MEMBERS, names, weights)]
+    for member in members:  # build, then load (detectron2's build_model loads nothing)
+        member.take_weights()
+    return members
 
 
 @META_ARCH_REGISTRY.register()
-class BiKDMetaArch(nn.Module):
+class D2BiKDMetaArch(nn.Module):
     """:class:`bikd.BiKDMetaArch` over official Mask2Former members, as detectron2 builds and
     runs meta-architectures (``forward(batched_inputs)``: the loss dict in training, per
     image ``{'sem_seg': ensemble probabilities, 'bikd_members': {name: probabilities}}`` in
@@ -109,14 +114,12 @@ class BiKDMetaArch(nn.Module):
                     storage.put_scalar(log_key(TEACHER_SHARE, name), float(share))
             return out.loss_terms()  # detectron2's trainers sum the values
         results = [dict(bikd_members=OrderedDict()) for _ in batched_inputs]
-        total = None
-        for member in self.members:
-            probs = member.predict(batched_inputs, None)
-            total = probs if total is None else total + probs
+        for name, probs in MemberPredictions(self.members, batched_inputs, None):
             for r, p, x in zip(results, probs, batched_inputs):
-                r['bikd_members'][member.name] = self._crop(p, x)
-        for r, p, x in zip(results, total / len(self.members), batched_inputs):
-            r['sem_seg'] = self._crop(p, x)
+                if name == 'ensemble':
+                    r['sem_seg'] = self._crop(p, x)
+                else:
+                    r['bikd_members'][name] = self._crop(p, x)
         return results
 
     @staticmethod
@@ -127,7 +130,7 @@ class BiKDMetaArch(nn.Module):
 
 
 @META_ARCH_REGISTRY.register()
-class IndependentMetaArch(BiKDMetaArch):
+class D2IndependentMetaArch(D2BiKDMetaArch):
     """The control: the same members fine-tuned on their own task losses
     (:class:`bikd.IndependentMetaArch`)."""
     core = bikd.IndependentMetaArch

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bikd.evaluation import MemberwiseMetric
+from bikd.metrics import MemberwiseMetric
 from bikd.registry import METRICS
 
 
@@ -28,7 +28,7 @@ def area_stats(pred: Tensor, gt: Tensor, num_classes: int, ignore_index: int) ->
 
 
 @METRICS.register_module()
-class SemSegEvaluator(MemberwiseMetric):
+class SegmentationEvaluator(MemberwiseMetric):
     """mIoU, fwIoU, mACC, pACC in percent plus per-class ``IoU-<class>`` (detectron2's keys),
     from the pixel counts of the whole set (all DDP ranks), ignore label excluded.
 

@@ -6,11 +6,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from bikd import compat
 from bikd.member import MemberOutput
 from bikd.registry import MEMBERS
 
 from . import d2
-from .segmentation_member import EPS, SegmentationMember
+from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
 
 
 def targets_from_sem_seg(sem_segs: Sequence[Tensor], padded_hw: Sequence[int],
@@ -76,7 +77,7 @@ class Mask2FormerMember(SegmentationMember):
         super().__init__(name or os.path.splitext(os.path.basename(config))[0], pretrained,
                          checkpoint, trust_checkpoint, distribution, distill_stride,
                          partition_loss)
-        cfg = d2.load_config(config, opts)
+        cfg = d2.load_d2_config(config, opts)
         self.config_text = cfg.dump()  # as configured, for the export
         cfg.defrost()
         cfg.MODEL.DEVICE = 'cpu'  # the engine moves the member to its device
@@ -140,7 +141,7 @@ class Mask2FormerMember(SegmentationMember):
         for key in self.DERIVED_KEYS:  # a checkpoint without them keeps the config's values
             if key in own and key not in out:
                 out[key] = own[key]
-        out._metadata = own._metadata  # modules' versions: today's layout
+        compat.set_state_dict_metadata(out, compat.state_dict_metadata(own))  # today's layout
         return out
 
     def load_pretrained(self) -> str:
@@ -228,8 +229,9 @@ class Mask2FormerMember(SegmentationMember):
         """Per-pixel class probabilities ``[N, C, H, W]`` at each image's original size (its
         semantic inference normalised over the classes), padded to the largest image."""
         results = self.model(self.batched_inputs(inputs, data_samples, with_labels=False))
-        return self.pad_stack([r['sem_seg'] / r['sem_seg'].sum(0, keepdim=True).clamp(min=EPS)
-                               for r in results])
+        return self.pad_stack([
+            r['sem_seg'] / r['sem_seg'].sum(0, keepdim=True).clamp(min=PROBABILITY_FLOOR)
+            for r in results])
 
     # ----------------------------------------------------------------------------- export
     def export_payload(self) -> Any:

@@ -8,14 +8,14 @@ from torch import Tensor
 
 from bikd.registry import MEMBERS
 
-from .mmseg_member import MMSegMember
+from .mmseg_member import MMSegMemberBase
 
 
 @MEMBERS.register_module()
-class MMSegDecodeHeadMember(MMSegMember):
+class MMSegDecodeHeadMember(MMSegMemberBase):
     """An mmseg segmentor whose decode head gives class logits per pixel; arguments of
-    :class:`MMSegMember` (its logits are distilled through a softmax whatever
-    ``distribution`` says).
+    :class:`~mask2former_bikd.mmseg_member.MMSegMemberBase` (its logits are distilled through a
+    softmax whatever ``distribution`` says).
 
     Task loss per image: each head's own loss modules (the decode head's and the auxiliary
     heads', with their weights), per pixel, averaged per image the way mmseg averages over the

@@ -7,14 +7,14 @@ from torch import Tensor
 
 from bikd.registry import MEMBERS
 
-from .mmseg_member import MMSegMember
-from .segmentation_member import EPS
+from .mmseg_member import MMSegMemberBase
+from .segmentation_member import PROBABILITY_FLOOR
 
 
 @MEMBERS.register_module()
-class MMSegMask2FormerMember(MMSegMember):
+class MMSegMask2FormerMember(MMSegMemberBase):
     """An mmseg Mask2Former (``Mask2FormerHead``) as a member; arguments of
-    :class:`MMSegMember`.
+    :class:`~mask2former_bikd.mmseg_member.MMSegMemberBase`.
 
     Task loss per image: the set criterion (Hungarian matching, BCE + Dice mask losses on
     sampled points, class loss and the auxiliary decoder losses), evaluated on each image's
@@ -48,4 +48,4 @@ class MMSegMask2FormerMember(MMSegMember):
 
     def probabilities(self, seg_logits: Tensor) -> Tensor:
         # the semantic inference's scores, normalised over the classes
-        return seg_logits / seg_logits.sum(0, keepdim=True).clamp(min=EPS)
+        return seg_logits / seg_logits.sum(0, keepdim=True).clamp(min=PROBABILITY_FLOOR)

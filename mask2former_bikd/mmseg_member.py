@@ -4,7 +4,8 @@ the per-image task loss, the distilled distribution and the prediction:
 :class:`MMSegMask2FormerMember` (Mask2Former) and :class:`MMSegDecodeHeadMember` (UPerNet,
 FCN, ... any decode-head model).
 
-``type: MMSegMember`` in a config builds the kind its model config names.
+``type: MMSegMember`` in a config is :func:`build_mmseg_member`: it builds the kind its model
+config names.
 """
 import copy
 import math
@@ -53,19 +54,8 @@ def zoo_checkpoint_url(config: str) -> str:
     return url
 
 
-def _drop_pretrained_init(cfg: dict) -> None:
-    """Remove ``init_cfg=Pretrained`` entries (weights from a hub) from a model config."""
-    for key, value in list(cfg.items()):
-        if key == 'init_cfg' and isinstance(value, dict) and value.get('type') == 'Pretrained':
-            cfg[key] = None
-        elif key == 'pretrained' and isinstance(value, str):
-            cfg[key] = None
-        elif isinstance(value, dict):
-            _drop_pretrained_init(value)
-
-
-def _kind_of(config: Any, cfg_options: Optional[dict]) -> type:
-    """The member class for a segmentor config: the subclass of :class:`MMSegMember` that
+def member_kind(config: Any, cfg_options: Optional[dict] = None) -> type:
+    """The member class for a segmentor config: the subclass of :class:`MMSegMemberBase` that
     handles the class of its decode head."""
     import mmseg.models  # noqa: F401  (registers mmseg's modules)
     from mmseg.registry import MODELS as MMSEG_MODELS
@@ -76,18 +66,15 @@ def _kind_of(config: Any, cfg_options: Optional[dict]) -> type:
     head = cfg.model.get('decode_head', {}).get('type')
     with DefaultScope.overwrite_default_scope('mmseg'):
         head_cls = MMSEG_MODELS.get(head) if isinstance(head, str) else None
-    kinds = [k for k in MMSegMember.__subclasses__() if head_cls and k.handles(head_cls)]
+    kinds = [k for k in MMSegMemberBase.__subclasses__() if head_cls and k.handles(head_cls)]
     if not kinds:
         raise ValueError(f'no segmentation member handles the decode head {head!r} of {config}')
     return kinds[0]
 
 
-@MEMBERS.register_module()
-class MMSegMember(SegmentationMember):
-    """Any mmseg segmentor (built by mmseg's registry from a standard model config) as a member.
-
-    ``MMSegMember(config=...)`` (``type: MMSegMember``) builds the subclass for the config's
-    kind of segmentor: :class:`MMSegMask2FormerMember` or :class:`MMSegDecodeHeadMember`.
+class MMSegMemberBase(SegmentationMember):
+    """An mmseg segmentor (built by mmseg's registry from a standard model config) as a
+    member: the common part of its kinds (:func:`build_mmseg_member` chooses one).
 
     Args:
         config: the segmentor's mmseg config: a file, or the name of one shipped in mmseg
@@ -96,9 +83,9 @@ class MMSegMember(SegmentationMember):
         cfg_options: dotted overrides of the config (``model.decode_head.num_queries=20``).
         checkpoint: the trained segmentor's weights: a local mmseg checkpoint, a URL, or
             ``'zoo'``: the weights mmseg's model zoo lists for ``config`` in its metafile
-            (downloaded when reachable). Without it, ``pretrained=True`` keeps the
-            config's backbone initialisation (e.g. ImageNet weights) and ``pretrained=False``
-            initialises at random.
+            (downloaded when reachable). Without it, ``pretrained=True`` applies the
+            config's initialisation (``init_cfg``: e.g. the backbone's ImageNet weights) and
+            ``pretrained=False`` keeps the random one.
         distribution, distill_stride, partition_loss: see :class:`SegmentationMember`.
         trust_checkpoint: see :class:`bikd.Member`.
 
@@ -106,11 +93,6 @@ class MMSegMember(SegmentationMember):
     loss partition (Eq. 6) compares members per image.
     """
     export_format = 'mmseg'
-
-    def __new__(cls, config: Any = None, *args, cfg_options: Optional[dict] = None, **kwargs):
-        if cls is MMSegMember:
-            cls = _kind_of(config, cfg_options)
-        return super().__new__(cls)
 
     def __init__(self, config: Any, name: Optional[str] = None,
                  cfg_options: Optional[dict] = None, checkpoint: Optional[str] = None,
@@ -134,8 +116,6 @@ class MMSegMember(SegmentationMember):
         if cfg.get('custom_imports'):
             import_modules_from_strings(**cfg['custom_imports'])
         model_cfg = copy.deepcopy(cfg.model)  # a ConfigDict: mmdet reads it by attribute
-        if checkpoint or not pretrained:
-            _drop_pretrained_init(model_cfg)
         with DefaultScope.overwrite_default_scope('mmseg'):
             self.segmentor = MMSEG_MODELS.build(model_cfg)
         self.model_config = cfg.pretty_text
@@ -158,7 +138,8 @@ class MMSegMember(SegmentationMember):
 
     def load_pretrained(self) -> str:
         """The config's own initialisation (``init_cfg``: e.g. the backbone's ImageNet
-        weights)."""
+        weights), which mmengine applies only when asked (the constructor builds, as every
+        member's)."""
         self.segmentor.init_weights()
         return 'the model config\'s init_cfg'
 
@@ -231,3 +212,16 @@ class MMSegMember(SegmentationMember):
     def describe(self, stem: str) -> Dict[str, Any]:
         return dict(num_classes=self.num_classes,
                     load=f'mmseg.apis.init_model({stem + ".py"!r}, {stem + ".pth"!r})')
+
+
+def build_mmseg_member(config: Any, **kwargs) -> 'MMSegMemberBase':
+    """Any mmseg segmentor as a member (``type: MMSegMember``): the kind of member its
+    decode head calls for (:class:`~mask2former_bikd.mmseg_mask2former.MMSegMask2FormerMember`
+    or :class:`~mask2former_bikd.mmseg_decode_head.MMSegDecodeHeadMember`), built with
+    the arguments of :class:`MMSegMemberBase`."""
+    return member_kind(config, kwargs.get('cfg_options'))(config, **kwargs)
+
+
+#: the class whose arguments the factory takes (the config's key checks read them)
+build_mmseg_member.builds = MMSegMemberBase
+MEMBERS.register_module(name='MMSegMember', module=build_mmseg_member)

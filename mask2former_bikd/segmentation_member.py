@@ -11,8 +11,8 @@ from torch import Tensor
 
 from bikd.member import Member, MemberOutput
 
-# Added to per-pixel probabilities before the log, so a class with zero score stays finite.
-EPS = 1e-6
+#: added to per-pixel probabilities before the log, so a class with zero score stays finite
+PROBABILITY_FLOOR = 1e-6
 DISTRIBUTIONS = ('normalized', 'softmax')
 PARTITION_LOSSES = ('task', 'pixel_ce')
 
@@ -85,7 +85,8 @@ class SegmentationMember(Member):
     def distilled(self, scores: Tensor) -> Tuple[Tensor, Tensor]:
         """Semantic-inference scores -> (what is distilled, its log-probabilities), as
         ``distribution`` says."""
-        log_probs = (scores / scores.sum(1, keepdim=True).clamp(min=EPS) + EPS).log()
+        floor = PROBABILITY_FLOOR
+        log_probs = (scores / scores.sum(1, keepdim=True).clamp(min=floor) + floor).log()
         return (log_probs if self.distribution == 'normalized' else scores), log_probs
 
     def pixel_ce(self, log_probs: Tensor, gt: Tensor, valid_hw: Sequence[int]) -> Tensor:

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bikd.evaluation import MemberwiseMetric
+from bikd.metrics import MemberwiseMetric
 from bikd.registry import METRICS
 
 from . import metrics as M

@@ -3,7 +3,7 @@ repositories compute it for a batch (there averaged over the batch)."""
 import torch
 from torch import Tensor
 
-EPS = 2.2204e-16
+from .metrics import MATLAB_EPS
 
 
 def kl_per_sample(pred: Tensor, gt: Tensor) -> Tensor:
@@ -11,9 +11,9 @@ def kl_per_sample(pred: Tensor, gt: Tensor) -> Tensor:
     their sums."""
     p = pred.flatten(1).float()
     q = gt.flatten(1).float()
-    p = p / p.sum(1, keepdim=True).clamp(min=EPS)
-    q = q / q.sum(1, keepdim=True).clamp(min=EPS)
-    return (q * torch.log(EPS + q / (p + EPS))).sum(1)
+    p = p / p.sum(1, keepdim=True).clamp(min=MATLAB_EPS)
+    q = q / q.sum(1, keepdim=True).clamp(min=MATLAB_EPS)
+    return (q * torch.log(MATLAB_EPS + q / (p + MATLAB_EPS))).sum(1)
 
 
 def cc_per_sample(pred: Tensor, gt: Tensor) -> Tensor:
@@ -22,7 +22,7 @@ def cc_per_sample(pred: Tensor, gt: Tensor) -> Tensor:
     g = gt.flatten(1).float()
     p = p - p.mean(1, keepdim=True)
     g = g - g.mean(1, keepdim=True)
-    return (p * g).sum(1) / torch.sqrt((p * p).sum(1) * (g * g).sum(1)).clamp(min=EPS)
+    return (p * g).sum(1) / torch.sqrt((p * p).sum(1) * (g * g).sum(1)).clamp(min=MATLAB_EPS)
 
 
 def saliency_loss(pred: Tensor, gt: Tensor, kl_weight: float = 1.0, cc_weight: float = 1.0) -> Tensor:
@@ -36,4 +36,4 @@ def map_log_probs(pred: Tensor) -> Tensor:
     give :func:`bikd.losses.distillation_loss` (whose softmax over axis 1 leaves them as they
     are), so the KL between members is the KL between their maps as distributions."""
     p = pred.flatten(1).float()
-    return torch.log(p / p.sum(1, keepdim=True).clamp(min=EPS) + EPS)
+    return torch.log(p / p.sum(1, keepdim=True).clamp(min=MATLAB_EPS) + MATLAB_EPS)

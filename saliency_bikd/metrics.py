@@ -8,7 +8,8 @@ caller can drop the frame and count it.
 """
 import numpy as np
 
-EPS = 2.2204e-16  # MATLAB's eps, as in the benchmark's KLD
+#: MATLAB's eps, as the benchmark's KLD and the repositories' KL losses use it
+MATLAB_EPS = 2.2204e-16
 _trapz = getattr(np, 'trapezoid', None) or np.trapz  # numpy 2 renamed it
 
 
@@ -41,7 +42,7 @@ def kld(pred: np.ndarray, gt: np.ndarray) -> float:
     if not p.sum() > 0 or not q.sum() > 0:
         return float('nan')
     p, q = p / p.sum(), q / q.sum()
-    return float((q * np.log(EPS + q / (p + EPS))).sum())
+    return float((q * np.log(MATLAB_EPS + q / (p + MATLAB_EPS))).sum())
 
 
 def sim(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -63,7 +63,8 @@ def test_checkpoint_of_another_architecture(tmp_path):
     path = tmp_path / 'other.pth'
     torch.save(TimmMember('resnet10t', pretrained=False, num_classes=10).model.state_dict(), path)
     with pytest.raises(RuntimeError, match=r"(?s)other\.pth.*'vit'.*missing keys: .*unexpected keys"):
-        TimmMember('vit_tiny_patch16_224', name='vit', num_classes=10, checkpoint=str(path))
+        TimmMember('vit_tiny_patch16_224', name='vit', num_classes=10,
+                   checkpoint=str(path)).take_weights()
 
 
 def test_checkpoint_with_python_objects_is_refused(tmp_path):
@@ -71,13 +72,15 @@ def test_checkpoint_with_python_objects_is_refused(tmp_path):
     model = TimmMember('resnet10t', pretrained=False, num_classes=10).model
     torch.save({'state_dict': model.state_dict(), 'extra': ValueError('x')}, path)
     with pytest.raises(RuntimeError, match='refusing to load .*trust_checkpoint'):
-        TimmMember('resnet10t', num_classes=10, checkpoint=str(path))
-    TimmMember('resnet10t', num_classes=10, checkpoint=str(path), trust_checkpoint=True)
+        TimmMember('resnet10t', num_classes=10, checkpoint=str(path)).take_weights()
+    TimmMember('resnet10t', num_classes=10, checkpoint=str(path),
+               trust_checkpoint=True).take_weights()
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match='nothere.pth'):
-        TimmMember('resnet10t', num_classes=10, checkpoint=str(tmp_path / 'nothere.pth'))
+        TimmMember('resnet10t', num_classes=10,
+                   checkpoint=str(tmp_path / 'nothere.pth')).take_weights()
 
 
 def test_train_net_reports_missing_data_folder(tmp_path):

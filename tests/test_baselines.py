@@ -178,3 +178,18 @@ def test_each_method_declares_the_runs_it_needs():
     assert set(dml.model) == {'type', 'members', 'temperature', 'random_init'}
     for run in kldp + kd + [dml, bikd]:  # each run's model builds
         META_ARCH.build(run.model)
+
+
+def test_kldp_initial_copy_starts_from_the_weights_the_student_takes(tmp_path):
+    from mmengine.registry import init_default_scope
+
+    from bikd.meta_arch import build_member
+    init_default_scope('bikd')
+    build_member(tiny('a')).export(str(tmp_path), 'a')
+    model = KLDPMetaArch([tiny('a', checkpoint=str(tmp_path / 'a.pth')), tiny('b')], student='a')
+    model.take_weights()
+    released = torch.load(tmp_path / 'a.pth')
+    for k, v in released.items():
+        assert torch.equal(model.members[0].model.state_dict()[k], v), k
+        assert torch.equal(model.initial_student.model.state_dict()[k], v), k
+    assert model.initial_student.weights_from == str(tmp_path / 'a.pth')

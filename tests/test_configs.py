@@ -218,7 +218,7 @@ def test_partner_pools_list_members_that_build(path):
     assert isinstance(pool, list) and pool
     init_default_scope('bikd')
     for spec in pool:
-        member = build_member(spec, random_init=True)
+        member = build_member(dict(spec, checkpoint=None, pretrained=False))
         assert member.name == spec['name']
         x = torch.rand(2, 3, *spec['input_size'])
         assert member.predict(x).shape == (2, spec['num_classes'])

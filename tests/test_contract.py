@@ -1,4 +1,5 @@
-"""The public contract (DESIGN.md) against independent re-derivations of the paper's equations.
+"""The public API (README.md, "The public API") against independent re-derivations of the paper's
+equations.
 
 The references below are written from Algorithm 1 and Eq. 1, 3, 6, 11-14 with plain Python
 loops in float64, sharing no code with the implementation.

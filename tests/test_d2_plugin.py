@@ -1,6 +1,6 @@
 """Bi-KD as a detectron2 plug-in: built by detectron2's build_model from a detectron2 config,
 trained by detectron2's trainer on data in its DatasetCatalog, evaluated by its
-SemSegEvaluator and inference_on_dataset; and the suite's SemSegEvaluator against
+SemSegEvaluator and inference_on_dataset; and the suite's SegmentationEvaluator against
 detectron2's on the same predictions."""
 import os
 
@@ -42,12 +42,12 @@ def toy_datasets(tmp_path_factory):
     return names
 
 
-def d2_config(names, arch='BiKDMetaArch'):
+def d2_config(names, arch='D2BiKDMetaArch'):
     """A detectron2 config of a Bi-KD model: the members' data settings from Mask2Former's
     config, ``MODEL.BIKD`` naming the members' own configs."""
     from mask2former_bikd import d2
     from mask2former_bikd.d2_plugin import add_bikd_config
-    cfg = d2.load_config(TINY)
+    cfg = d2.load_d2_config(TINY)
     add_bikd_config(cfg)
     cfg.merge_from_list([
         'MODEL.META_ARCHITECTURE', arch, 'MODEL.DEVICE', 'cpu',
@@ -65,10 +65,10 @@ def test_build_model_builds_bikd_over_official_members(toy_datasets):
     import bikd
     torch.manual_seed(0)
     model = build_model(d2_config(toy_datasets))
-    assert type(model).__name__ == 'BiKDMetaArch' and isinstance(model.bikd, bikd.BiKDMetaArch)
+    assert type(model).__name__ == 'D2BiKDMetaArch' and isinstance(model.bikd, bikd.BiKDMetaArch)
     assert [m.name for m in model.members] == ['a', 'b']
     assert model.bikd.partition == 'loss' and model.bikd.detach_teacher
-    control = build_model(d2_config(toy_datasets, 'IndependentMetaArch'))
+    control = build_model(d2_config(toy_datasets, 'D2IndependentMetaArch'))
     assert isinstance(control.bikd, bikd.IndependentMetaArch)
 
 
@@ -133,7 +133,7 @@ def test_semseg_evaluator_equals_detectrons_on_the_same_predictions(tmp_path):
     and pACC."""
     from detectron2.evaluation import SemSegEvaluator as D2SemSegEvaluator
 
-    from mask2former_bikd import SemSegEvaluator
+    from mask2former_bikd import SegmentationEvaluator
     rng = np.random.default_rng(0)
     classes, name = 6, f'bikd_eval_{os.getpid()}'
     inputs, gts, preds = [], [], []
@@ -157,7 +157,7 @@ def test_semseg_evaluator_equals_detectrons_on_the_same_predictions(tmp_path):
     for x, p in zip(inputs, preds):
         theirs.process([x], [dict(sem_seg=p)])
     expected = theirs.evaluate()['sem_seg']
-    ours = SemSegEvaluator(num_classes=classes, miou_over='gt')
+    ours = SegmentationEvaluator(num_classes=classes, miou_over='gt')
     stats = []
     for gt, p in zip(gts, preds):
         stats += ours.sample_stats(p[None, None], dict(data_samples=dict(gt_sem_seg=gt[None])))

@@ -44,6 +44,7 @@ def test_export_reloads(tmp_path):
     again = DinoV2LinearMember(layers=4, model_kwargs=dict(depth=5), input_size=(56, 56),
                                checkpoint=str(tmp_path / info['checkpoint']),
                                head_file=str(tmp_path / info['head'])).eval()
+    again.take_weights()
     images = torch.randint(0, 256, (2, 3, 56, 56), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(m.logits(images), again.logits(images))
@@ -55,4 +56,4 @@ def test_backbone_without_head_is_refused(tmp_path):
     info = m.export(str(tmp_path), 'dinov2')
     with pytest.raises(ValueError, match='head_file'):
         DinoV2LinearMember(model_kwargs=dict(depth=5), input_size=(56, 56),
-                           checkpoint=str(tmp_path / info['checkpoint']))
+                           checkpoint=str(tmp_path / info['checkpoint'])).take_weights()

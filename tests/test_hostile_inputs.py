@@ -93,7 +93,7 @@ def _checkpoint(path, step):
 
 
 def test_resume_recovers_from_an_empty_dangling_or_truncated_marker(tmp_path):
-    from bikd.engine.launch import find_last_checkpoint
+    from bikd.checkpoint import find_last_checkpoint
     for step in (1, 2):
         _checkpoint(tmp_path / f'epoch_{step}.pth', step)
     marker = tmp_path / 'last_checkpoint'
@@ -115,7 +115,7 @@ def test_resume_recovers_from_an_empty_dangling_or_truncated_marker(tmp_path):
 
 
 def test_temporary_files_of_a_killed_save_are_removed(tmp_path):
-    from bikd.engine.launch import remove_stale_temporary_files
+    from bikd.checkpoint import remove_stale_temporary_files
     stale = tmp_path / '.epoch_1.pth.999999999.0123abcd.tmp'  # no such process
     stale.write_bytes(b'x' * 100)
     alive = tmp_path / f'.epoch_2.pth.{os.getppid()}.0123abcd.tmp'  # a live writer's
@@ -130,7 +130,7 @@ def test_load_from_that_does_not_fit_is_refused_with_the_members_at_fault(tmp_pa
     import torch
 
     from bikd import BiKDMetaArch
-    from bikd.engine.launch import check_checkpoint_fits
+    from bikd.checkpoint import check_checkpoint_fits
     from conftest import tiny
     two = BiKDMetaArch([tiny('a'), tiny('b')])
     three = BiKDMetaArch([tiny('a'), tiny('b'), tiny('c')])
@@ -195,7 +195,7 @@ def test_benchmark_refuses_zero_iterations():
 
 def test_printed_difference_is_the_difference_of_the_printed_values():
     from bikd import BiKDMetaArch, IndependentMetaArch
-    from tools.run_experiment import against_controls
+    from bikd.experiment import against_controls
     rows = [dict(run=run, method=run, member='a', seed=0, metric='top1', before=50.0,
                  delta=delta) for run, delta in (('bikd', 1.484), ('independent', 1.296))]
     lines, _ = against_controls(rows, ['bikd', 'independent'],
@@ -261,17 +261,20 @@ def test_exports_of_two_runs_into_one_folder_list_every_member(tmp_path):
 
 def test_the_last_checkpoint_marker_is_replaced_not_written_in_place(tmp_path, monkeypatch):
     """mmengine's hook truncates and writes the marker in place (a kill then leaves it
-    empty); ours writes it beside and renames it over."""
+    empty); ours writes it beside and renames it over, and removes old checkpoints only once
+    the new one is saved."""
     import builtins
-    from collections import deque
 
-    from mmengine.fileio import get_file_backend
     from mmengine.hooks import checkpoint_hook
 
     from bikd.engine.hooks import AtomicCheckpointHook
 
     class Runner:
         work_dir = str(tmp_path)
+        epoch, max_epochs, iter = 2, 10, 60
+
+        class logger:
+            info = staticmethod(lambda *a, **k: None)
 
         class message_hub:
             update_info = staticmethod(lambda *a, **k: None)
@@ -289,11 +292,12 @@ def test_the_last_checkpoint_marker_is_replaced_not_written_in_place(tmp_path, m
         return real_open(path, mode, *args, **kwargs)
 
     monkeypatch.setattr(checkpoint_hook, 'open', recording_open, raising=False)
-    hook = AtomicCheckpointHook(interval=1)
-    hook.out_dir, hook.file_backend = str(tmp_path), get_file_backend(str(tmp_path))
-    hook.filename_tmpl, hook.keep_ckpt_ids = 'epoch_{}.pth', deque()
-    hook._save_checkpoint_with_step(Runner(), 3, {})
+    hook = AtomicCheckpointHook(interval=1, max_keep_ckpts=1)
+    hook.before_train(Runner())
+    (tmp_path / 'epoch_2.pth').write_bytes(b'older')
+    hook.after_train_epoch(Runner())  # saves epoch 3
     marker = tmp_path / 'last_checkpoint'
     assert marker.read_text() == str(tmp_path / 'epoch_3.pth')
     assert opened and str(marker) not in opened  # mmengine wrote into the scratch folder
     assert not list(tmp_path.glob('.marker.*'))
+    assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['epoch_3.pth']

@@ -30,7 +30,7 @@ def run_steps(model, batches, lean, optim=None, seed=1):
     model = copy.deepcopy(model).train()
     model.lean = lean
     wrapper = build_optim_wrapper(model, copy.deepcopy(optim or dict(
-        type='OptimWrapper', optimizer=dict(type='Adam', lr=1e-3))))
+        type='BiKDOptimWrapper', optimizer=dict(type='Adam', lr=1e-3))))
     torch.manual_seed(seed)
     logs = [model.train_step(b, wrapper) for b in batches]
     return model.state_dict(), logs
@@ -91,19 +91,19 @@ def test_baselines(type_, kw):
 def test_clipping_and_gradient_accumulation():
     model = build('BiKDMetaArch', [tiny('a', **NOISY), {**BN, 'name': 'b'}])
     assert_lean_equals_ordinary(model, cls_batches(4), dict(
-        type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3), accumulative_counts=2,
+        type='BiKDOptimWrapper', optimizer=dict(type='AdamW', lr=1e-3), accumulative_counts=2,
         clip_grad=dict(max_norm=0.05)))
 
 
 def test_bf16_autocast():
     model = build('BiKDMetaArch', [tiny('a', **NOISY), {**BN, 'name': 'b'}])
     assert_lean_equals_ordinary(model, cls_batches(), dict(
-        type='AmpOptimWrapper', dtype='bfloat16', optimizer=dict(type='Adam', lr=1e-3)))
+        type='BiKDAmpOptimWrapper', dtype='bfloat16', optimizer=dict(type='Adam', lr=1e-3)))
 
 
 def test_nonfinite_step_is_dropped_before_any_backward():
     model = build('BiKDMetaArch', [tiny('a'), tiny('b')], lean=True).train()
-    wrapper = build_optim_wrapper(model, dict(type='OptimWrapper',
+    wrapper = build_optim_wrapper(model, dict(type='BiKDOptimWrapper',
                                               optimizer=dict(type='Adam', lr=1e-3)))
     before = copy.deepcopy(model.state_dict())
     images, samples = batch()
@@ -182,7 +182,7 @@ def _ddp_worker(rank, port, lean, out):
     model = build('BiKDMetaArch', [tiny('a', **NOISY), {**BN, 'name': 'b'}], lean=lean).train()
     wrapper_cls = LeanDistributedDataParallel if lean else MMDistributedDataParallel
     ddp = wrapper_cls(module=model, device_ids=None, broadcast_buffers=False)
-    optim = build_optim_wrapper(ddp.module, dict(type='OptimWrapper',
+    optim = build_optim_wrapper(ddp.module, dict(type='BiKDOptimWrapper',
                                                  optimizer=dict(type='Adam', lr=1e-3)))
     torch.manual_seed(1 + rank)
     for s in range(3):  # each process its own batch
@@ -194,12 +194,12 @@ def _ddp_worker(rank, port, lean, out):
 
 
 def test_ddp_two_processes(tmp_path):
-    from bikd.engine.launch import _free_port
+    from bikd.engine.launch import free_port
     states = []
     for lean in (False, True):
         out = str(tmp_path / f'lean{lean}.pth')
         mp.start_processes(_ddp_worker, nprocs=2, start_method='spawn',
-                           args=(_free_port(), lean, out))
+                           args=(free_port(), lean, out))
         states.append(torch.load(out))
     for key, value in states[0].items():
         assert torch.equal(value, states[1][key]), key
@@ -215,7 +215,7 @@ def test_train_net_chooses_the_lean_ddp_wrapper(monkeypatch):
     for lean, wrapper in ((True, 'LeanDistributedDataParallel'),
                           (False, 'MMDistributedDataParallel')):
         cfg = Config(dict(model=dict(type='BiKDMetaArch', lean=lean)))
-        assert launch._setup_distributed(cfg) == 'pytorch'
+        assert launch.setup_distributed(cfg) == 'pytorch'
         assert cfg.model_wrapper_cfg['type'] == wrapper
 
 
@@ -255,12 +255,12 @@ def test_evaluation_member_by_member_gives_the_stacked_numbers():
 def test_segmentation_evaluation_member_by_member():
     pytest.importorskip('mmseg')
     import mask2former_bikd  # noqa: F401
-    from mask2former_bikd.evaluator import SemSegEvaluator
+    from mask2former_bikd.evaluator import SegmentationEvaluator
     model = build('BiKDMetaArch', [
         dict(type='MMSegMember', name='m2f', config=M2F, pretrained=False),
         dict(type='MMSegMember', name='upernet', config=UPERNET, pretrained=False)],
         partition='loss', data_preprocessor=dict(type='BaseDataPreprocessor')).eval()
-    evaluator = SemSegEvaluator(num_classes=150)
+    evaluator = SegmentationEvaluator(num_classes=150)
     ref = stacked_metrics(model, evaluator, seg_batches())
     got = memberwise_metrics(model, evaluator, seg_batches())
     assert got.keys() == ref.keys()
@@ -297,7 +297,7 @@ def test_a_method_that_overrides_loss_is_refused_in_lean_mode():
 
     init_default_scope('bikd')
     model = OldStyle([tiny('a'), tiny('b')], lean=True)
-    wrapper = build_optim_wrapper(model, dict(type='OptimWrapper',
+    wrapper = build_optim_wrapper(model, dict(type='BiKDOptimWrapper',
                                               optimizer=dict(type='Adam', lr=1e-3)))
     images, samples = batch()
     with pytest.raises(TypeError, match='OldStyle overrides loss.*loss_from_outputs'):

@@ -92,7 +92,7 @@ def test_export_loads_through_detectrons_checkpointer_into_a_fresh_official_mode
         for p in member.model.parameters():  # weights no fresh model has
             p.add_(0.01 * torch.randn_like(p))
     info = member.export(str(tmp_path), 'm2f')
-    cfg = d2.load_config(str(tmp_path / info['config']))
+    cfg = d2.load_d2_config(str(tmp_path / info['config']))
     cfg.defrost()
     cfg.MODEL.DEVICE = 'cpu'
     torch.manual_seed(5)
@@ -106,6 +106,7 @@ def test_export_loads_through_detectrons_checkpointer_into_a_fresh_official_mode
     assert torch.equal(ours, theirs)
     # and the member's own checkpoint argument reads it back
     again = Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'm2f.pth'))
+    again.take_weights()
     assert all(torch.equal(a, b) for a, b in zip(again.model.state_dict().values(),
                                                   member.model.state_dict().values()))
 
@@ -134,6 +135,7 @@ def test_official_pkl_loads_without_running_pickle_code(tmp_path, old_layout):
     if old_layout:
         assert 'sem_seg_head.adapter_1.weight' in pickle.load(open(path, 'rb'))['model']
     loaded = Mask2FormerMember(TINY, checkpoint=path)
+    loaded.take_weights()
     for k, v in member.model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
     if old_layout:  # the same weights as detectron2's own checkpointer reads from the file
@@ -157,9 +159,10 @@ def test_pkl_with_another_object_is_refused_and_named(tmp_path):
     official_pkl(member, tmp_path / 'bad.pkl', extra=dict(payload=Payload()))
     with pytest.raises(RuntimeError, match=r'refusing to load .*bad.pkl: it holds a Python object '
                                            r'of type posix.getcwd.*trust_checkpoint=True'):
-        Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'bad.pkl'))
+        Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'bad.pkl')).take_weights()
     # a user who trusts the file can load it (the object is then constructed)
-    Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'bad.pkl'), trust_checkpoint=True)
+    Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'bad.pkl'),
+                      trust_checkpoint=True).take_weights()
 
 
 def test_checkpoint_of_another_architecture_lists_the_keys(tmp_path):
@@ -168,10 +171,10 @@ def test_checkpoint_of_another_architecture_lists_the_keys(tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)other.pkl does not fit the model for member "
                                            r"'m2f'.*shape mismatches: "
                                            r'sem_seg_head.predictor.query_feat.weight'):
-        Mask2FormerMember(TINY, name='m2f', checkpoint=str(tmp_path / 'other.pkl'))
+        Mask2FormerMember(TINY, name='m2f', checkpoint=str(tmp_path / 'other.pkl')).take_weights()
     torch.save({'model': {'backbone.stem.conv1.weight': torch.zeros(1)}}, tmp_path / 'x.pth')
     with pytest.raises(RuntimeError, match=r'(?s)missing keys: backbone.res2'):
-        Mask2FormerMember(TINY, name='m2f', checkpoint=str(tmp_path / 'x.pth'))
+        Mask2FormerMember(TINY, name='m2f', checkpoint=str(tmp_path / 'x.pth')).take_weights()
 
 
 def test_config_that_does_not_exist_is_named():
@@ -182,7 +185,7 @@ def test_config_that_does_not_exist_is_named():
 
 
 def test_config_by_its_name_in_the_mask2former_repository():
-    cfg = d2.load_config('configs/ade20k/semantic-segmentation/swin/'
+    cfg = d2.load_d2_config('configs/ade20k/semantic-segmentation/swin/'
                          'maskformer2_swin_small_bs16_160k.yaml')
     assert cfg.MODEL.BACKBONE.NAME == 'D2SwinTransformer' and cfg.MODEL.SWIN.DEPTHS == [2, 2, 18, 2]
     assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 150

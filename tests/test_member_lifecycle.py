@@ -1,5 +1,6 @@
-"""The lifecycle every member shares through its base class: where its weights come from (one
-order of precedence) and an export that its own ``checkpoint`` argument loads back."""
+"""The lifecycle every member shares through its base class: built, then loaded (a constructor
+reads no weights; one explicit step takes them, in one order of precedence), and an export
+that its own ``checkpoint`` argument loads back."""
 import json
 import os
 
@@ -61,8 +62,8 @@ def test_export_is_what_checkpoint_loads_back(kind, tmp_path):
         pytest.importorskip('detectron2', reason='detectron2 is not installed (make d2)')
     torch.manual_seed(0)
     cfg = dict(MEMBER_CONFIGS[kind], name='m')
-    first = build_member(cfg, random_init=True)
-    assert first.weights_from == 'random initialisation'
+    first = build_member(dict(cfg, pretrained=False))
+    assert first.weights_from == 'random initialisation'  # nothing to take: ready as built
     info = first.export(str(tmp_path), 'm')
     # the description names every file it wrote, and the files are there
     assert json.loads((tmp_path / 'm.json').read_text()) == json.loads(json.dumps(info))
@@ -74,7 +75,8 @@ def test_export_is_what_checkpoint_loads_back(kind, tmp_path):
     torch.manual_seed(1)  # another random initialisation, replaced by the checkpoint
     again = build_member(dict(cfg, pretrained=False, checkpoint=str(tmp_path / 'm.pth'),
                               **extra))
-    assert again.weights_from == str(tmp_path / 'm.pth')
+    assert again.weights_from is None  # built, not loaded
+    assert again.take_weights() == again.weights_from == str(tmp_path / 'm.pth')
     ours, theirs = first.state_dict(), again.state_dict()
     assert ours.keys() == theirs.keys()
     for k in ours:
@@ -102,12 +104,32 @@ def test_weights_are_taken_once_in_the_order_checkpoint_pretrained_random(tmp_pa
     path = tmp_path / 'w.pth'
     torch.save({'weight': torch.ones(2, 2), 'bias': torch.zeros(2)}, path)
     m = Recorder(checkpoint=str(path))  # the checkpoint wins over pretrained=True
-    assert m.calls == [] and m.weights_from == str(path)
+    assert m.calls == [] and m.weights_from is None
+    assert m.take_weights() == str(path) and m.calls == []
     assert torch.equal(m.net.weight, torch.ones(2, 2))
     m = Recorder()
-    assert m.calls == ['pretrained'] and m.weights_from == 'the release'
+    assert m.calls == [] and m.weights_from is None
+    assert m.take_weights() == 'the release' and m.calls == ['pretrained']
     m = Recorder(pretrained=False)
     assert m.calls == [] and m.weights_from == 'random initialisation'
+    assert m.take_weights() == 'random initialisation' and m.calls == []
+
+
+@pytest.mark.parametrize('kind', sorted(MEMBER_CONFIGS))
+def test_a_constructor_reads_no_weights(kind, tmp_path):
+    """Every member type builds with checkpoint (and a DINOv2 head) naming files that do not
+    exist: nothing is read until the weight step, which names the missing file."""
+    if kind in MMSEG:
+        pytest.importorskip('mmseg')
+        import mask2former_bikd  # noqa: F401
+    if kind == 'Mask2FormerMember':
+        pytest.importorskip('detectron2', reason='detectron2 is not installed (make d2)')
+    missing = str(tmp_path / 'nowhere.pth')
+    extra = dict(head_file=missing) if kind == 'DinoV2LinearMember' else {}
+    member = build_member(dict(MEMBER_CONFIGS[kind], name='m', checkpoint=missing, **extra))
+    assert member.weights_from is None
+    with pytest.raises(FileNotFoundError, match='nowhere.pth'):
+        member.take_weights()
 
 
 def test_a_checkpoint_that_does_not_fit_names_member_file_and_keys(tmp_path):
@@ -116,4 +138,39 @@ def test_a_checkpoint_that_does_not_fit_names_member_file_and_keys(tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)checkpoint .*other.pth does not fit the model "
                                            r"for member 'r'.*missing keys: bias.*shape "
                                            r'mismatches: weight'):
-        Recorder(checkpoint=str(path))
+        Recorder(checkpoint=str(path)).take_weights()
+
+
+def test_a_model_takes_its_members_weights_in_one_step(tmp_path):
+    """The meta-architecture's weight step: the builder's (train_net), or mmengine's
+    init_weights; a model whose members were never given their weights refuses to run."""
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import MODELS, init_default_scope
+
+    from conftest import batch, tiny
+    init_default_scope('bikd')
+    source = build_member(tiny('a'))
+    source.export(str(tmp_path), 'a')
+    path = str(tmp_path / 'a.pth')
+    members = [tiny('a', checkpoint=path), tiny('b')]
+    images, samples = batch()
+    data = dict(inputs=images, data_samples=samples)
+
+    model = MODELS.build(dict(type='BiKDMetaArch', members=members))
+    wrapper = build_optim_wrapper(model, dict(type='BiKDOptimWrapper',
+                                              optimizer=dict(type='Adam', lr=1e-3)))
+    with pytest.raises(RuntimeError, match=r"members \['a'\] have not taken their weights"):
+        model.train_step(data, wrapper)
+    model.init_weights()  # what mmengine's Runner.train calls before load_from / resume
+    assert [m.weights_from for m in model.members] == [path, 'random initialisation']
+    assert torch.equal(model.members[0].model.head.weight, source.model.head.weight)
+    model.train_step(data, wrapper)
+
+    # random_init: nothing is read (the file could be gone)
+    os.remove(path)
+    model = MODELS.build(dict(type='BiKDMetaArch', members=members, random_init=True))
+    assert model.take_weights() == {'a': 'random initialisation (random_init)',
+                                    'b': 'random initialisation (random_init)'}
+    # a runner checkpoint that will load every member: nothing is read either
+    model = MODELS.build(dict(type='BiKDMetaArch', members=members))
+    assert model.take_weights('run.pth')['a'] == 'the checkpoint run.pth'

@@ -104,7 +104,7 @@ def test_lean_step_holds_the_largest_members_activations_the_ordinary_step_every
 
     def saved(model):
         model = copy.deepcopy(model).train()
-        wrapper = build_optim_wrapper(model, dict(type='OptimWrapper',
+        wrapper = build_optim_wrapper(model, dict(type='BiKDOptimWrapper',
                                                   optimizer=dict(type='Adam', lr=1e-3)))
         model.train_step(data, wrapper)  # warm-up: optimiser state exists from here on
         return saved_tensors_peak(lambda: model.train_step(data, wrapper),

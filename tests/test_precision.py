@@ -1,4 +1,4 @@
-"""Mixed precision (bf16 autocast through the AmpOptimWrapper switch) and channels-last memory
+"""Mixed precision (bf16 autocast through the BiKDAmpOptimWrapper switch) and channels-last memory
 format on the three tasks' members: the switches engage, change no result beyond rounding, and a
 training step under them updates every member from finite losses."""
 import copy
@@ -11,7 +11,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import classification_bikd  # noqa: F401  (registers TimmMember)
 import saliency_bikd  # noqa: F401  (registers the saliency members)
-from bikd.engine import AmpOptimWrapper
+from bikd.engine import BiKDAmpOptimWrapper
 from bikd.step import TASK_LOSS, log_key
 from conftest import ROOT
 
@@ -97,9 +97,9 @@ def test_bf16_autocast_step_updates_every_member_from_finite_losses(task):
     model_cfg, data = TASKS[task]()
     model = build(model_cfg, channels_last=True)
     ref = losses(copy.deepcopy(model), data)
-    wrapper = build_optim_wrapper(model, dict(type='AmpOptimWrapper', dtype='bf16',
+    wrapper = build_optim_wrapper(model, dict(type='BiKDAmpOptimWrapper', dtype='bf16',
                                               optimizer=dict(type='AdamW', lr=1e-3)))
-    assert isinstance(wrapper, AmpOptimWrapper) and wrapper.cast_dtype == torch.bfloat16
+    assert isinstance(wrapper, BiKDAmpOptimWrapper) and wrapper.cast_dtype == torch.bfloat16
     seen = []
     hook = convs(model)[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -126,4 +126,4 @@ def test_fp16_on_cpu_is_refused_with_the_fix():
         pytest.skip('fp16 is valid on a GPU')
     with pytest.raises(ValueError, match='bfloat16 only.*optim_wrapper.dtype=bfloat16'):
         build_optim_wrapper(torch.nn.Linear(2, 2), dict(
-            type='AmpOptimWrapper', dtype='float16', optimizer=dict(type='SGD', lr=0.1)))
+            type='BiKDAmpOptimWrapper', dtype='float16', optimizer=dict(type='SGD', lr=0.1)))

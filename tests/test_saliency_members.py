@@ -48,6 +48,7 @@ def test_release_checkpoint_loads_and_export_writes_it(tmfi, tmp_path):
     path = tmp_path / 'best_VSTNet147.pth'
     torch.save(to_release(tmfi.net.state_dict()), path)  # as the release stores it
     loaded = TMFINetMember(checkpoint=str(path))
+    loaded.take_weights()
     for k, v in tmfi.net.state_dict().items():
         assert torch.equal(loaded.net.state_dict()[k], v), k
     info = loaded.export(str(tmp_path / 'out'), 'tmfinet')
@@ -59,7 +60,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     path = tmp_path / 'other.pth'
     torch.save({'backbone.conv.weight': torch.zeros(1)}, path)
     with pytest.raises(RuntimeError, match=r"(?s)other\.pth.*'tmfinet'.*missing keys"):
-        TMFINetMember(checkpoint=str(path))
+        TMFINetMember(checkpoint=str(path)).take_weights()
 
 
 def test_train_net_on_dhf1k_layout(tmp_path):
@@ -115,6 +116,7 @@ def test_vinet_s_full_size_forward_decoder_layout_and_export(tmp_path):
     assert out.shape == (1, 224, 384) and 0 <= out.min() and out.max() <= 1
     info = member.export(str(tmp_path), 'vinet_s')
     again = ViNetSMember(checkpoint=str(tmp_path / info['checkpoint'])).eval()
+    again.take_weights()
     with torch.no_grad():
         assert torch.equal(again.net(member.view(clip)), out)
 
@@ -136,6 +138,7 @@ def test_vinet_s_release_name_map_is_complete_and_lossless(tmp_path):
     # the release's file loads, and the export writes that layout again
     torch.save(release, tmp_path / 'DHF1K_vinet_s.pt')
     again = ViNetSMember(checkpoint=str(tmp_path / 'DHF1K_vinet_s.pt'))
+    again.take_weights()
     assert all(torch.equal(again.net.state_dict()[k], v) for k, v in ours.items())
     info = again.export(str(tmp_path / 'out'), 'vinet_s')
     assert set(torch.load(tmp_path / 'out' / info['checkpoint'])) == set(release)
@@ -177,6 +180,7 @@ def test_vinet_a_full_size_release_layout_forward_and_export(tmp_path):
     info = member.export(str(tmp_path), 'vinet_a')
     assert set(torch.load(tmp_path / info['checkpoint'])) == set(state)
     again = ViNetAMember(checkpoint=str(tmp_path / info['checkpoint'])).eval()
+    again.take_weights()
     with torch.no_grad():
         assert torch.equal(again.net(x), out)
 
@@ -192,14 +196,15 @@ def test_vinet_a_backbone_from_action_model_checkpoints(tmp_path):
     torch.save({'state_dict': acar}, tmp_path / 'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar')
     member = ViNetAMember(backbone_checkpoint=str(tmp_path / 'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar'),
                           input_size=(64, 112), arch=arch)
+    member.take_weights()
     assert all(torch.equal(member.net.backbone.state_dict()[k], v) for k, v in backbone.items())
     # a file missing part of the backbone is refused with the keys listed
     partial = {k: v for k, v in backbone.items() if not k.startswith('fast_res4.')}
     torch.save(partial, tmp_path / 'partial.pth')
     with pytest.raises(RuntimeError, match=r"(?s)partial\.pth.*'vinet_a'.*fast_res4\.0"):
         ViNetAMember(backbone_checkpoint=str(tmp_path / 'partial.pth'), input_size=(64, 112),
-                     arch=arch)
+                     arch=arch).take_weights()
     with pytest.raises(ValueError, match='backbone_checkpoint=PATH'):
-        ViNetAMember(input_size=(64, 112), arch=arch)
+        ViNetAMember(input_size=(64, 112), arch=arch).take_weights()
     with pytest.raises(ValueError, match='multiples of 16'):
         ViNetAMember(pretrained=False, input_size=(250, 112), arch=arch)

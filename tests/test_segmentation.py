@@ -14,7 +14,7 @@ from conftest import ROOT, run_tool, seg_batch as batch
 
 mmseg = pytest.importorskip('mmseg')
 from mask2former_bikd import (MMSegDecodeHeadMember, MMSegMask2FormerMember,  # noqa: E402
-                              MMSegMember)
+                              build_mmseg_member)
 
 M2F = os.path.join(ROOT, 'configs/ade20k/members/mask2former_r18_tiny.py')
 UPERNET = os.path.join(ROOT, 'configs/ade20k/members/upernet_r18_tiny.py')
@@ -29,7 +29,7 @@ def mmseg_loss(member, inputs, samples):
 
 def test_mask2former_per_image_loss_is_mmsegs_loss_for_one_image():
     torch.manual_seed(0)
-    member = MMSegMember(M2F, pretrained=False).train()
+    member = build_mmseg_member(M2F, pretrained=False).train()
     inputs, samples = batch(1)
     torch.manual_seed(1)  # the criterion samples points at random
     ours = member.forward_train(inputs, samples)
@@ -44,7 +44,7 @@ def test_mask2former_per_image_loss_is_mmsegs_loss_for_one_image():
 
 def test_decode_head_per_image_losses_average_to_mmsegs_loss():
     torch.manual_seed(0)
-    member = MMSegMember(UPERNET, pretrained=False).train()
+    member = build_mmseg_member(UPERNET, pretrained=False).train()
     inputs, samples = batch(2)  # no ignored pixels: the batch mean is the mean of image means
     torch.manual_seed(1)  # the heads have dropout
     ours = member.forward_train(inputs, samples)
@@ -56,8 +56,8 @@ def test_decode_head_per_image_losses_average_to_mmsegs_loss():
 
 
 def test_mmseg_member_builds_the_class_of_its_segmentors_kind():
-    assert type(MMSegMember(M2F, pretrained=False)) is MMSegMask2FormerMember
-    assert type(MMSegMember(config=UPERNET, pretrained=False)) is MMSegDecodeHeadMember
+    assert type(build_mmseg_member(M2F, pretrained=False)) is MMSegMask2FormerMember
+    assert type(build_mmseg_member(config=UPERNET, pretrained=False)) is MMSegDecodeHeadMember
 
 
 def test_mask2former_and_upernet_train_together_with_loss_partition():
@@ -162,7 +162,7 @@ def test_train_net_and_export_on_ade20k_layout(toy_root, tmp_path):
 
 def test_pixel_ce_partition_loss_is_cross_entropy_of_the_distilled_distribution():
     torch.manual_seed(0)
-    member = MMSegMember(M2F, pretrained=False, partition_loss='pixel_ce').train()
+    member = build_mmseg_member(M2F, pretrained=False, partition_loss='pixel_ce').train()
     inputs, samples = batch(2)
     out = member.forward_train(inputs, samples)
     gt = torch.stack([s.gt_sem_seg.data[0, ::4, ::4] for s in samples])  # nearest, 64 -> 16

@@ -17,6 +17,16 @@ def read_summary(work_dir):
         return json.load(f)
 
 
+#: member checkpoints that do not exist: a run must not read them when load_from or --resume
+#: gives every member's weights
+NOWHERE = ['model.members.0.checkpoint=/nonexistent/resnet.pth',
+           'model.members.1.checkpoint=/nonexistent/convnext.pth']
+
+
+def without_random_init(overrides):
+    return [o for o in overrides if not o.startswith('model.random_init=')]
+
+
 @pytest.fixture(scope='module')
 def one_epoch_run(digits_root, tmp_path_factory):
     """One epoch of Bi-KD (two randomly initialised members), kept for several tests."""
@@ -97,10 +107,13 @@ def test_resume_continues_from_stored_iteration(digits_root, tmp_path, one_epoch
             dst.write(src.read())
     with open(os.path.join(work, 'last_checkpoint'), 'w') as f:
         f.write(os.path.join(work, 'epoch_1.pth'))
+    # the members' own files are not read when the checkpoint holds their weights: here they
+    # do not even exist
     proc = run_tool('train_net.py', '--config-file', CONFIG, '--resume',
-                    *digits_overrides(digits_root, work), 'train_cfg.max_epochs=2',
-                    'train_cfg.val_interval=1')
+                    *without_random_init(digits_overrides(digits_root, work)),
+                    *NOWHERE, 'train_cfg.max_epochs=2', 'train_cfg.val_interval=1')
     assert 'resumed epoch: 1, iter: 40' in proc.stdout
+    assert f'member resnet: weights from the checkpoint {work}/epoch_1.pth' in proc.stdout
     summary = read_summary(work)
     assert summary['iterations'] == 80
     # the "before" of a resumed run is the first start's, not an evaluation of epoch 1
@@ -113,7 +126,8 @@ def test_eval_only_labels_what_it_evaluated(digits_root, tmp_path, one_epoch_run
     first_work, _ = one_epoch_run
     ckpt = os.path.join(first_work, 'epoch_1.pth')
     proc = run_tool('train_net.py', '--config-file', CONFIG, '--eval-only',
-                    *digits_overrides(digits_root, str(tmp_path / 'eval')), f'load_from={ckpt}')
+                    *without_random_init(digits_overrides(digits_root, str(tmp_path / 'eval'))),
+                    *NOWHERE, f'load_from={ckpt}')
     assert f'Evaluation of the checkpoint {ckpt} (iteration 40)' in proc.stdout
     assert 'before' not in proc.stdout.split('Evaluation of the checkpoint')[1]
     assert 'ensemble (these members)' in proc.stdout

@@ -31,10 +31,9 @@ at once.
 
 Timings are medians over --iters steps after --warmup steps; on a shared or small machine
 compare ratios from one run, not absolute figures across runs. Mixed precision and
-channels-last are the configs' own switches, e.g. ``optim_wrapper.type=AmpOptimWrapper
+channels-last are the configs' own switches, e.g. ``optim_wrapper.type=BiKDAmpOptimWrapper
 optim_wrapper.dtype=bfloat16 model.channels_last=true``; every variant runs under them.
 """
-import argparse
 import copy
 import gc
 import math
@@ -269,6 +268,7 @@ def _capped_steps(config: str, opts: List[str], lean: bool, cap: Optional[float]
     init_default_scope(cfg.get('default_scope', 'bikd'))
     set_random_seed(cfg.get('randomness', {}).get('seed', 0))
     model = MODELS.build(dict(cfg.model, type='BiKDMetaArch', lean=lean)).train()
+    model.take_weights()
     wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg.update(num_workers=0, persistent_workers=False)
@@ -436,9 +436,8 @@ def loader_throughput(loader_cfg: dict, batches: int) -> float:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config-file', required=True, metavar='FILE')
+    from bikd.engine.cli import config_parser
+    parser = config_parser(__doc__)
     parser.add_argument('--iters', type=int, default=20)
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--rounds', type=int, default=5,
@@ -461,7 +460,6 @@ def main(argv=None):
                         help='also measure the peak memory of evaluating one validation batch '
                              'with K members (the config\'s, repeated), member by member '
                              'against all outputs held at once, e.g. 2,3,4')
-    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
     for name in ('iters', 'rounds'):
         if getattr(args, name) < 1:
@@ -472,7 +470,8 @@ def main(argv=None):
     from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner, set_random_seed
 
-    from bikd import IndependentMetaArch, MethodNotApplicable, select_methods
+    from bikd import IndependentMetaArch
+    from bikd.experiment import plan_runs, select_methods
     from bikd.engine import load_config, setup_engine
     from bikd.registry import META_ARCH
 
@@ -484,6 +483,7 @@ def main(argv=None):
     # in every run of the tool, so that its memory figures repeat exactly
     set_random_seed(cfg.get('randomness', {}).get('seed', 0))
     bikd = MODELS.build(dict(cfg.model, type='BiKDMetaArch'))
+    bikd.take_weights()  # random_init (the default here) takes none
     members = list(bikd.members)
     names = [m.name for m in members]
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
@@ -494,7 +494,7 @@ def main(argv=None):
     batches, it = [], iter(loader)
     for _ in range(n_batches):
         batches.append(next(it))
-    amp = cfg.optim_wrapper.get('type') == 'AmpOptimWrapper'
+    amp = cfg.optim_wrapper.get('type') == 'BiKDAmpOptimWrapper'
     precision = f'AMP {cfg.optim_wrapper.get("dtype") or "default dtype"}' if amp else 'float32'
     print(f'{args.config_file}: members {names}, {n_batches} distinct batches of '
           f'{_batch_size(batches[0])}, {args.iters} timed steps after {args.warmup}, '
@@ -511,16 +511,15 @@ def main(argv=None):
     # the members as built, named (a member config may leave its name to the member's default)
     model_cfg = dict(cfg.model.to_dict(), members=[
         dict(spec, name=m.name) for spec, m in zip(cfg.model.to_dict()['members'], members)])
-    for method, cls in select_methods([m for m in args.methods.split(',') if m]).items():
-        try:
-            planned[method] = cls.experiment_runs(model_cfg)
-        except MethodNotApplicable as e:
-            print(f'{method} left out: {e}')
-            continue
-        for run in planned[method]:
-            arguments = {k: v for k, v in run.model.items() if k not in ('type', 'members')}
-            variants[run.label] = lambda run=run, arguments=arguments: META_ARCH.get(
-                run.model['type'])([copy.deepcopy(x) for x in members], **arguments)
+    runs, left_out = plan_runs(model_cfg, select_methods(
+        [m for m in args.methods.split(',') if m]))
+    for method, why in left_out.items():
+        print(f'{method} left out: {why}')
+    for run in runs.values():
+        planned.setdefault(run.method, []).append(run)
+        arguments = {k: v for k, v in run.model.items() if k not in ('type', 'members')}
+        variants[run.label] = lambda run=run, arguments=arguments: META_ARCH.get(
+            run.model['type'])([copy.deepcopy(x) for x in members], **arguments)
     built = measure_interleaved(variants, cfg.optim_wrapper, batches, args.iters, args.warmup,
                                 args.rounds, args.device)
     results = {name: v.result() for name, v in built.items()}

@@ -11,31 +11,19 @@ run (``<work_dir>/best/``, chosen at the evaluations on the validation split) fo
 (default: the evaluator's primary metric, e.g. top1, mIoU, CC; saliency runs also keep the
 best by validation ``loss``). Without --output-dir, files go to <work_dir>/export.
 """
-import argparse
 import os.path as osp
 import sys
 
+from bikd.checkpoint import find_last_checkpoint
 from bikd.engine import load_config
-from bikd.engine.launch import find_last_checkpoint
+from bikd.engine.cli import config_parser, run_tool
+from bikd.engine.runner import default_work_dir
 from bikd.export import export_members, load_trained
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config-file', required=True, metavar='FILE')
-    parser.add_argument('--checkpoint', help='runner checkpoint (default: last in work_dir)')
-    parser.add_argument('--output-dir', help='default: <work_dir>/export')
-    parser.add_argument('--which', choices=['last', 'best'], default='last',
-                        help="the run's last weights, or each member's best")
-    parser.add_argument('--metric', help='with --which best: the selection metric (default: '
-                                         "the evaluator's primary metric)")
-    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
-    args = parser.parse_args(argv)
-
+def export(args) -> None:
     cfg = load_config(args.config_file, args.opts)
-    work_dir = cfg.get('work_dir') or osp.join(
-        'work_dirs', osp.splitext(osp.basename(args.config_file))[0])
+    work_dir = cfg.get('work_dir') or default_work_dir(args.config_file)
     ckpt, note = (args.checkpoint, '') if args.checkpoint else find_last_checkpoint(work_dir)
     if ckpt is None:
         raise FileNotFoundError(f'no checkpoint given and none found in {work_dir} ({note}); '
@@ -55,6 +43,20 @@ def main(argv=None):
     for info in export_members(model, out_dir, source=source):
         print(f'{info["member"]}: {osp.join(out_dir, info.get("checkpoint", ""))}')
     print(f'exported {len(model.members)} member(s) ({source}) to {out_dir}')
+
+
+def main(argv=None):
+    parser = config_parser(__doc__)
+    parser.add_argument('--checkpoint', help='runner checkpoint (default: last in work_dir)')
+    parser.add_argument('--output-dir', help='default: <work_dir>/export')
+    parser.add_argument('--which', choices=['last', 'best'], default='last',
+                        help="the run's last weights, or each member's best")
+    parser.add_argument('--metric', help='with --which best: the selection metric (default: '
+                                         "the evaluator's primary metric)")
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error in the input, not only its message')
+    args = parser.parse_args(argv)
+    run_tool(lambda: export(args), args.config_file, args.debug)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,6 @@ per-sample loss and, for classification, correctness: the numbers the table is c
 and a ready Bi-KD config for the best pair (``bikd_<target>_<partner>.yaml``; with --k, also
 ``bikd_kway.yaml``) to ``work_dirs/partners/<config>/<target>`` or --output-dir.
 """
-import argparse
 import csv
 import os
 import sys
@@ -197,9 +196,8 @@ def plot(rows: List[dict], target: str, path: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config-file', required=True, metavar='FILE')
+    from bikd.engine.cli import config_parser
+    parser = config_parser(__doc__)
     parser.add_argument('--target', required=True, help='the member to find partners for')
     parser.add_argument('--pool', help='YAML list of candidate member configs')
     parser.add_argument('--timm', action='append', default=[], metavar='NAME[=CHECKPOINT]',
@@ -208,7 +206,6 @@ def main(argv=None):
                                                          '(target included)')
     parser.add_argument('--split', choices=['val', 'test'], default='val')
     parser.add_argument('--output-dir')
-    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
 
     from mmengine.registry import METRICS, init_default_scope
@@ -217,6 +214,7 @@ def main(argv=None):
     from bikd.engine import load_config, setup_engine
     from bikd.fileio import atomic_path, save_text
     from bikd.meta_arch import build_member
+    from bikd.summary import metric_digits
 
     setup_engine()
     cfg = load_config(args.config_file, args.opts)
@@ -225,7 +223,10 @@ def main(argv=None):
     names = [c['name'] for c in configs]
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     print(f'target {args.target}; candidates: {", ".join(names[1:])}', flush=True)
-    members = [build_member(c).to(device).eval() for c in configs]
+    members = [build_member(c) for c in configs]
+    for m in members:  # build, then load: every candidate's own weights
+        m.take_weights()
+    members = [m.to(device).eval() for m in members]
     loader_cfg = cfg.get(f'{args.split}_dataloader')
     evaluator_cfg = cfg.get(f'{args.split}_evaluator')
     if loader_cfg is None or evaluator_cfg is None:
@@ -247,7 +248,7 @@ def main(argv=None):
         np.savez_compressed(f, **{f'loss/{n}': result['losses'][i] for i, n in enumerate(names)},
                             **{f'correct/{n}': o for n, o in outcomes.items() if o is not None})
     metric = rows[0]['metric']
-    digits = 3 if max(abs(r['own']) for r in rows) <= 1 else 2
+    digits = metric_digits(r['own'] for r in rows)
     dense = 'takes' not in rows[0]
     head = ['rank', 'candidate', metric, f'ensemble with {args.target}', 'gap',
             'teaches %', 'lower loss %' if dense else 'adds %', 'by' if dense else 'takes %']

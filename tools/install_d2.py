@@ -57,7 +57,8 @@ def vendor_dir(given: str) -> str:
 
 def installed_d2_commit() -> str:
     """The commit of the detectron2 installed here (its C++ ops included), or ''."""
-    code = ('import detectron2, detectron2._C, os; '
+    code = ('import detectron2, os; from bikd.compat import detectron2_ops_built; '
+            'assert detectron2_ops_built(); '
             'p = os.path.join(os.path.dirname(detectron2.__file__), "BIKD_SOURCE"); '
             'print(open(p).read().strip() if os.path.isfile(p) else "unknown")')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)

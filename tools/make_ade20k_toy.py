@@ -19,7 +19,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bikd.fileio import make_dataset_once
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: tools.<module> is this folder's
+
+from tools.demo_data import make_dataset_once  # noqa: E402
 
 # ADE20K ids (objectInfo150): the classes the toy scenes use.
 SKY, BUILDING, FLOOR, TREE, ROAD, GRASS, SIDEWALK, PERSON, EARTH, CAR = 3, 2, 4, 5, 7, 10, 12, 13, 14, 21

@@ -16,7 +16,11 @@ import sys
 import cv2
 import numpy as np
 
-from bikd.fileio import make_dataset_once
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: tools.<module> is this folder's
+
+from tools.demo_data import make_dataset_once  # noqa: E402
 
 
 def make_video(rng, folder, n_frames, h, w):

@@ -14,7 +14,11 @@ import sys
 import numpy as np
 from PIL import Image
 
-from bikd.fileio import make_dataset_once
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run as a script: tools.<module> is this folder's
+
+from tools.demo_data import make_dataset_once  # noqa: E402
 
 
 def make_digits(out: str, val_fraction: float = 0.3, seed: int = 0, force: bool = False) -> dict:

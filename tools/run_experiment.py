@@ -28,7 +28,6 @@ Several ``--config-file`` (the same members plus one more each time, Table 6) gi
 report folder per config and ``kway.md`` / ``kway.csv`` / ``kway.png``: each member's delta
 per method as members are added.
 """
-import argparse
 import copy
 import csv
 import json
@@ -43,146 +42,18 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bikd.experiment import (against_controls, aggregate, collect, columns,  # noqa: E402
+                             plan_runs, select_methods)
 from bikd.summary import metric_digits  # noqa: E402
 
 
 def method_classes(names: Optional[List[str]] = None) -> Dict[str, type]:
-    """Method name -> meta-architecture (:func:`bikd.select_methods`); an unknown name ends
-    the tool with the list of registered methods."""
-    from bikd import select_methods
+    """Method name -> meta-architecture (:func:`bikd.experiment.select_methods`); an unknown
+    name ends the tool with the list of registered methods."""
     try:
         return select_methods(names)
     except ValueError as e:
         raise SystemExit(str(e)) from None
-
-
-def plan_runs(model: dict, methods: Dict[str, type]) -> Dict[str, object]:
-    """Run name -> :class:`bikd.ExperimentRun`, as each method declares its runs."""
-    from bikd import MethodNotApplicable
-    runs = {}
-    for method, cls in methods.items():
-        try:
-            planned = cls.experiment_runs(model)
-        except MethodNotApplicable as e:
-            print(f'{method} left out: {e}', flush=True)
-            continue
-        for run in planned:
-            if run.name in runs:
-                raise SystemExit(f'two methods plan a run named {run.name!r}')
-            runs[run.name] = run
-    return runs
-
-
-def collect(summaries: Dict[str, dict], runs: Dict[str, object],
-            seeds: Dict[str, Optional[int]], bases: Dict[str, str]) -> List[dict]:
-    """One row per (member, run, seed) in which the member learned; ``run`` is the run's name
-    without its seed."""
-    rows = []
-    for name, s in summaries.items():
-        metric = s['primary_metric']
-        for m in runs[name].trains:
-            r = s['members'][m]
-            row = dict(member=m, method=runs[name].method, run=bases[name], seed=seeds[name],
-                       metric=metric, before=r['before'][metric], after=r['after'][metric],
-                       delta=r['delta'][metric], recovered=r.get('recovered'),
-                       ensemble_before=s['ensemble']['before'][metric])
-            for j, f in s.get('flips', {}).get(m, {}).items():
-                who = 'self' if j == m else j
-                row[f'positive_flips_vs_{who}'] = f['positive']
-                row[f'negative_flips_vs_{who}'] = f['negative']
-            rows.append(row)
-    return rows
-
-
-def aggregate(rows: List[dict]) -> List[dict]:
-    """One row per (member, run): the mean over seeds of every number, with ``delta_sd`` (the
-    standard deviation of the delta over seeds, 0 for one seed), ``n`` and ``deltas``."""
-    groups: Dict[tuple, List[dict]] = {}
-    for r in rows:
-        groups.setdefault((r['member'], r['run']), []).append(r)
-    out = []
-    for group in groups.values():
-        row = dict(group[0])
-        row.pop('seed', None)
-        for key, value in group[0].items():
-            if isinstance(value, float) and key != 'before':
-                values = [g[key] for g in group if g.get(key) is not None]
-                row[key] = float(np.mean(values)) if values else None
-        deltas = [g['delta'] for g in group]
-        row.update(n=len(group), deltas=deltas,
-                   delta_sd=float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0)
-        out.append(row)
-    return out
-
-
-def paired_difference(diffs: List[float], confidence: float = 0.95) -> dict:
-    """Mean of per-seed differences, its standard deviation and the confidence interval of
-    the mean from Student's t distribution, and the verdict the interval gives."""
-    from scipy import stats
-    n = len(diffs)
-    mean = float(np.mean(diffs))
-    if n < 2:
-        return dict(n=n, mean=mean, sd=None, low=None, high=None,
-                    verdict='one seed: no interval (run more with --seeds)')
-    sd = float(np.std(diffs, ddof=1))
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
-    low, high = mean - half, mean + half
-    verdict = 'better' if low > 0 else 'worse' if high < 0 else 'no measurable difference'
-    return dict(n=n, mean=mean, sd=sd, low=low, high=high, verdict=verdict)
-
-
-def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
-    """(label, {member: row}) per table column: one per method where every member learned in
-    at most one of its runs (KL+DP's two runs, KD with two members), else one per run."""
-    method_of = {r['run']: r['method'] for r in rows}
-    out, seen = [], set()
-    for run in runs:
-        method = method_of[run]
-        if method in seen:
-            continue
-        seen.add(method)
-        mine = [r for r in rows if r['method'] == method]
-        members = [r['member'] for r in mine]
-        if len(members) == len(set(members)):
-            out.append((method, {r['member']: r for r in mine}))
-        else:
-            out += [(r_, {r['member']: r for r in mine if r['run'] == r_})
-                    for r_ in runs if method_of[r_] == method]
-    return out
-
-
-def against_controls(rows: List[dict], runs: List[str], methods: Dict[str, type]) -> tuple:
-    """Per method whose control also ran, each member's change under the method minus under
-    the control, paired by seed (the same data order): the mean, and with several seeds its
-    95% confidence interval and the verdict it gives. Returns (lines of text, records)."""
-    digits = metric_digits(r['before'] for r in rows)
-    seeds = sorted({r['seed'] for r in rows}, key=lambda x: (x is None, x))
-    per_seed = {seed: dict(columns([r for r in rows if r['seed'] == seed], runs))
-                for seed in seeds}
-    lines, records = [], []
-    first = per_seed[seeds[0]]
-    for method, cls in methods.items():
-        if method not in first or cls.control not in first:
-            continue
-        lines.append(f'{method} vs {cls.control}, change of {rows[0]["metric"]}'
-                     + (f' over {len(seeds)} seeds, paired by seed (95% interval of the mean):'
-                        if len(seeds) > 1 else ':'))
-        for m in (m for m in first[method] if m in first[cls.control]):
-            a = [per_seed[s][method][m]['delta'] for s in seeds]
-            b = [per_seed[s][cls.control][m]['delta'] for s in seeds]
-            stat = paired_difference([x - y for x, y in zip(a, b)])
-            records.append(dict(member=m, method=method, control=cls.control, seeds=seeds,
-                                method_deltas=a, control_deltas=b, **stat))
-            # the printed difference is that of the printed values (1.48 - 1.30 reads +0.18)
-            ra, rb = round(float(np.mean(a)), digits), round(float(np.mean(b)), digits)
-            shown = f'  {m:<12} {method} {ra:+.{digits}f}   {cls.control} {rb:+.{digits}f}   ' \
-                f'difference {ra - rb:+.{digits}f}'
-            if len(seeds) == 1:
-                lines.append(shown)
-            else:
-                lines.append(f'{shown} [{stat["low"]:+.{digits}f}, {stat["high"]:+.{digits}f}]: '
-                             f'{stat["verdict"]}')
-    return lines, records
 
 
 def predicted(rows: List[dict], names: List[str], before_outcomes: Dict[str, np.ndarray],
@@ -329,7 +200,9 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
     stem = os.path.splitext(os.path.basename(config))[0]
     cfg = load_config(config, opts)  # imports custom_imports: methods of the user's own
     classes = method_classes(methods)
-    planned_runs = plan_runs(cfg.model.to_dict(), classes)
+    planned_runs, left_out = plan_runs(cfg.model.to_dict(), classes)
+    for method, why in left_out.items():
+        print(f'{method} left out: {why}', flush=True)
     names = member_names(cfg.model)
     recipes = {} if same_recipe else (cfg.get('method_recipes') or {})
     # one run per (planned run, seed); with several seeds the names carry the seed
@@ -458,11 +331,8 @@ def parse_seeds(text: str, config: str, opts: List[str]) -> Optional[List[int]]:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config-file', required=True, metavar='FILE', action='append',
-                        help='a Bi-KD config; give several (K = 2, 3, 4 members) for the '
-                             'K-way report')
+    from bikd.engine.cli import config_parser
+    parser = config_parser(__doc__, many=True)
     parser.add_argument('--methods', default='',
                         help='comma-separated methods (default: every registered method: '
                              'bikd,kldp,kd,dml,independent and any the config registers)')
@@ -474,7 +344,6 @@ def main(argv=None):
     parser.add_argument('--same-recipe', action='store_true',
                         help="every method with the config's optimiser and schedule, also those "
                              'the config gives a recipe of their own (method_recipes)')
-    parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value')
     args = parser.parse_args(argv)
     methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
     seeds = parse_seeds(args.seeds, args.config_file[0], args.opts)

@@ -6,7 +6,7 @@
     python tools/train_net.py --config-file FILE --resume
     python tools/train_net.py --config-file FILE --num-gpus 8 train_dataloader.batch_size=16
 """
-from bikd.engine.launch import run_cli
+from bikd.engine.cli import run_cli
 
 if __name__ == '__main__':
     run_cli()

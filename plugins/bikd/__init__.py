@@ -6,12 +6,12 @@ datasets and metrics into :mod:`bikd.registry`. Importing ``bikd`` registers cla
 nothing in mmengine; the engine's entry points apply the suite's changes to it explicitly
 (:func:`bikd.engine.setup_engine`).
 """
-from . import baselines, engine, evaluation, meta_arch  # noqa: F401  (registration)
+from . import baselines, engine, meta_arch  # noqa: F401  (registration)
 from .baselines import DMLMetaArch, KDMetaArch, KLDPMetaArch
 from .losses import distillation_loss
 from .member import Member, MemberOutput
-from .meta_arch import (BiKDMetaArch, ExperimentRun, IndependentMetaArch, MethodNotApplicable,
-                        MultiMemberMetaArch, registered_methods, select_methods)
+from .experiment import ExperimentRun, MethodNotApplicable, registered_methods, select_methods
+from .meta_arch import BiKDMetaArch, IndependentMetaArch, MultiMemberMetaArch
 from .metrics import recovered
 from .partition import gt_confidence, select_teachers
 from .registry import HOOKS, MEMBERS, META_ARCH, METRICS

@@ -14,8 +14,8 @@ from torch import Tensor
 
 from .losses import at_least_fp32, distillation_loss, positive_temperature
 from .member import Member, MemberOutput
-from .meta_arch import (PARTITIONS, ExperimentRun, MethodNotApplicable, MultiMemberMetaArch,
-                        member_names)
+from .experiment import ExperimentRun, MethodNotApplicable, member_names
+from .meta_arch import PARTITIONS, MultiMemberMetaArch
 from .partition import select_teachers
 from .registry import META_ARCH
 from .step import StepOutput
@@ -86,6 +86,14 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
 
     def frozen_modules(self):
         return [self.members[self.teacher_index], self.initial_student]
+
+    def take_weights(self, checkpoint: Optional[str] = None):
+        """The members' weights; the frozen initial student starts from the student's."""
+        sources = super().take_weights(checkpoint)
+        student = self.members[self.student_index]
+        self.initial_student.load_state_dict(student.state_dict())
+        self.initial_student.weights_from = student.weights_from
+        return sources
 
     @classmethod
     def experiment_runs(cls, model: dict) -> List[ExperimentRun]:

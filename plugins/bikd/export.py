@@ -3,22 +3,21 @@ import json
 import os
 from typing import Dict, List, Sequence
 
+from .checkpoint import load_into, load_weights_file
 from .fileio import save_json
-from .weights import load_into, load_weights_file
 
 
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     """The meta-architecture of ``config`` with the weights of a runner ``checkpoint`` (the
-    members are built without their original weights first)."""
+    members are built, and take their weights from the checkpoint alone)."""
     from mmengine.registry import MODELS, init_default_scope
 
     from .engine import load_config, setup_engine
 
     cfg = load_config(config, overrides)
     init_default_scope(cfg.get('default_scope', 'bikd'))
-    model_cfg = dict(cfg.model)
-    model_cfg['random_init'] = True
-    model = MODELS.build(model_cfg)
+    model = MODELS.build(dict(cfg.model))
+    model.take_weights(checkpoint)
     setup_engine()
     load_into(model, load_weights_file(checkpoint), checkpoint)
     return model.eval()

@@ -68,7 +68,7 @@ def lean_train_step(model, data: Any, optim_wrapper,
     wrapper's gradient all-reduce)."""
     if not hasattr(optim_wrapper, 'update_params_in_parts'):
         raise TypeError(f'model.lean=true needs an optimiser wrapper of the bikd scope '
-                        f'(optim_wrapper.type: OptimWrapper or AmpOptimWrapper under '
+                        f'(optim_wrapper.type: BiKDOptimWrapper or BiKDAmpOptimWrapper under '
                         f'default_scope bikd), got {type(optim_wrapper).__name__}')
     with optim_wrapper.optim_context(model):
         data = model.data_preprocessor(data, True)

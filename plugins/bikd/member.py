@@ -8,6 +8,11 @@ Its base class owns what every member does alike: where its weights come from (o
 precedence, :meth:`Member.take_weights`) and how it leaves (:meth:`Member.export`, the inverse
 of loading a ``checkpoint``). A subclass builds its network and says how the network's weights
 are named in the files it reads and writes; see :class:`Member`.
+
+Build, then load (as detectron2's ``build_model`` + ``DetectionCheckpointer`` and timm's
+``build_model_with_cfg``): a member's constructor builds its network and reads no weights; its
+weights are taken by one explicit step, :meth:`Member.take_weights`, which whoever builds it
+calls (:meth:`bikd.meta_arch.MultiMemberMetaArch.take_weights` for every member of a run).
 """
 import os
 import re
@@ -17,8 +22,9 @@ from typing import Any, Dict, Optional
 
 from torch import Tensor, nn
 
+from . import compat
+from .checkpoint import download_weights, load_into, load_weights_file
 from .fileio import save_json, save_torch
-from .weights import download_weights, load_into, load_weights_file
 
 
 @dataclass
@@ -44,21 +50,14 @@ class MemberOutput:
     partition_loss: Optional[Tensor] = None
 
 
+#: where the weights of a member that takes none come from
+RANDOM = 'random initialisation'
+
 #: What a member name may be: it names files (exports), log keys and table rows.
 NAME_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]*')
 
 
-class MemberMeta(type(nn.Module)):
-    """Takes a member's weights once its construction is complete, however many classes its
-    constructor runs through (a subclass of a member adds its own parts first)."""
-
-    def __call__(cls, *args, **kwargs):
-        member = super().__call__(*args, **kwargs)
-        member.take_weights()
-        return member
-
-
-class Member(nn.Module, metaclass=MemberMeta):
+class Member(nn.Module):
     """Base class of members; subclasses register in :data:`bikd.registry.MEMBERS`.
 
     Args:
@@ -93,8 +92,10 @@ class Member(nn.Module, metaclass=MemberMeta):
     - ``partition_loss_kind``: what the per-sample loss compared by the ``loss`` partition is
       (e.g. ``'pixel_ce'``); the meta-architecture warns when members differ.
 
-    Weights are taken (:meth:`take_weights`) right after construction, in this order:
-    ``checkpoint``, else ``pretrained`` (:meth:`load_pretrained`), else none (random).
+    Weights: the constructor builds the network only; :meth:`take_weights`, called once by
+    the builder, takes them in this order: ``checkpoint``, else ``pretrained``
+    (:meth:`load_pretrained`), else none (random). A member asked for neither has nothing to
+    take and is ready as built.
     """
 
     #: what the exported weights are, for the JSON beside them
@@ -110,8 +111,10 @@ class Member(nn.Module, metaclass=MemberMeta):
         self.pretrained = bool(pretrained)
         self.checkpoint = checkpoint or None
         self.trust_checkpoint = bool(trust_checkpoint)
-        #: where the weights came from (a path, a URL, a tag, or 'random initialisation')
-        self.weights_from = ''
+        #: where the weights came from (a path, a URL, a tag, 'random initialisation'); None
+        #: while weights asked for (``checkpoint`` or ``pretrained``) are still to be taken
+        self.weights_from: Optional[str] = None if (self.checkpoint or self.pretrained) \
+            else RANDOM
 
     # ------------------------------------------------------------------ the task interface
     @property
@@ -129,17 +132,18 @@ class Member(nn.Module, metaclass=MemberMeta):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ weights in
-    def take_weights(self) -> None:
+    def take_weights(self) -> str:
         """The one order in which a member takes its weights: ``checkpoint``, else the
-        released weights (``pretrained``), else the random initialisation. Runs once, when
-        construction is complete."""
+        released weights (``pretrained``), else the random initialisation. Called by the
+        builder once the member is built; returns where the weights came from."""
         if self.checkpoint:
             self.load_checkpoint(self.checkpoint)
             self.weights_from = str(self.checkpoint)
         elif self.pretrained:
             self.weights_from = self.load_pretrained()
         else:
-            self.weights_from = 'random initialisation'
+            self.weights_from = RANDOM
+        return self.weights_from
 
     @property
     def weights_module(self) -> nn.Module:
@@ -183,9 +187,9 @@ class Member(nn.Module, metaclass=MemberMeta):
         modules' version metadata, which some modules read when loading)."""
         state = self.to_native(self.weights_module.state_dict())
         out = OrderedDict((k, v.detach().cpu().contiguous()) for k, v in state.items())
-        metadata = getattr(state, '_metadata', None)
+        metadata = compat.state_dict_metadata(state)
         if metadata is not None:
-            out._metadata = metadata
+            compat.set_state_dict_metadata(out, metadata)
         return out
 
     def describe(self, stem: str) -> Dict[str, Any]:

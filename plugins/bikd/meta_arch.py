@@ -10,7 +10,6 @@ members of a config (:meth:`MultiMemberMetaArch.experiment_runs`). ``tools/run_e
 and ``tools/benchmark.py`` read these declarations, so a new method is one registered class.
 """
 import warnings
-from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -19,15 +18,20 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .evaluation import MemberPredictions
+from .experiment import ExperimentRun, MethodNotApplicable, member_names
 from .lean import lean_train_step, trains
 from .losses import distillation_loss, positive_temperature
-from .member import Member, MemberOutput
+from .member import RANDOM, Member, MemberOutput
+from .metrics import MemberPredictions
 from .partition import TIE_RULES, select_teachers, teacher_share
 from .registry import MEMBERS, META_ARCH, accepted_arguments
 from .step import StepOutput, report_nonfinite_terms
 
 PARTITIONS = ('confidence', 'loss')
+#: where the members of a model built with ``random_init`` have their weights from
+RANDOM_INIT = f'{RANDOM} (random_init)'
+#: layers that normalise over the batch in training (timm's and mmcv's subclass these)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
 
 def to_channels_last(x: Any) -> Any:
@@ -44,43 +48,9 @@ class PartitionWarning(UserWarning):
     """The configured partition is unlikely to mean what the user wants."""
 
 
-class MethodNotApplicable(ValueError):
-    """A method cannot run on the members of a config (e.g. KL+DP with three members)."""
-
-
-@dataclass(frozen=True)
-class ExperimentRun:
-    """One training run a method needs in an experiment (``tools/run_experiment.py``).
-
-    Attributes:
-        name: unique within an experiment: the method's name, or e.g. ``kd_from_resnet``.
-        method: the method's name.
-        model: the run's model config (``type``, ``members`` and the method's arguments).
-        trains: the members that learn in the run; the others only teach.
-        frozen_forwards: members whose forward the run also computes without gradient every
-            step (KL+DP: its teacher and the initial copy of its student); the benchmark
-            bounds a run's cost with them.
-        label: the run in words (``KL+DP, student resnet``); default: its name.
-    """
-    name: str
-    method: str
-    model: dict
-    trains: Tuple[str, ...]
-    frozen_forwards: Tuple[str, ...] = ()
-    label: str = ''
-
-    def __post_init__(self):
-        if not self.label:
-            object.__setattr__(self, 'label', self.name)
-
-
-def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
-    """Build one member from its config dict (or pass an already built one through).
-
-    ``random_init`` builds it without its pretrained weights (``pretrained=False`` and no
-    ``checkpoint``, arguments every member takes): for tests of real-size configs and for
-    tools that load trained weights next.
-    """
+def build_member(cfg: Union[dict, Member]) -> Member:
+    """Build one member from its config dict (or pass an already built one through). The
+    member is built, not loaded: its weights come with :meth:`Member.take_weights`."""
     if isinstance(cfg, nn.Module):
         if not isinstance(cfg, Member):
             raise TypeError(f'{type(cfg).__name__} is not a bikd Member')
@@ -88,8 +58,6 @@ def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
     cfg = dict(cfg)
     if 'type' not in cfg:
         raise KeyError(f'member config {cfg} has no "type"')
-    if random_init:
-        cfg.update(pretrained=False, checkpoint=None)
     if MEMBERS.get(cfg['type']) is None:
         known = ', '.join(sorted(MEMBERS.module_dict))
         raise KeyError(f'unknown member type {cfg["type"]!r}; registered member types: '
@@ -98,22 +66,13 @@ def build_member(cfg: Union[dict, Member], random_init: bool = False) -> Member:
         return MEMBERS.build(cfg)
 
 
-def member_names(model: dict) -> List[str]:
-    """The names of the members of a model config (each member config must name it)."""
-    names = [m.get('name') if isinstance(m, dict) else m.name for m in model['members']]
-    missing = [i for i, n in enumerate(names) if not n]
-    if missing:
-        raise ValueError(f'model.members {missing} have no name; an experiment needs every '
-                         'member named (name: ...)')
-    return names
-
-
 class MultiMemberMetaArch(BaseModel):
     """K members sharing one batch; evaluation of every member and of their ensemble.
 
     Args:
         members: member configs (dicts with ``type``) or built :class:`Member` instances.
-        random_init: build the members without their pretrained weights.
+        random_init: take no weights: every member keeps its random initialisation, whatever
+            its ``checkpoint`` or ``pretrained`` say (tests of real-size configs, benchmarks).
         data_preprocessor: mmengine data preprocessor; the default moves the batch to the
             device. Normalisation is each member's own business.
         channels_last: keep the members' convolution weights and the input batch in
@@ -151,7 +110,7 @@ class MultiMemberMetaArch(BaseModel):
         if len(members) < self.min_members:
             raise ValueError(f'{type(self).__name__} needs at least {self.min_members} members, '
                              f'got {len(members)}')
-        built = [build_member(m, random_init) for m in members]
+        built = [build_member(m) for m in members]
         names = [m.name for m in built]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -163,13 +122,53 @@ class MultiMemberMetaArch(BaseModel):
                              'of a run must predict the same label space')
         self.members = nn.ModuleList(built)
         self.channels_last = bool(channels_last)
-        if self.channels_last:
-            self.members._apply(to_channels_last)
+        if self.channels_last:  # the convolutions' weights, as the batch (prepare_inputs)
+            nn.utils.convert_conv2d_weight_memory_format(self.members, torch.channels_last)
+            nn.utils.convert_conv3d_weight_memory_format(self.members, torch.channels_last_3d)
         self.lean = bool(lean)
+        self.random_init = bool(random_init)
+        if self.random_init:  # nothing to take: ready as built
+            for m in self.members:
+                m.weights_from = RANDOM_INIT
 
     @property
     def member_names(self) -> List[str]:
         return [m.name for m in self.members]
+
+    # ------------------------------------------------------------------ weights
+    def take_weights(self, checkpoint: Optional[str] = None) -> Dict[str, str]:
+        """The weight step of whoever builds the model (``tools/train_net.py``, export, the
+        benchmark, the partner finder, the detectron2 plug-in; mmengine's ``Runner.train``
+        through :meth:`init_weights`): every member takes its weights in the one order
+        (:meth:`Member.take_weights`). ``checkpoint``: a runner checkpoint that will load
+        every member's weights next (``load_from``, ``--resume``), so no member's own file
+        is read. With ``random_init`` nothing is read. Returns member -> where its weights
+        come from."""
+        for m in self.members:
+            if checkpoint:
+                m.weights_from = f'the checkpoint {checkpoint}'
+            elif self.random_init:
+                m.weights_from = RANDOM_INIT
+            else:
+                m.take_weights()
+        return {m.name: m.weights_from for m in self.members}
+
+    _weights_ready = False
+
+    def check_weights_taken(self) -> None:
+        """A member that was given weights (``checkpoint``, ``pretrained``) must have taken
+        them before it trains or is evaluated."""
+        if self._weights_ready:
+            return
+        missing = [m.name for m in self.modules() if isinstance(m, Member)
+                   and m.weights_from is None]
+        self._weights_ready = not missing
+        if missing:
+            raise RuntimeError(
+                f'members {missing} have not taken their weights (checkpoint / pretrained): '
+                'call model.take_weights() once the model is built (tools/train_net.py and '
+                "mmengine's Runner.train do), or set random_init=true to train from random "
+                'weights')
 
     # ------------------------------------------------------------------ experiments
     @classmethod
@@ -208,10 +207,22 @@ class MultiMemberMetaArch(BaseModel):
         return total, log_vars
 
     def init_weights(self):
-        # Members arrive with their pretrained weights; mmengine must not re-initialise them.
-        pass
+        """mmengine's Runner calls this before ``load_from`` / resume: the members take their
+        weights unless the builder has done so (nothing of mmengine's initialisation is
+        applied to pretrained members)."""
+        if any(m.weights_from is None for m in self.members):
+            self.take_weights()
+
+    def val_step(self, data: Any) -> list:
+        self.check_weights_taken()
+        return super().val_step(data)
+
+    def test_step(self, data: Any) -> list:
+        self.check_weights_taken()
+        return super().test_step(data)
 
     def train_step(self, data: Any, optim_wrapper) -> Dict[str, Tensor]:
+        self.check_weights_taken()
         if self._one_sample_for_batch_norm(data):
             return {}
         if self.lean:
@@ -237,7 +248,7 @@ class MultiMemberMetaArch(BaseModel):
         warning the first time."""
         inputs = data.get('inputs') if isinstance(data, dict) else None
         n = len(inputs) if isinstance(inputs, (Tensor, list, tuple)) else None
-        if n != 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+        if n != 1 or not any(isinstance(m, BATCH_NORMS) and m.training
                              for m in self.modules()):
             return False
         self._skipped_single_batches += 1
@@ -305,12 +316,77 @@ class MultiMemberMetaArch(BaseModel):
         are taken on ``decide_on`` (default: ``outputs``)."""
         raise NotImplementedError(f'{type(self).__name__} implements no loss_from_outputs')
 
+    def task_losses(self, outputs: Sequence[MemberOutput]) -> StepOutput:
+        """Every member's mean task loss (the members that learn from their task: all)."""
+        return StepOutput(task_losses={m.name: o.loss.mean()
+                                       for m, o in zip(self.members, outputs)})
+
     def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
         return self.loss_from_outputs(self.forward_members(inputs, data_samples), data_samples)
 
 
+def check_partition(members: Sequence[Member], partition: str, ties: str) -> None:
+    """The partition's arguments, and a warning where ``partition='loss'`` would compare
+    losses the members define differently."""
+    if partition not in PARTITIONS:
+        raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
+    if ties not in TIE_RULES:
+        raise ValueError(f'ties must be one of {TIE_RULES}, got {ties!r}')
+    kinds = {m.name: m.partition_loss_kind for m in members}
+    if partition == 'loss' and len(set(kinds.values())) > 1:
+        warnings.warn(f'partition="loss" compares per-sample losses that the members define '
+                      f'differently ({kinds}): the member with the smaller scale will teach '
+                      'everything. Give the members a loss defined alike for the partition '
+                      '(segmentation members: partition_loss="pixel_ce").', PartitionWarning)
+
+
+def choose_teachers(members: Sequence[Member], outputs: Sequence[MemberOutput], partition: str,
+                    ties: str) -> Tensor:
+    """Teacher index per sample (``LongTensor[N]``) from the members' outputs: the highest
+    ground-truth confidence (Eq. 3 / 11) or the lowest per-sample loss (Eq. 6)."""
+    if partition == 'confidence':
+        missing = [m.name for m, o in zip(members, outputs) if o.confidence is None]
+        if missing:
+            raise ValueError(f'members {missing} give no ground-truth confidence; use '
+                             "partition='loss' for this task")
+        return select_teachers(torch.stack([o.confidence for o in outputs]), True, ties)
+    losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
+    return select_teachers(torch.stack([x.detach() for x in losses]), False, ties)
+
+
+class PartitionedMetaArch(MultiMemberMetaArch):
+    """Members whose samples are each given a teacher by the per-sample partition: Bi-KD, and
+    its control, which computes the partition only to log it.
+
+    Args:
+        members: see :class:`MultiMemberMetaArch`.
+        partition: ``'confidence'`` (the highest ground-truth confidence teaches, Eq. 3 / 11)
+            or ``'loss'`` (the lowest per-sample loss, Eq. 6).
+        ties: a sample whose best score is shared by several members: ``'later'`` (the
+            later member teaches, as Eq. 3 / 6 say for two members; the default) or
+            ``'skip'`` (nobody teaches it, as the authors' three- and four-model scripts do).
+    """
+
+    def __init__(self, members: Sequence[Union[dict, Member]], partition: str = 'confidence',
+                 ties: str = 'later', **kwargs):
+        super().__init__(members, **kwargs)
+        check_partition(self.members, partition, ties)
+        self.partition, self.ties = partition, ties
+
+    def partition_step(self, outputs: Sequence[MemberOutput],
+                       decide_on: Optional[Sequence[MemberOutput]] = None
+                       ) -> Tuple[StepOutput, Tensor]:
+        """The members' task losses with the share of samples each taught, and the teacher of
+        every sample (chosen on ``decide_on`` when given)."""
+        out = self.task_losses(outputs)
+        teachers = choose_teachers(self.members, outputs if decide_on is None else decide_on,
+                                   self.partition, self.ties)
+        out.teacher_share = dict(zip(self.member_names, teacher_share(teachers, len(outputs))))
+        return out, teachers
+
+
 @META_ARCH.register_module()
-class BiKDMetaArch(MultiMemberMetaArch):
+class BiKDMetaArch(PartitionedMetaArch):
     """Bidirectional knowledge distillation between K >= 2 pretrained members.
 
     Per sample, the teacher is the member with the highest ground-truth confidence
@@ -319,8 +395,7 @@ class BiKDMetaArch(MultiMemberMetaArch):
     masked KL of every other member to the teacher (Eq. 12 / 13).
 
     Args:
-        members: see :class:`MultiMemberMetaArch`.
-        partition: ``'confidence'`` or ``'loss'``.
+        members, partition, ties: see :class:`PartitionedMetaArch`.
         temperature: T of Eq. 1.
         detach_teacher: stop the distillation gradient into the teacher (standard
             distillation, the default). ``False`` lets it flow into the teacher too, as the
@@ -328,101 +403,50 @@ class BiKDMetaArch(MultiMemberMetaArch):
         detach_student: also stop it into the students, so that the distillation term is
             computed and logged but trains nothing: the authors' segmentation code, which is
             therefore equivalent to the Independent control.
-        ties: a sample whose best score is shared by several members: ``'later'`` (the
-            later member teaches, as Eq. 3 / 6 say for two members; the default) or
-            ``'skip'`` (nobody teaches it, as the authors' three- and four-model scripts do).
 
     Logged per step: each member's task loss, the distillation term and the share of the
     batch each member taught (:mod:`bikd.step`).
     """
     method = 'bikd'
-    #: whether the distillation term is applied (the Independent control only logs the partition)
-    distills = True
 
-    def __init__(self, members: Sequence[Union[dict, Member]], partition: str = 'confidence',
-                 temperature: float = 1.0, detach_teacher: bool = True,
-                 detach_student: bool = False, ties: str = 'later', **kwargs):
+    def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
+                 detach_teacher: bool = True, detach_student: bool = False, **kwargs):
         super().__init__(members, **kwargs)
-        if partition not in PARTITIONS:
-            raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
-        if ties not in TIE_RULES:
-            raise ValueError(f'ties must be one of {TIE_RULES}, got {ties!r}')
-        self.partition = partition
         self.temperature = positive_temperature(temperature)
         self.detach_teacher = bool(detach_teacher)
         self.detach_student = bool(detach_student)
-        self.ties = ties
-        kinds = {m.name: m.partition_loss_kind for m in self.members}
-        if partition == 'loss' and len(set(kinds.values())) > 1:
-            warnings.warn(f'partition="loss" compares per-sample losses that the members define '
-                          f'differently ({kinds}): the member with the smaller scale will teach '
-                          'everything. Give the members a loss defined alike for the partition '
-                          '(segmentation members: partition_loss="pixel_ce").', PartitionWarning)
-
-    def select_teachers(self, outputs: Sequence[MemberOutput]) -> Tensor:
-        """Teacher index per sample from the members' outputs (``LongTensor[N]``)."""
-        if self.partition == 'confidence':
-            missing = [m.name for m, o in zip(self.members, outputs) if o.confidence is None]
-            if missing:
-                raise ValueError(f'members {missing} give no ground-truth confidence; use '
-                                 "partition='loss' for this task")
-            return select_teachers(torch.stack([o.confidence for o in outputs]), True,
-                                   self.ties)
-        losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
-        return select_teachers(torch.stack([x.detach() for x in losses]), False, self.ties)
 
     def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
                           decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
-        out = StepOutput(task_losses={m.name: o.loss.mean()
-                                      for m, o in zip(self.members, outputs)})
-        if len(outputs) < 2:
-            return out
         with record_function('bikd.distillation'):
-            teachers = self.select_teachers(outputs if decide_on is None else decide_on)
-            share = teacher_share(teachers, len(outputs))
-            out.teacher_share = dict(zip(self.member_names, share))
-            if self.distills:
-                logits = [o.logits.detach() if self.detach_student else o.logits
-                          for o in outputs]
-                out.distill_loss = distillation_loss(logits, teachers, self.temperature,
-                                                     self.detach_teacher)
+            out, teachers = self.partition_step(outputs, decide_on)
+            logits = [o.logits.detach() if self.detach_student else o.logits for o in outputs]
+            out.distill_loss = distillation_loss(logits, teachers, self.temperature,
+                                                 self.detach_teacher)
         return out
 
 
 @META_ARCH.register_module()
-class IndependentMetaArch(BiKDMetaArch):
+class IndependentMetaArch(PartitionedMetaArch):
     """The control: the same members fine-tuned on their own task losses, nothing distilled.
 
-    It accepts Bi-KD's arguments so that a Bi-KD config becomes its control by changing
-    ``type`` alone; the partition is still computed and logged (the share of samples each
-    member *would* have taught), the KL is not. With one member it is plain fine-tuning (used
-    to "pretrain" the demo's members).
+    It takes Bi-KD's arguments (:class:`BiKDMetaArch`), so that a Bi-KD config becomes its
+    control by changing ``type`` alone: ``partition`` and ``ties`` decide the share of samples
+    each member *would* have taught, which is logged; ``temperature``, ``detach_teacher`` and
+    ``detach_student`` are accepted and unused. With one member it is plain fine-tuning (used to
+    "pretrain" the demo's members).
     """
     method = 'independent'
     control = ''
-    distills = False
     partition_teaches = False
     min_members = 1
 
+    def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
+                 detach_teacher: bool = True, detach_student: bool = False, **kwargs):
+        super().__init__(members, **kwargs)  # the distillation's arguments: taken, unused
 
-def registered_methods() -> Dict[str, type]:
-    """Method name -> meta-architecture, for every registered class that is a method (the
-    suite's and those a config's ``custom_imports`` registered), in registration order."""
-    return {cls.method: cls for cls in META_ARCH.module_dict.values()
-            if isinstance(cls, type) and issubclass(cls, MultiMemberMetaArch) and cls.method}
-
-
-def select_methods(names: Optional[Sequence[str]] = None) -> Dict[str, type]:
-    """The methods ``names`` (default: every registered one, controls last so that a table
-    reads each method against a control that follows it), or a ``ValueError`` that lists the
-    registered ones."""
-    known = registered_methods()
-    if names is None:
-        names = [m for m, cls in known.items() if cls.control] + \
-            [m for m, cls in known.items() if not cls.control]
-    unknown = [m for m in names if m not in known]
-    if unknown:
-        raise ValueError(f'unknown method(s) {unknown}; registered methods: {list(known)} (a '
-                         'method of your own is registered by a module the config lists in '
-                         'custom_imports)')
-    return {m: known[m] for m in names}
+    def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
+                          decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
+        if len(outputs) < 2:
+            return self.task_losses(outputs)
+        return self.partition_step(outputs, decide_on)[0]

@@ -24,30 +24,33 @@ from mmengine.registry import Registry
 META_ARCH = Registry('model', parent=mme.MODELS, scope='bikd', locations=['bikd.meta_arch'])
 #: Members: one pretrained model each (timm classifier, mmseg segmentor, saliency network).
 MEMBERS = Registry('member', scope='bikd')
+#: Task packages register their datasets, transforms and member-wise metrics here.
 DATASETS = Registry('dataset', parent=mme.DATASETS, scope='bikd')
 TRANSFORMS = Registry('transform', parent=mme.TRANSFORMS, scope='bikd')
-METRICS = Registry('metric', parent=mme.METRICS, scope='bikd', locations=['bikd.evaluation'])
+METRICS = Registry('metric', parent=mme.METRICS, scope='bikd')
+#: The suite's engine: hooks, runner, optimiser and model wrappers.
 HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd',
                  locations=['bikd.engine.hooks', 'bikd.engine.random_state',
                             'bikd.engine.best'])
-
-RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd')
-RUNNER_CONSTRUCTORS = Registry('runner constructor', parent=mme.RUNNER_CONSTRUCTORS, scope='bikd')
-LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd')
-DATA_SAMPLERS = Registry('data sampler', parent=mme.DATA_SAMPLERS, scope='bikd')
-FUNCTIONS = Registry('function', parent=mme.FUNCTIONS, scope='bikd')
+RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd', locations=['bikd.engine.runner'])
+OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd',
+                          locations=['bikd.engine.optim'])
 MODEL_WRAPPERS = Registry('model_wrapper', parent=mme.MODEL_WRAPPERS, scope='bikd',
                           locations=['bikd.engine.lean_ddp'])
-WEIGHT_INITIALIZERS = Registry('weight initializer', parent=mme.WEIGHT_INITIALIZERS, scope='bikd')
+#: The config checks resolve the training loop and the optimiser through these.
+LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd')
 OPTIMIZERS = Registry('optimizer', parent=mme.OPTIMIZERS, scope='bikd')
-OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd')
-OPTIM_WRAPPER_CONSTRUCTORS = Registry('optimizer wrapper constructor',
-                                      parent=mme.OPTIM_WRAPPER_CONSTRUCTORS, scope='bikd')
-PARAM_SCHEDULERS = Registry('parameter scheduler', parent=mme.PARAM_SCHEDULERS, scope='bikd')
-EVALUATOR = Registry('evaluator', parent=mme.EVALUATOR, scope='bikd')
-VISUALIZERS = Registry('visualizer', parent=mme.VISUALIZERS, scope='bikd')
-VISBACKENDS = Registry('vis_backend', parent=mme.VISBACKENDS, scope='bikd')
-LOG_PROCESSORS = Registry('log_processor', parent=mme.LOG_PROCESSORS, scope='bikd')
+
+#: mmengine's other roots that its Runner builds from under the ``bikd`` scope in the shipped
+#: configs (the sampler, the collate function, the optimiser wrapper's constructor, parameter
+#: schedulers, the visualiser and its backends). The suite registers nothing in them, but
+#: each needs a child of scope ``bikd``: without one, mmengine warns at every build that it
+#: falls back to its own registry.
+SCOPE_CHILDREN = {name: Registry(name, parent=root, scope='bikd') for name, root in (
+    ('data sampler', mme.DATA_SAMPLERS), ('function', mme.FUNCTIONS),
+    ('optimizer wrapper constructor', mme.OPTIM_WRAPPER_CONSTRUCTORS),
+    ('parameter scheduler', mme.PARAM_SCHEDULERS), ('visualizer', mme.VISUALIZERS),
+    ('vis_backend', mme.VISBACKENDS))}
 
 
 def accepted_arguments(cls) -> set:

@@ -4,8 +4,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .evaluation import split_metrics
-from .metrics import recovered
+from .metrics import recovered, split_metrics
 
 
 def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],

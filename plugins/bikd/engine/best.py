@@ -22,23 +22,11 @@ from typing import Any, Dict, Optional
 from mmengine.dist import is_main_process
 from mmengine.hooks import Hook
 
+from ..checkpoint import load_weights_file
 from ..fileio import save_json, save_torch
+from ..metrics import memberwise_metric
 from ..registry import HOOKS
-from ..weights import load_weights_file
-
-
-def _unwrap(model):
-    from mmengine.model import is_model_wrapper
-    return model.module if is_model_wrapper(model) else model
-
-
-def selection_metrics(runner) -> Dict[str, bool]:
-    """Metric name -> higher is better, from the validation evaluator's member-wise metric."""
-    evaluator = getattr(runner, 'val_evaluator', None)
-    for metric in getattr(evaluator, 'metrics', []):
-        if getattr(metric, 'primary_metric', ''):
-            return metric.selection_metrics()
-    return {}
+from .runner import unwrap
 
 
 def best_file(work_dir: str, member: str, metric: str) -> str:
@@ -95,9 +83,9 @@ class BestMembersHook(Hook):
         # checkpoint of the run: as the authors, the best is chosen among the trained ones
         if not metrics or not self._training or runner.iter == 0:
             return
-        model = _unwrap(runner.model)
+        model = unwrap(runner.model)
         changed = False
-        for name, higher in selection_metrics(runner).items():
+        for name, higher in memberwise_metric(runner.val_evaluator).selection_metrics().items():
             for index, member in enumerate(model.members):
                 value = metrics.get(f'{member.name}/{name}')
                 if value is None or math.isnan(value):
@@ -144,8 +132,8 @@ class BestMembersHook(Hook):
         if not self.records or any(runner.cfg.get(k) is None for k in (
                 'test_dataloader', 'test_evaluator', 'test_cfg')):
             return
-        model = _unwrap(runner.model)
-        primary = next(iter(selection_metrics(runner)), None)
+        model = unwrap(runner.model)
+        primary = memberwise_metric(runner.val_evaluator).primary_metric
         last = copy.deepcopy(model.state_dict())
         self.test_results = dict(split='test', last=dict(runner.test_loop.run()))
         try:
@@ -167,5 +155,4 @@ def find_best_hook(runner) -> Optional[BestMembersHook]:
     return next((h for h in runner.hooks if isinstance(h, BestMembersHook)), None)
 
 
-__all__ = ['BestMembersHook', 'best_file', 'find_best_hook', 'load_best_members', 'read_best',
-           'selection_metrics']
+__all__ = ['BestMembersHook', 'best_file', 'find_best_hook', 'load_best_members', 'read_best']

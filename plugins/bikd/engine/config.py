@@ -13,7 +13,6 @@ import inspect
 import numbers
 import os
 import re
-import warnings
 from typing import Any, Dict, Sequence
 
 import yaml
@@ -68,8 +67,39 @@ def _load_dict(path: str, stack: Sequence[str] = ()) -> Dict[str, Any]:
             base_dict = Config.fromfile(base, import_custom_modules=False).to_dict()
         else:
             base_dict = _load_dict(os.path.join(os.path.dirname(path), base), [*stack, path])
-        merged = Config._merge_a_into_b(base_dict, merged)
-    return Config._merge_a_into_b(data, merged)
+        merged = merge_into(base_dict, merged)
+    return merge_into(data, merged)
+
+
+#: a mapping with ``_delete_: true`` replaces the base's mapping instead of merging into it
+DELETE_KEY = '_delete_'
+
+
+def merge_into(child: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Any]:
+    """``child``'s keys over ``base``'s, as mmengine merges a config into its ``_base_``:
+    mappings merge key by key, unless the child's says ``_delete_: true``, which replaces the
+    base's; any other value replaces the base's."""
+    out = dict(base)
+    for key, value in child.items():
+        if not isinstance(value, dict):
+            out[key] = value
+            continue
+        value = dict(value)
+        if value.pop(DELETE_KEY, False) or key not in out:
+            out[key] = _without_delete(value)
+        elif isinstance(out[key], dict):
+            out[key] = merge_into(value, out[key])
+        else:
+            raise ValueError(f'config key {key!r}: a mapping cannot merge into the '
+                             f'{type(out[key]).__name__} of its _base_; add {DELETE_KEY}: true '
+                             'to replace it')
+    return out
+
+
+def _without_delete(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_delete(v) for k, v in value.items() if k != DELETE_KEY}
+    return value
 
 
 def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
@@ -149,7 +179,6 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
         parsed = parse_overrides(overrides)
         check_override_types(cfg, parsed)
         cfg.merge_from_dict(parsed, allow_list_keys=True)
-    _move_step_policy(cfg, path)
     for key in list(cfg.keys()):
         _scales_as_tuples(cfg[key])
     if import_modules and cfg.get('custom_imports'):
@@ -173,25 +202,6 @@ def _scales_as_tuples(node: Any) -> None:
             _scales_as_tuples(value)
 
 
-#: Keys of the non-finite-loss policy, which moved from the model to the optimiser wrapper.
-STEP_POLICY_KEYS = ('nonfinite_policy', 'max_nonfinite_in_a_row')
-
-
-def _move_step_policy(cfg: Config, path: str) -> None:
-    """``model.nonfinite_policy`` / ``model.max_nonfinite_in_a_row`` (bikd 0.1) are now
-    ``optim_wrapper.*``: whether a step updates the weights is the optimiser wrapper's
-    decision. Older configs and overrides keep working, with a warning."""
-    model = cfg.get('model')
-    moved = [k for k in STEP_POLICY_KEYS if isinstance(model, dict) and k in model]
-    if not moved:
-        return
-    wrapper = cfg.setdefault('optim_wrapper', {})
-    for key in moved:
-        wrapper[key] = model.pop(key)
-    warnings.warn(f'config {path}: model.{", model.".join(moved)} moved to optim_wrapper.'
-                  f'{", optim_wrapper.".join(moved)}; taken from there', FutureWarning)
-
-
 #: Top-level keys mmengine's Runner (``Runner.from_cfg``, ``wrap_model``) and this suite read.
 TOP_LEVEL_KEYS = frozenset({
     'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
@@ -200,7 +210,7 @@ TOP_LEVEL_KEYS = frozenset({
     'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
     'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
-    'efficient_conv_bn_eval', 'custom_imports',
+    'efficient_conv_bn_eval', 'custom_imports', 'runner_type',
     # tools/train_net.py: load_from may hold only part of the model's weights
     'load_partial',
     # tools/run_experiment.py: a method's own optimiser or schedule (method -> config keys)
@@ -223,6 +233,7 @@ def _check_arguments(section: dict, registry, where: str, path: str) -> None:
     """The keys of a registered type's section, and the kinds of its number and true/false
     arguments."""
     cls = registry.get(section.get('type')) if isinstance(section.get('type'), str) else None
+    cls = getattr(cls, 'builds', cls)  # a registered factory names the class it builds
     if cls is None or not inspect.isclass(cls):
         return  # an unknown type is reported when it is built
     _check_section(section, cls, where, path)
@@ -287,7 +298,7 @@ def check_keys(cfg: Config, path: str, members: bool = True) -> None:
             _check_section(train_cfg, loop, 'train_cfg', path, ('by_epoch', ), hint)
         wrapper = cfg.get('optim_wrapper')
         if isinstance(wrapper, dict):
-            _check_section(wrapper, OPTIM_WRAPPERS.get(wrapper.get('type', 'OptimWrapper')),
+            _check_section(wrapper, OPTIM_WRAPPERS.get(wrapper.get('type', 'BiKDOptimWrapper')),
                            'optim_wrapper', path, ('optimizer', 'paramwise_cfg', 'constructor'))
             optimizer = wrapper.get('optimizer')
             if isinstance(optimizer, dict) and isinstance(optimizer.get('type'), str):

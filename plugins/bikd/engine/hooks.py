@@ -1,32 +1,24 @@
-"""Hooks that turn an mmengine run into a Bi-KD experiment: the before/after evaluation, the
-teacher share and ``summary.json``."""
+"""Hooks that turn an mmengine run into a Bi-KD experiment: the label-space check, the
+before/after evaluation, the teacher share and ``summary.json``, and checkpoints that a kill
+or a full disk cannot leave half-written."""
+import os
 import os.path as osp
+import re
 import tempfile
+from contextlib import contextmanager
 from typing import Dict, Optional
 
 import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
-from mmengine.model import is_model_wrapper
 
 from ..fileio import atomic_path, save_json, write_bytes
+from ..metrics import memberwise_metric
 from ..registry import HOOKS
 from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
 from .best import find_best_hook
-
-
-def unwrap(model):
-    return model.module if is_model_wrapper(model) else model
-
-
-def primary_metric_of(runner) -> str:
-    evaluator = getattr(runner, 'val_evaluator', None)
-    for metric in getattr(evaluator, 'metrics', []):
-        if getattr(metric, 'primary_metric', ''):
-            return metric.primary_metric
-    raise RuntimeError('the validation evaluator has no member-wise metric (a bikd '
-                       'MemberwiseMetric such as ClassificationEvaluator)')
+from .runner import unwrap
 
 
 def check_label_space(model, loaders: Dict[str, object]) -> None:
@@ -35,10 +27,7 @@ def check_label_space(model, loaders: Dict[str, object]) -> None:
     members = getattr(model, 'members', [])
     if not members:
         return
-    try:
-        predicted = members[0].num_classes
-    except NotImplementedError:
-        return
+    predicted = members[0].num_classes
     for split, loader in loaders.items():
         dataset = getattr(loader, 'dataset', None)
         classes = (getattr(dataset, 'metainfo', None) or {}).get('classes')
@@ -50,6 +39,26 @@ def check_label_space(model, loaders: Dict[str, object]) -> None:
             f'{predicted} ({", ".join(m.name for m in members)}): a class folder too many or '
             'too few, or members built for another label space. Classes: '
             f'{list(classes)[:12]}{" ..." if len(classes) > 12 else ""}')
+
+
+@HOOKS.register_module()
+class LabelSpaceCheckHook(Hook):
+    """Checks, before anything runs, that the members predict the label space of every
+    dataset of the run (:func:`check_label_space`). The suite's runner registers it whatever
+    hooks a config lists (:data:`bikd.engine.runner.GUARD_HOOKS`)."""
+    priority = 'VERY_HIGH'
+
+    def before_train(self, runner) -> None:
+        loaders = {'training': runner.train_dataloader}
+        if runner.val_loop is not None:
+            loaders['validation'] = runner.val_loop.dataloader
+        check_label_space(unwrap(runner.model), loaders)
+
+    def before_val(self, runner) -> None:
+        check_label_space(unwrap(runner.model), {'validation': runner.val_loop.dataloader})
+
+    def before_test(self, runner) -> None:
+        check_label_space(unwrap(runner.model), {'test': runner.test_loop.dataloader})
 
 
 @HOOKS.register_module()
@@ -73,14 +82,8 @@ class BiKDSummaryHook(Hook):
         self.share_sum: Dict[str, float] = {}
         self.share_iters = 0
         self._resumed_state: Optional[dict] = None
-        self._label_space_checked = False
 
     def before_train(self, runner) -> None:
-        loaders = {'training': runner.train_dataloader}
-        if runner.val_loop is not None:
-            loaders['validation'] = runner.val_loop.dataloader
-        check_label_space(unwrap(runner.model), loaders)
-        self._label_space_checked = True
         resumed = self._resumed_state if runner.iter > 0 else None
         self._resumed_state = None
         if resumed:
@@ -95,11 +98,6 @@ class BiKDSummaryHook(Hook):
         runner.logger.info('Evaluating every member and the ensemble before training')
         self.before = dict(runner.val_loop.run())
         self._save_outcomes(runner, 'before')
-
-    def before_val(self, runner) -> None:
-        if not self._label_space_checked:  # evaluation only: before_train did not run
-            check_label_space(unwrap(runner.model), {'validation': runner.val_loop.dataloader})
-            self._label_space_checked = True
 
     def after_val_epoch(self, runner, metrics=None) -> None:
         self.last = dict(metrics or {})
@@ -150,7 +148,8 @@ class BiKDSummaryHook(Hook):
         model = unwrap(runner.model)
         best = find_best_hook(runner)
         summary = build_summary(
-            self.before, self.last, model.member_names, primary_metric_of(runner),
+            self.before, self.last, model.member_names,
+            memberwise_metric(runner.val_evaluator).primary_metric,
             method=type(model).__name__,
             extra=dict(iterations=runner.iter, epochs=runner.epoch,
                        teacher_share=self.teacher_share(),
@@ -183,16 +182,48 @@ class _WorkDirElsewhere:
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
-    """mmengine's ``CheckpointHook`` (same arguments) whose ``last_checkpoint`` marker is
-    written atomically: mmengine writes it with a plain ``open``, so a kill at that moment left
-    an empty marker. Here mmengine writes it into a scratch folder, and it replaces the marker
-    in the work_dir by a rename. (Checkpoints themselves are atomic through the suite's file
-    backend, :mod:`bikd.engine.patches`.)"""
+    """mmengine's ``CheckpointHook`` (same arguments) whose saves cannot leave a run without a
+    complete checkpoint to resume from.
 
-    def _save_checkpoint_with_step(self, runner, step, meta):
+    - The ``last_checkpoint`` marker is replaced, not rewritten: mmengine writes it with a
+      plain ``open`` into the runner's work_dir (a kill or a full disk at that moment left it
+      empty); here the hook runs with the work_dir moved to a scratch folder and the marker it
+      wrote there replaces the real one by a rename. (Checkpoints themselves are atomic through
+      the suite's file backend, :mod:`bikd.engine.patches`.)
+    - ``max_keep_ckpts`` removes old checkpoints after a save has succeeded; mmengine removes
+      the oldest before it saves, so with ``max_keep_ckpts=1`` a failed save left none.
+    """
+
+    def __init__(self, *args, max_keep_ckpts: int = -1, **kwargs):
+        super().__init__(*args, max_keep_ckpts=-1, **kwargs)
+        self.keep = int(max_keep_ckpts)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        with self._saving(runner) as moved:
+            super().after_train_iter(moved, batch_idx, data_batch, outputs)
+
+    def after_train_epoch(self, runner) -> None:
+        with self._saving(runner) as moved:
+            super().after_train_epoch(moved)
+
+    @contextmanager
+    def _saving(self, runner):
         with tempfile.TemporaryDirectory(dir=runner.work_dir, prefix='.marker.') as scratch:
-            super()._save_checkpoint_with_step(_WorkDirElsewhere(runner, scratch), step, meta)
+            before = self.last_ckpt
+            yield _WorkDirElsewhere(runner, scratch)
             written = osp.join(scratch, 'last_checkpoint')
             if osp.isfile(written):  # the main process writes it
                 with open(written, 'rb') as f:
                     write_bytes(f.read(), osp.join(runner.work_dir, 'last_checkpoint'))
+        if self.last_ckpt != before and is_main_process():
+            self._remove_old_checkpoints()
+
+    def _remove_old_checkpoints(self) -> None:
+        """Keep the newest ``max_keep_ckpts`` checkpoints of this hook's naming."""
+        if self.keep <= 0:
+            return
+        pattern = re.compile(re.escape(self.filename_tmpl).replace(r'\{\}', r'(\d+)') + '$')
+        steps = sorted((int(m.group(1)), name) for name in os.listdir(self.out_dir)
+                       for m in [pattern.match(name)] if m)
+        for _, name in steps[:-self.keep]:
+            os.remove(osp.join(self.out_dir, name))

@@ -13,7 +13,6 @@ import torch
 import torch.distributed as dist
 from mmengine.model import MMDistributedDataParallel
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from ..registry import MODEL_WRAPPERS
 
@@ -45,11 +44,11 @@ def all_reduce_gradients(module: nn.Module, group=None) -> None:
         bucket.append(g)
         size += g.numel() * g.element_size()
         if size >= BUCKET_BYTES or i == len(grads) - 1:
-            flat = _flatten_dense_tensors(bucket)
+            flat = torch.cat([g_.reshape(-1) for g_ in bucket])
             dist.all_reduce(flat, group=group)
             flat.div_(world)
-            for g_, r in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-                g_.copy_(r)
+            for g_, r in zip(bucket, flat.split([g_.numel() for g_ in bucket])):
+                g_.copy_(r.view_as(g_))
             bucket, size = [], 0
 
 

@@ -1,9 +1,11 @@
-"""The optimiser wrappers of the ``bikd`` scope: whether a step updates the weights, and mixed
-precision on GPU and on CPU.
+"""The suite's optimiser wrappers: whether a step updates the weights, and mixed precision on
+GPU and on CPU.
 
-Under the ``bikd`` scope, ``optim_wrapper.type: OptimWrapper`` and ``AmpOptimWrapper`` build
-the classes here: mmengine's wrappers plus a **step policy**. A training step whose loss is NaN
-or infinite (any member's task loss or the distillation term) updates no weight:
+``optim_wrapper.type: BiKDOptimWrapper`` and ``BiKDAmpOptimWrapper`` are mmengine's
+``OptimWrapper`` and ``AmpOptimWrapper`` (same arguments) plus a **step policy**, and the
+member-by-member step of lean mode (:meth:`StepPolicy.update_params_in_parts`). A training
+step whose loss is NaN or infinite (any member's task loss or the distillation term) updates
+no weight:
 
 - ``nonfinite_policy: skip`` (default): the step is dropped and counted, and a warning names the
   loss terms at fault and the iteration; after ``max_nonfinite_in_a_row`` (5) dropped steps in a
@@ -14,17 +16,18 @@ In a distributed run every process takes the same decision (the finiteness is re
 the processes), so all drop a step together. The count travels in the checkpoints. Config::
 
     optim_wrapper:
-      type: OptimWrapper            # or AmpOptimWrapper
+      type: BiKDOptimWrapper        # or BiKDAmpOptimWrapper
       nonfinite_policy: skip
       max_nonfinite_in_a_row: 5
       optimizer: {type: AdamW, lr: 1.0e-6, weight_decay: 1.0e-5}
 
 Mixed precision: mmengine's ``AmpOptimWrapper`` refuses to start without a GPU (or NPU, MLU,
-MUSA). Ours is mmengine's unchanged on an accelerator (``dtype: float16`` with dynamic loss
-scaling, or ``bfloat16``); on CPU it runs the step under bf16 autocast, the one precision CPU
-autocast supports, without loss scaling (bf16 has fp32's exponent range, so gradients do not
-underflow). ``tools/train_net.py ... --amp bf16`` sets it. The distillation term and the
-partition upcast the members' outputs to fp32 themselves (:func:`bikd.losses.at_least_fp32`).
+MUSA). ``BiKDAmpOptimWrapper`` is mmengine's unchanged on an accelerator (``dtype: float16``
+with dynamic loss scaling, or ``bfloat16``); on CPU it runs the step under bf16 autocast, the
+one precision CPU autocast supports, without loss scaling (bf16 has fp32's exponent range, so
+gradients do not underflow). ``tools/train_net.py ... --amp bf16`` sets it. The distillation
+term and the partition upcast the members' outputs to fp32 themselves
+(:func:`bikd.losses.at_least_fp32`).
 """
 import logging
 from typing import Dict, Iterable, Optional, Union
@@ -37,6 +40,7 @@ from mmengine.logging import MessageHub, print_log
 from mmengine.optim import AmpOptimWrapper as _MMEngineAmpOptimWrapper
 from mmengine.optim import OptimWrapper as _MMEngineOptimWrapper
 
+from .. import compat
 from ..registry import OPTIM_WRAPPERS
 from ..step import describe_term, nonfinite_terms
 
@@ -122,7 +126,7 @@ class StepPolicy:
         for loss in parts:
             self.backward_part(self.scale_loss(loss))
             del loss  # its graph (what backward did not free) before the next part's forward
-        self._inner_count += 1
+        compat.count_optimizer_update(self)
         if self.should_update():
             self.step(**(step_kwargs or {}))
             self.zero_grad(**(zero_kwargs or {}))
@@ -149,7 +153,7 @@ class StepPolicy:
         self.last_step_skipped = True
         # The step counts towards gradient accumulation but contributes nothing, and the
         # gradients gathered so far for this update are dropped with it.
-        self._inner_count += 1
+        compat.count_optimizer_update(self)
         self.zero_grad()
         if self.skipped_in_a_row >= self.max_nonfinite_in_a_row:
             raise FloatingPointError(
@@ -174,13 +178,13 @@ class StepPolicy:
         super().load_state_dict(state_dict)
 
 
-@OPTIM_WRAPPERS.register_module(name='OptimWrapper')
-class OptimWrapper(StepPolicy, _MMEngineOptimWrapper):
+@OPTIM_WRAPPERS.register_module()
+class BiKDOptimWrapper(StepPolicy, _MMEngineOptimWrapper):
     """mmengine's ``OptimWrapper`` with the step policy (:class:`StepPolicy`)."""
 
 
-@OPTIM_WRAPPERS.register_module(name='AmpOptimWrapper')
-class AmpOptimWrapper(StepPolicy, _MMEngineAmpOptimWrapper):
+@OPTIM_WRAPPERS.register_module()
+class BiKDAmpOptimWrapper(StepPolicy, _MMEngineAmpOptimWrapper):
     """mmengine's ``AmpOptimWrapper`` with the step policy, which also trains on CPU (bf16
     autocast).
 
@@ -212,9 +216,7 @@ class AmpOptimWrapper(StepPolicy, _MMEngineAmpOptimWrapper):
         # disabled scaler: scale() returns the loss, step() steps, the state is empty.
         self.set_policy(nonfinite_policy, max_nonfinite_in_a_row)
         _MMEngineOptimWrapper.__init__(self, **kwargs)
-        self._scale_update_param = None
-        self.loss_scaler = torch.amp.GradScaler('cpu', enabled=False)
-        self.cast_dtype = torch.bfloat16
+        compat.amp_wrapper_without_accelerator(self, torch.bfloat16)
 
     def backward_part(self, loss: torch.Tensor) -> None:
         self.loss_scaler.scale(loss).backward()

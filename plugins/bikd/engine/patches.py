@@ -1,6 +1,6 @@
 """The suite's changes to mmengine, applied explicitly by the engine's entry points.
 
-``setup_engine()`` is called by ``tools/train_net.py`` (:func:`bikd.engine.launch.main`), by
+``setup_engine()`` is called by ``tools/train_net.py`` (:func:`bikd.engine.cli.main`), by
 export (:func:`bikd.export.load_trained`) and by the benchmark; code that drives mmengine's
 Runner itself with the suite's configs calls it once before building the runner. Importing
 ``bikd`` changes nothing in mmengine. It does two things, both idempotent:
@@ -22,36 +22,22 @@ import numpy as np
 import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 
+from .. import compat
 from ..fileio import write_bytes
 
 
 def _numpy_globals():
-    out = [np.dtype, np.ndarray]
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    out += [_reconstruct, scalar]
-    out += [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32',
-                                         'int16', 'int8', 'uint8', 'bool')]
-    return out
-
-
-def _history_buffer_state(self) -> dict:
-    state = dict(self.__dict__)
-    state.pop('statistics_methods', None)
-    return state
+    dtypes = [type(np.dtype(t)) for t in ('float64', 'float32', 'float16', 'int64', 'int32',
+                                          'int16', 'int8', 'uint8', 'bool')]
+    return [np.dtype, np.ndarray, *compat.numpy_pickle_globals(), *dtypes]
 
 
 def allow_mmengine_checkpoints() -> None:
     """Allow-list the classes mmengine writes into checkpoints and keep method references out
     of the checkpoints written from now on."""
     from mmengine.logging.history_buffer import HistoryBuffer
-    HistoryBuffer.__getstate__ = _history_buffer_state
-    add = getattr(torch.serialization, 'add_safe_globals', None)
-    if add is None:  # torch < 2.4 loads everything anyway
-        return
-    add([HistoryBuffer, *_numpy_globals()])
+    compat.exclude_history_buffer_methods_from_pickles()
+    torch.serialization.add_safe_globals([HistoryBuffer, *_numpy_globals()])
 
 
 class AtomicLocalBackend(LocalBackend):
@@ -65,13 +51,10 @@ class AtomicLocalBackend(LocalBackend):
 
 
 def use_atomic_local_writes() -> None:
-    """Make :class:`AtomicLocalBackend` mmengine's backend for local paths."""
+    """Make :class:`AtomicLocalBackend` mmengine's backend for local paths (also in place of
+    the backends mmengine has already made and cached)."""
     register_backend('local', AtomicLocalBackend, force=True, prefixes='')
-    from mmengine.fileio import io
-    # file backends already created (cached per arguments) keep the old class
-    for key, backend in list(io.backend_instances.items()):
-        if type(backend) is LocalBackend:
-            io.backend_instances[key] = AtomicLocalBackend()
+    compat.replace_cached_file_backends(LocalBackend, AtomicLocalBackend)
 
 
 def setup_engine() -> None:

@@ -1,10 +1,10 @@
-"""SemSegEvaluator against a confusion matrix computed independently, and against mmseg's
+"""SegmentationEvaluator against a confusion matrix computed independently, and against mmseg's
 IoUMetric (the standard for mIoU and mACC)."""
 import numpy as np
 import pytest
 import torch
 
-from mask2former_bikd.evaluator import SemSegEvaluator
+from mask2former_bikd.evaluator import SegmentationEvaluator
 
 C, IGNORE = 6, 255
 
@@ -49,7 +49,7 @@ def reference(batches, model, miou_over):
 
 
 def evaluate(batches, **kw):
-    ev = SemSegEvaluator(num_classes=C, ignore_index=IGNORE, **kw)
+    ev = SegmentationEvaluator(num_classes=C, ignore_index=IGNORE, **kw)
     for preds, batch in batches:
         ev.process(batch, [dict(names=['a', 'b', 'ensemble'], preds=preds)])
     return ev.compute_metrics(ev.results)

@@ -1,0 +1,240 @@
+"""Checkpoint files, in one place: reading the weights users give (safe by default), loading
+them with errors that name what does not fit, peeking into a runner checkpoint without reading
+its tensors, and a work_dir's checkpoints (which one ``--resume`` continues from, what an
+interrupted save left behind).
+
+Two kinds of files pass through here: a *member's* weights in its native layout (a timm state
+dict, a release file; :func:`load_weights_file`, :func:`load_into`) and a *runner* checkpoint
+of mmengine holding every member's (``state_dict`` with ``members.<i>.`` keys, ``meta``,
+optimiser and random states; :func:`peek_checkpoint`, :func:`check_checkpoint_fits`,
+:func:`find_last_checkpoint`). Writing is atomic everywhere (:mod:`bikd.fileio`).
+"""
+import glob
+import os
+import os.path as osp
+import shutil
+import zipfile
+from collections import OrderedDict
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from . import compat
+
+# Keys under which common training codes nest the weights (timm / DeiT / MAE: 'model',
+# mmengine and Lightning: 'state_dict'; some EMA exports' 'state_dict_ema' is not taken).
+NESTED_KEYS = ('state_dict', 'model', 'module', 'net')
+#: DDP's prefix of a wrapped module's keys
+DDP_PREFIX = 'module.'
+
+
+# ----------------------------------------------------------------------------- member weights
+def load_weights_file(path: str, trust: bool = False) -> Dict[str, Tensor]:
+    """Read a checkpoint file and return its flat state dict.
+
+    Loads with ``weights_only=True``: a file that needs arbitrary Python objects to unpickle is
+    refused unless ``trust=True`` (only for files from a source you trust).
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint file not found: {path}')
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=not trust)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        if not trust and 'weights_only' in str(e):
+            raise RuntimeError(
+                f'refusing to load {path}: it contains Python objects beyond tensors and plain '
+                'containers, and unpickling them could run arbitrary code. If you trust the file, '
+                'pass trust_checkpoint=True.') from e
+        raise RuntimeError(f'cannot read checkpoint {path}: {e}') from e
+    return flat_state_dict(obj, path)
+
+
+def download_weights(url: str, owner: str, alternatives: str,
+                     trust: bool = False) -> Dict[str, Tensor]:
+    """The flat state dict at ``url`` (torch.hub's cache, or a download when reachable), loaded
+    as :func:`load_weights_file` loads files; if it cannot be had, an error naming the member
+    ``owner`` and what to pass instead (``alternatives``)."""
+    try:
+        obj = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=not trust)
+    except Exception as e:  # noqa: BLE001 - network failures come in many types
+        raise RuntimeError(f'member {owner!r}: could not download {url} ({type(e).__name__}: '
+                           f'{e}); without access, pass {alternatives}') from e
+    return flat_state_dict(obj, url)
+
+
+def flat_state_dict(obj, source: str) -> Dict[str, Tensor]:
+    """Unnest the weights (``NESTED_KEYS``), check they are tensors, drop DDP's ``module.``."""
+    for key in NESTED_KEYS:
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise RuntimeError(f'{source} holds no state dict (a mapping of parameter names to '
+                           'tensors)')
+    out = OrderedDict((strip_prefix(k, (DDP_PREFIX, )), v) for k, v in obj.items())
+    metadata = compat.state_dict_metadata(obj)
+    if metadata is not None:  # the modules' versions, which some modules read when loading
+        compat.set_state_dict_metadata(out, OrderedDict(
+            (strip_prefix(k, (DDP_PREFIX, )), v) for k, v in metadata.items()))
+    return out
+
+
+def strip_prefix(key: str, prefixes: Iterable[str]) -> str:
+    for p in prefixes:
+        if key.startswith(p):
+            return key[len(p):]
+    return key
+
+
+def state_dict_diff(own: Dict[str, Tensor], state: Dict[str, object]
+                    ) -> Tuple[List[str], List[str], List[str]]:
+    """What keeps ``state`` from loading into a module whose state dict is ``own``: its
+    missing keys, unexpected keys and shape mismatches (``'key: file (..) vs model (..)'``)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
+              for k, v in own.items()
+              if k in state and hasattr(state[k], 'shape') and tuple(state[k].shape) !=
+              tuple(v.shape)]
+    return missing, unexpected, shapes
+
+
+def load_into(module: nn.Module, state_dict: Dict[str, Tensor], source: str,
+              owner: Optional[str] = None) -> None:
+    """Load ``state_dict`` into ``module``, every key; on a mismatch, list missing, unexpected
+    and wrongly shaped keys and name the file (``source``) and the member (``owner``)."""
+    missing, unexpected, shapes = state_dict_diff(module.state_dict(), state_dict)
+    if missing or unexpected or shapes:
+        who = f' for member {owner!r}' if owner else ''
+        lines = [f'checkpoint {source} does not fit the model{who} '
+                 f'({type(module).__name__}); is it for another architecture?']
+        for title, keys in (('missing keys', sorted(missing)),
+                            ('unexpected keys', sorted(unexpected)),
+                            ('shape mismatches', shapes)):
+            if keys:
+                shown = ', '.join(keys[:10]) + (f', ... ({len(keys)} in all)' if len(keys) > 10
+                                                 else '')
+                lines.append(f'  {title}: {shown}')
+        raise RuntimeError('\n'.join(lines))
+    module.load_state_dict(state_dict)
+
+
+# ----------------------------------------------------------------------------- runner checkpoints
+def checkpoint_is_complete(path: str) -> bool:
+    """Whether a checkpoint file is whole: torch's zip format ends with its directory, which a
+    write cut short lacks (checked without reading the tensors)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return bool(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def peek_checkpoint(path: str) -> Optional[dict]:
+    """A checkpoint's contents, memory-mapped (tensors are not read until used); ``None`` for
+    a file that is not a loadable checkpoint (mmengine's loader reports it itself)."""
+    try:
+        data = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+    except Exception:  # noqa: BLE001 - any unreadable file: nothing to tell from it here
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def checkpoint_iteration(path: str) -> Optional[int]:
+    """The training iteration an mmengine checkpoint was saved at (``meta.iter``), if any."""
+    meta = (peek_checkpoint(path) or {}).get('meta', {})
+    return int(meta['iter']) if isinstance(meta, dict) and 'iter' in meta else None
+
+
+def check_checkpoint_fits(model, path: str, allow_partial: bool = False) -> None:
+    """``load_from`` must hold every weight of the model and no other (a 2-member run's
+    checkpoint in a 3-member config would leave a member with random weights): else a
+    ``ValueError`` listing the members and keys at fault, unless ``allow_partial``."""
+    if allow_partial:
+        return
+    state = peek_checkpoint(path)
+    state = state.get('state_dict', state) if state is not None else None
+    if not isinstance(state, dict):
+        return
+    state = {strip_prefix(k, (DDP_PREFIX, )): v for k, v in state.items()}
+    missing, unexpected, shapes = state_dict_diff(model.state_dict(), state)
+    if not (missing or unexpected or shapes):
+        return
+    names = list(getattr(model, 'member_names', []))
+
+    def by_member(keys):
+        out = {}
+        for k in keys:
+            parts = k.split('.')
+            who = names[int(parts[1])] if parts[0] == 'members' and parts[1].isdigit() and \
+                int(parts[1]) < len(names) else '.'.join(parts[:2])
+            out.setdefault(who, []).append(k)
+        return '; '.join(f'{w}: {len(ks)} key(s), e.g. {ks[0]}' for w, ks in out.items())
+
+    problems = ([f'missing from it: {by_member(missing)}'] if missing else []) + \
+        ([f'not in the model: {by_member(unexpected)}'] if unexpected else []) + \
+        ([f'shapes differ: {"; ".join(shapes[:3])}'] if shapes else [])
+    raise ValueError(f'load_from={path} does not fit the model (members {names}): '
+                     f'{" | ".join(problems)}. Set load_partial=true to load what fits and keep '
+                     'the rest as built.')
+
+
+def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
+    """The checkpoint ``--resume`` continues from, and a note when it is not the one the
+    ``last_checkpoint`` marker names (empty, missing or truncated: the newest complete
+    checkpoint of the folder instead). ``(None, why)`` when there is none."""
+    marker = osp.join(work_dir, 'last_checkpoint')
+    named = ''
+    if osp.isfile(marker):
+        with open(marker) as f:
+            named = f.read().strip()
+        if named and checkpoint_is_complete(named):
+            return named, ''
+    found = sorted((p for p in glob.glob(osp.join(work_dir, '*.pth'))
+                    if checkpoint_is_complete(p)), key=osp.getmtime, reverse=True)
+    if not osp.isfile(marker):
+        problem = f'no last_checkpoint marker in {work_dir}'
+    elif not named:
+        problem = f'the last_checkpoint marker in {work_dir} is empty'
+    elif not osp.isfile(named):
+        problem = f'the last_checkpoint marker names {named}, which does not exist'
+    else:
+        problem = f'the last checkpoint {named} is incomplete (a write cut short)'
+    if not found:
+        return None, problem
+    return found[0], f'{problem}; resuming from the newest complete checkpoint {found[0]}'
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
+
+
+def remove_stale_temporary_files(work_dir: str) -> List[str]:
+    """Remove the temporary files and folders of atomic writes (``.<name>.<pid>.<id>.tmp``, see
+    :mod:`bikd.fileio`) that a killed process left in ``work_dir``, and the
+    scratch folders of the checkpoint hook's marker (``.marker.*``)."""
+    removed = []
+    for path in glob.glob(osp.join(work_dir, '.*.tmp')):
+        parts = osp.basename(path).rsplit('.', 3)
+        if len(parts) != 4 or not parts[1].isdigit():
+            continue
+        pid = int(parts[1])
+        if pid != os.getpid() and _process_exists(pid):
+            continue  # its writer is still running
+        if osp.isdir(path):  # a folder of bikd.fileio.atomic_dir
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+        removed.append(path)
+    for path in glob.glob(osp.join(work_dir, '.marker.*')):
+        if osp.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

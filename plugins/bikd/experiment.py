@@ -1,0 +1,212 @@
+"""Experiments: which training runs each method needs to improve a config's members, and what
+their results say (each member's change, averaged over seeds, and each method against its
+control, paired by seed, with a confidence interval and the verdict it gives).
+
+A *method* is a registered meta-architecture that names itself (``method``), its control
+(``control``) and the runs it needs (``experiment_runs``, returning :class:`ExperimentRun`);
+``tools/run_experiment.py`` runs them through ``train_net`` and reports with the functions
+here, ``tools/benchmark.py`` times them. A new method is one registered class.
+"""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .registry import META_ARCH
+from .summary import metric_digits
+
+
+class MethodNotApplicable(ValueError):
+    """A method cannot run on the members of a config (e.g. KL+DP with three members)."""
+
+
+@dataclass(frozen=True)
+class ExperimentRun:
+    """One training run a method needs in an experiment (``tools/run_experiment.py``).
+
+    Attributes:
+        name: unique within an experiment: the method's name, or e.g. ``kd_from_resnet``.
+        method: the method's name.
+        model: the run's model config (``type``, ``members`` and the method's arguments).
+        trains: the members that learn in the run; the others only teach.
+        frozen_forwards: members whose forward the run also computes without gradient every
+            step (KL+DP: its teacher and the initial copy of its student); the benchmark
+            bounds a run's cost with them.
+        label: the run in words (``KL+DP, student resnet``); default: its name.
+    """
+    name: str
+    method: str
+    model: dict
+    trains: Tuple[str, ...]
+    frozen_forwards: Tuple[str, ...] = ()
+    label: str = ''
+
+    def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, 'label', self.name)
+
+
+
+def member_names(model: dict) -> List[str]:
+    """The names of the members of a model config (each member config must name it)."""
+    names = [m.get('name') if isinstance(m, dict) else m.name for m in model['members']]
+    missing = [i for i, n in enumerate(names) if not n]
+    if missing:
+        raise ValueError(f'model.members {missing} have no name; an experiment needs every '
+                         'member named (name: ...)')
+    return names
+
+
+
+def registered_methods() -> Dict[str, type]:
+    """Method name -> meta-architecture, for every registered class that is a method (the
+    suite's and those a config's ``custom_imports`` registered), in registration order."""
+    return {cls.method: cls for cls in META_ARCH.module_dict.values()
+            if isinstance(cls, type) and getattr(cls, 'method', '') and
+            callable(getattr(cls, 'experiment_runs', None))}
+
+
+def select_methods(names: Optional[Sequence[str]] = None) -> Dict[str, type]:
+    """The methods ``names`` (default: every registered one, controls last so that a table
+    reads each method against a control that follows it), or a ``ValueError`` that lists the
+    registered ones."""
+    known = registered_methods()
+    if names is None:
+        names = [m for m, cls in known.items() if cls.control] + \
+            [m for m, cls in known.items() if not cls.control]
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ValueError(f'unknown method(s) {unknown}; registered methods: {list(known)} (a '
+                         'method of your own is registered by a module the config lists in '
+                         'custom_imports)')
+    return {m: known[m] for m in names}
+
+
+def plan_runs(model: dict, methods: Dict[str, type]
+              ) -> Tuple[Dict[str, ExperimentRun], Dict[str, str]]:
+    """The runs each method declares for the members of ``model`` (run name ->
+    :class:`ExperimentRun`), and the methods that cannot run on them (method -> why)."""
+    runs, left_out = {}, {}
+    for method, cls in methods.items():
+        try:
+            planned = cls.experiment_runs(model)
+        except MethodNotApplicable as e:
+            left_out[method] = str(e)
+            continue
+        for run in planned:
+            if run.name in runs:
+                raise ValueError(f'two methods plan a run named {run.name!r}')
+            runs[run.name] = run
+    return runs, left_out
+
+
+def collect(summaries: Dict[str, dict], runs: Dict[str, object],
+            seeds: Dict[str, Optional[int]], bases: Dict[str, str]) -> List[dict]:
+    """One row per (member, run, seed) in which the member learned; ``run`` is the run's name
+    without its seed."""
+    rows = []
+    for name, s in summaries.items():
+        metric = s['primary_metric']
+        for m in runs[name].trains:
+            r = s['members'][m]
+            row = dict(member=m, method=runs[name].method, run=bases[name], seed=seeds[name],
+                       metric=metric, before=r['before'][metric], after=r['after'][metric],
+                       delta=r['delta'][metric], recovered=r.get('recovered'),
+                       ensemble_before=s['ensemble']['before'][metric])
+            for j, f in s.get('flips', {}).get(m, {}).items():
+                who = 'self' if j == m else j
+                row[f'positive_flips_vs_{who}'] = f['positive']
+                row[f'negative_flips_vs_{who}'] = f['negative']
+            rows.append(row)
+    return rows
+
+
+def aggregate(rows: List[dict]) -> List[dict]:
+    """One row per (member, run): the mean over seeds of every number, with ``delta_sd`` (the
+    standard deviation of the delta over seeds, 0 for one seed), ``n`` and ``deltas``."""
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r['member'], r['run']), []).append(r)
+    out = []
+    for group in groups.values():
+        row = dict(group[0])
+        row.pop('seed', None)
+        for key, value in group[0].items():
+            if isinstance(value, float) and key != 'before':
+                values = [g[key] for g in group if g.get(key) is not None]
+                row[key] = float(np.mean(values)) if values else None
+        deltas = [g['delta'] for g in group]
+        row.update(n=len(group), deltas=deltas,
+                   delta_sd=float(np.std(deltas, ddof=1)) if len(deltas) > 1 else 0.0)
+        out.append(row)
+    return out
+
+
+def paired_difference(diffs: List[float], confidence: float = 0.95) -> dict:
+    """Mean of per-seed differences, its standard deviation and the confidence interval of
+    the mean from Student's t distribution, and the verdict the interval gives."""
+    from scipy import stats
+    n = len(diffs)
+    mean = float(np.mean(diffs))
+    if n < 2:
+        return dict(n=n, mean=mean, sd=None, low=None, high=None,
+                    verdict='one seed: no interval (run more with --seeds)')
+    sd = float(np.std(diffs, ddof=1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
+    low, high = mean - half, mean + half
+    verdict = 'better' if low > 0 else 'worse' if high < 0 else 'no measurable difference'
+    return dict(n=n, mean=mean, sd=sd, low=low, high=high, verdict=verdict)
+
+
+def columns(rows: List[dict], runs: List[str]) -> List[tuple]:
+    """(label, {member: row}) per table column: one per method where every member learned in
+    at most one of its runs (KL+DP's two runs, KD with two members), else one per run."""
+    method_of = {r['run']: r['method'] for r in rows}
+    out, seen = [], set()
+    for run in runs:
+        method = method_of[run]
+        if method in seen:
+            continue
+        seen.add(method)
+        mine = [r for r in rows if r['method'] == method]
+        members = [r['member'] for r in mine]
+        if len(members) == len(set(members)):
+            out.append((method, {r['member']: r for r in mine}))
+        else:
+            out += [(r_, {r['member']: r for r in mine if r['run'] == r_})
+                    for r_ in runs if method_of[r_] == method]
+    return out
+
+
+def against_controls(rows: List[dict], runs: List[str], methods: Dict[str, type]) -> tuple:
+    """Per method whose control also ran, each member's change under the method minus under
+    the control, paired by seed (the same data order): the mean, and with several seeds its
+    95% confidence interval and the verdict it gives. Returns (lines of text, records)."""
+    digits = metric_digits(r['before'] for r in rows)
+    seeds = sorted({r['seed'] for r in rows}, key=lambda x: (x is None, x))
+    per_seed = {seed: dict(columns([r for r in rows if r['seed'] == seed], runs))
+                for seed in seeds}
+    lines, records = [], []
+    first = per_seed[seeds[0]]
+    for method, cls in methods.items():
+        if method not in first or cls.control not in first:
+            continue
+        lines.append(f'{method} vs {cls.control}, change of {rows[0]["metric"]}'
+                     + (f' over {len(seeds)} seeds, paired by seed (95% interval of the mean):'
+                        if len(seeds) > 1 else ':'))
+        for m in (m for m in first[method] if m in first[cls.control]):
+            a = [per_seed[s][method][m]['delta'] for s in seeds]
+            b = [per_seed[s][cls.control][m]['delta'] for s in seeds]
+            stat = paired_difference([x - y for x, y in zip(a, b)])
+            records.append(dict(member=m, method=method, control=cls.control, seeds=seeds,
+                                method_deltas=a, control_deltas=b, **stat))
+            # the printed difference is that of the printed values (1.48 - 1.30 reads +0.18)
+            ra, rb = round(float(np.mean(a)), digits), round(float(np.mean(b)), digits)
+            shown = f'  {m:<12} {method} {ra:+.{digits}f}   {cls.control} {rb:+.{digits}f}   ' \
+                f'difference {ra - rb:+.{digits}f}'
+            if len(seeds) == 1:
+                lines.append(shown)
+            else:
+                lines.append(f'{shown} [{stat["low"]:+.{digits}f}, {stat["high"]:+.{digits}f}]: '
+                             f'{stat["verdict"]}')
+    return lines, records
