@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.9.1 torchvision==0.24.1
 	$(PY) -c 'import mmcv.ops' 2>/dev/null || \
 		MMCV_WITH_OPS=1 $(PY) -m pip install --no-build-isolation mmcv==2.1.0
-	$(PY) -m pip install -q -e '.[seg,d2,demo,test]'
+	$(PY) -m pip install -q -e '.[seg,d2,hf,demo,test]'
 	touch $(STAMP)
 
 # detectron2 (built from source against the pinned torch; the wheel is kept in pip's cache

@@ -9,8 +9,9 @@ from .mask2former_member import Mask2FormerMember
 from .mmseg_decode_head import MMSegDecodeHeadMember
 from .mmseg_mask2former import MMSegMask2FormerMember
 from .mmseg_member import MMSegMemberBase, build_mmseg_member
+from .transformers_member import TransformersSegmentationMember
 from .transforms import CheckSegAnnotation
 
 __all__ = ['CheckSegAnnotation', 'Mask2FormerMember', 'MMSegDecodeHeadMember',
            'MMSegMask2FormerMember', 'MMSegMemberBase', 'SegmentationEvaluator',
-           'build_mmseg_member']
+           'TransformersSegmentationMember', 'build_mmseg_member']

@@ -4,13 +4,16 @@ training run on any of them.
 
     python tools/find_partners.py --config-file FILE --target NAME
                                   [--pool POOL.yaml] [--timm NAME[=CHECKPOINT] ...]
+                                  [--hf ID_OR_FOLDER[=CHECKPOINT] ...]
                                   [--k K] [--split val|test] [--output-dir DIR] [key=value ...]
 
 FILE is a Bi-KD config: its data, evaluator and members. The target is the member named NAME;
 the candidates are the config's other members, the member configs listed in POOL.yaml (a YAML
 list of member configs, as in a config's ``model.members``), and, for classification, timm
 models by name with an optional local checkpoint (``--timm resnet18.a1_in1k=ckpt.pth``; the
-target's ``num_classes`` and ``input_size`` apply). Every model is evaluated once on the split
+target's ``num_classes`` and ``input_size`` apply), and Hugging Face transformers models by hub id
+or ``save_pretrained`` folder (``--hf facebook/convnext-base-224``; a classifier or a segmenter,
+as the target is; the target's ``num_classes`` applies). Every model is evaluated once on the split
 (``val``, or ``test`` for the config's test_dataloader), batched, with the config's evaluator.
 
 Per candidate, against the target:
@@ -47,7 +50,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def candidate_configs(cfg, target: str, pool: str, timm_names: List[str]) -> List[dict]:
+def hf_candidate(spec: str, target: dict) -> dict:
+    """A Hugging Face transformers candidate, ``ID_OR_FOLDER[=CHECKPOINT]``, for the target's
+    task (a segmentation target gets a segmenter) and label space."""
+    from bikd.registry import MEMBERS
+    model, _, checkpoint = spec.partition('=')
+    kind = MEMBERS.get(target['type'])
+    kind = getattr(kind, 'builds', kind)
+    segmentation = any(c.__name__ == 'SegmentationMember' for c in getattr(kind, '__mro__', ()))
+    cand = dict(type='TransformersSegmentationMember' if segmentation
+                else 'TransformersClassifierMember', model=model,
+                name=model.rstrip('/').split('/')[-1].replace('.', '_'))
+    if 'num_classes' in target:
+        cand['num_classes'] = target['num_classes']
+    if segmentation and target.get('partition_loss'):
+        cand['partition_loss'] = target['partition_loss']
+    cand.update(dict(checkpoint=checkpoint) if checkpoint else {})
+    return cand
+
+
+def candidate_configs(cfg, target: str, pool: str, timm_names: List[str],
+                      hf_names: List[str] = ()) -> List[dict]:
     """The target's config first, then every candidate's (names made unique)."""
     members = [m.to_dict() if hasattr(m, 'to_dict') else dict(m) for m in cfg.model.members]
     names = [m.get('name') for m in members]
@@ -69,8 +92,10 @@ def candidate_configs(cfg, target: str, pool: str, timm_names: List[str]) -> Lis
         cand.update({k: chosen[k] for k in ('num_classes', 'input_size') if k in chosen})
         cand.update(dict(checkpoint=checkpoint, pretrained=False) if checkpoint else {})
         others.append(cand)
+    others += [hf_candidate(spec, chosen) for spec in hf_names]
     if not others:
-        raise SystemExit('no candidates: give --pool, --timm, or a config with other members')
+        raise SystemExit('no candidates: give --pool, --timm, --hf, or a config with other '
+                         'members')
     seen = {target}
     for m in others:  # names must be unique: suffix repeats
         base = m.get('name') or m.get('model_name', m['type']).split('.')[0]
@@ -202,6 +227,10 @@ def main(argv=None):
     parser.add_argument('--pool', help='YAML list of candidate member configs')
     parser.add_argument('--timm', action='append', default=[], metavar='NAME[=CHECKPOINT]',
                         help='a timm candidate (classification), repeatable')
+    parser.add_argument('--hf', action='append', default=[], metavar='ID_OR_FOLDER[=CHECKPOINT]',
+                        help='a Hugging Face transformers candidate (a hub id or a '
+                             'save_pretrained folder; classifier or segmenter, as the target), '
+                             'repeatable')
     parser.add_argument('--k', type=int, default=2, help='members of the set to choose '
                                                          '(target included)')
     parser.add_argument('--split', choices=['val', 'test'], default='val')
@@ -219,7 +248,7 @@ def main(argv=None):
     setup_engine()
     cfg = load_config(args.config_file, args.opts)
     init_default_scope(cfg.get('default_scope', 'bikd'))
-    configs = candidate_configs(cfg, args.target, args.pool, args.timm)
+    configs = candidate_configs(cfg, args.target, args.pool, args.timm, args.hf)
     names = [c['name'] for c in configs]
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     print(f'target {args.target}; candidates: {", ".join(names[1:])}', flush=True)

@@ -4,8 +4,11 @@ A step's loss L is a function of the members' outputs z_1..z_K, so the gradient 
 weights is dL/dtheta_m = (dL/dz_m)(dz_m/dtheta_m) with the other members' outputs held
 constant. The lean step therefore
 
-1. runs every member's forward without gradient: the teachers (or routes) are chosen and the
-   logged loss is computed from these outputs;
+1. runs every member's forward once, cutting its outputs from the graph (which goes with them,
+   before the next member runs): the teachers (or routes) are chosen and the logged loss is
+   computed from these outputs. The forward runs with gradient where the ordinary step has it,
+   so that the same kernels run (some operators pick another algorithm without gradient:
+   SDPA attention, NNPACK convolutions) and the outputs are the ordinary step's, bit for bit;
 2. then, member by member, runs its forward again with gradient, evaluates the loss with the
    others' outputs as constants and back-propagates it, which frees the member's activations
    before the next member's forward;
@@ -22,6 +25,7 @@ Under DDP the step bypasses the wrapper's forward, so it reduces each member's g
 itself after the member's backward (:class:`bikd.engine.lean_ddp.LeanDistributedDataParallel`).
 A meta-architecture runs it through :meth:`bikd.meta_arch.MultiMemberMetaArch.lean_step`.
 """
+import dataclasses
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -58,6 +62,13 @@ def restore_buffers(module: nn.Module, saved: List[torch.Tensor]) -> None:
             b.copy_(s)
 
 
+def detached(output):
+    """A member's output with every tensor cut from the graph that computed it."""
+    return dataclasses.replace(output, **{
+        f.name: getattr(output, f.name).detach() for f in dataclasses.fields(output)
+        if isinstance(getattr(output, f.name), torch.Tensor)})
+
+
 def lean_train_step(model, data: Any, optim_wrapper,
                     reduce_gradients: Optional[Callable[[nn.Module], None]] = None
                     ) -> Dict[str, torch.Tensor]:
@@ -76,16 +87,21 @@ def lean_train_step(model, data: Any, optim_wrapper,
     units = model.step_members()
     device = next(model.parameters()).device
     saved, constants = {}, []
-    # 1. every member without gradient: the outputs the partition and the log are taken on
-    with torch.no_grad():
-        for i, unit in enumerate(units):
-            if trains(unit):
-                saved[i] = (generator_state(device), copy_buffers(unit))
-            with optim_wrapper.optim_context(model), \
-                    record_function(f'bikd.lean.forward_no_grad.{i}'):
-                constants.append(unit.forward_train(inputs, samples))
-        with optim_wrapper.optim_context(model):
-            losses = model.loss_from_outputs(constants, samples)
+    # 1. every member once: the outputs the partition and the log are taken on, as constants
+    for i, unit in enumerate(units):
+        learns = trains(unit)
+        if learns:
+            saved[i] = (generator_state(device), copy_buffers(unit))
+        # with gradient where the ordinary step has it, so that the same kernels run (some
+        # pick another algorithm without it: SDPA attention, NNPACK convolutions) and the
+        # constants are bit for bit the ordinary step's outputs; the graph goes with ``out``
+        with torch.set_grad_enabled(learns), optim_wrapper.optim_context(model), \
+                record_function(f'bikd.lean.forward_constant.{i}'):
+            out = unit.forward_train(inputs, samples)
+        constants.append(detached(out))
+        del out
+    with torch.no_grad(), optim_wrapper.optim_context(model):
+        losses = model.loss_from_outputs(constants, samples)
     after = generator_state(device)
     total, log_vars = model.parse_losses(losses)
 

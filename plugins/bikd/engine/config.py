@@ -107,7 +107,9 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
     out = {}
     for pair in pairs:
         if '=' not in pair:
-            raise ValueError(f'override {pair!r} is not of the form key=value')
+            hint = ' (flags such as this one come before the key=value overrides)' \
+                if pair.startswith('-') else ''
+            raise ValueError(f'override {pair!r} is not of the form key=value{hint}')
         key, value = pair.split('=', 1)
         out[key.strip()] = yaml.load(value, Loader=ConfigLoader) if value.strip() else None
     return out
