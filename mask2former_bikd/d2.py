@@ -111,7 +111,8 @@ def load_d2_config(config: str, opts: Optional[Sequence[Any]] = None):
 
     A config of your own may name a Mask2Former config as its ``_BASE_`` by its name in the
     repository (``_BASE_: configs/ade20k/semantic-segmentation/maskformer2_R50_bs16_160k.yaml``,
-    as ``configs/ade20k/members/maskformer2_r18_tiny.yaml`` does). Mask2Former's own configs
+    as ``configs/ade20k/members/maskformer2_r18_tiny.yaml`` does), or a file beside it that does
+    so in turn. Mask2Former's own configs
     compute a value with a YAML ``!!python/object/apply:eval`` tag; such tags are honoured only
     in files of the Mask2Former repository, any other file is read with a safe loader."""
     import_mask2former()
@@ -126,11 +127,11 @@ def load_d2_config(config: str, opts: Optional[Sequence[Any]] = None):
         import yaml
         with open(path) as f:
             own = yaml.safe_load(f) or {}
-    base = own.get('_BASE_')
-    if base and not os.path.isabs(base) and \
-            not os.path.isfile(os.path.join(os.path.dirname(path), base)):
-        cfg = load_d2_config(base)  # a name in the Mask2Former repository
-        own.pop('_BASE_')
+    base = own.pop('_BASE_', None)
+    if base:  # a file beside this one (which may name its own bases either way) or a name
+        # in the Mask2Former repository
+        beside = os.path.join(os.path.dirname(path), base)
+        cfg = load_d2_config(beside if os.path.isfile(beside) else base)
         cfg.merge_from_other_cfg(CfgNode(own))
     else:
         cfg = get_cfg()

@@ -15,8 +15,10 @@ A detectron2 project adds Bi-KD in a few lines::
 
 and trains it with detectron2's trainers (the loss dict holds each member's task loss and the
 distillation term; the teacher shares go to the event storage) and evaluates it with
-:func:`member_evaluators` around detectron2's ``SemSegEvaluator`` (every member and the
-ensemble). The method itself is the suite's core (:class:`bikd.BiKDMetaArch`: teacher
+:func:`member_evaluators` around detectron2's evaluators (every member and the ensemble):
+``SemSegEvaluator`` for semantic members; for panoptic and instance members (Mask2Former's
+panoptic / instance configs, trained on detectron2's ``instances`` targets) also
+``COCOPanopticEvaluator`` and ``COCOEvaluator``. The method itself is the suite's core (:class:`bikd.BiKDMetaArch`: teacher
 selection, masked KL); this module only speaks detectron2.
 
 Config (``MODEL.BIKD``): ``MEMBERS`` (each member's Mask2Former config: a path or a name in the
@@ -27,13 +29,13 @@ detectron2 ``.pth``; empty: the member's own ``MODEL.WEIGHTS``), ``NAMES``, ``PA
 """
 import os
 from collections import OrderedDict
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 import bikd
-from bikd.metrics import MemberPredictions
+from bikd.metrics import MemberPredictions, StructuredPrediction, dense
 from bikd.step import TEACHER_SHARE, log_key
 
 from . import d2
@@ -83,8 +85,10 @@ def build_members(cfg) -> List[Mask2FormerMember]:
 class D2BiKDMetaArch(nn.Module):
     """:class:`bikd.BiKDMetaArch` over official Mask2Former members, as detectron2 builds and
     runs meta-architectures (``forward(batched_inputs)``: the loss dict in training, per
-    image ``{'sem_seg': ensemble probabilities, 'bikd_members': {name: probabilities}}`` in
-    evaluation)."""
+    image ``{'sem_seg': ensemble probabilities, 'bikd_members': {name: member's result}}`` in
+    evaluation, where a member's result is what the official model gives: ``sem_seg``
+    (probabilities) for semantic models, also ``panoptic_seg`` and ``instances`` for panoptic
+    and instance models)."""
     core = bikd.BiKDMetaArch
 
     def __init__(self, cfg):
@@ -114,12 +118,14 @@ class D2BiKDMetaArch(nn.Module):
                     storage.put_scalar(log_key(TEACHER_SHARE, name), float(share))
             return out.loss_terms()  # detectron2's trainers sum the values
         results = [dict(bikd_members=OrderedDict()) for _ in batched_inputs]
-        for name, probs in MemberPredictions(self.members, batched_inputs, None):
-            for r, p, x in zip(results, probs, batched_inputs):
+        for name, pred in MemberPredictions(self.members, batched_inputs, None):
+            for i, (r, p, x) in enumerate(zip(results, dense(pred), batched_inputs)):
                 if name == 'ensemble':
                     r['sem_seg'] = self._crop(p, x)
+                elif isinstance(pred, StructuredPrediction):  # panoptic / instance results
+                    r['bikd_members'][name] = pred.extra[i]
                 else:
-                    r['bikd_members'][name] = self._crop(p, x)
+                    r['bikd_members'][name] = dict(sem_seg=self._crop(p, x))
         return results
 
     @staticmethod
@@ -138,7 +144,8 @@ class D2IndependentMetaArch(D2BiKDMetaArch):
 
 class MemberEvaluator(DatasetEvaluator):
     """A detectron2 evaluator scoring one member (or ``'ensemble'``) of a Bi-KD model: it
-    passes that model's predictions on as ``sem_seg`` and prefixes the results' keys."""
+    passes that model's results on (``sem_seg``; ``panoptic_seg`` and ``instances`` of
+    panoptic and instance members) and prefixes the results' keys."""
 
     def __init__(self, evaluator: DatasetEvaluator, member: str):
         self.evaluator, self.member = evaluator, member
@@ -148,7 +155,7 @@ class MemberEvaluator(DatasetEvaluator):
 
     def process(self, inputs, outputs):
         if self.member != 'ensemble':
-            outputs = [dict(o, sem_seg=o['bikd_members'][self.member]) for o in outputs]
+            outputs = [o['bikd_members'][self.member] for o in outputs]
         self.evaluator.process(inputs, outputs)
 
     def evaluate(self):
@@ -156,14 +163,25 @@ class MemberEvaluator(DatasetEvaluator):
         return OrderedDict((f'{self.member}/{k}', v) for k, v in results.items())
 
 
-def member_evaluators(make: Callable[[], DatasetEvaluator], model) -> DatasetEvaluators:
-    """One evaluator per member and one for the ensemble, each made by ``make()`` (e.g.
-    ``lambda: SemSegEvaluator('ade20k_sem_seg_val')``), for ``inference_on_dataset``."""
-    names = [m.name for m in getattr(model, 'module', model).members] + ['ensemble']
-    return DatasetEvaluators([MemberEvaluator(make(), name) for name in names])
+def member_evaluators(make: Callable[[], DatasetEvaluator], model,
+                      make_for_ensemble: Optional[Callable[[], DatasetEvaluator]] = None
+                      ) -> DatasetEvaluators:
+    """One evaluator per member, each made by ``make()`` (e.g. ``lambda:
+    SemSegEvaluator('ade20k_sem_seg_val')``), and one for the ensemble made by
+    ``make_for_ensemble()`` (default ``make``), for ``inference_on_dataset``. Panoptic
+    members: ``make`` gives detectron2's ``DatasetEvaluators([COCOPanopticEvaluator(..),
+    SemSegEvaluator(..)])``, ``make_for_ensemble`` the ``SemSegEvaluator`` alone (the ensemble
+    is the mean of the members' semantic distributions: two models' segments do not
+    correspond, so it has no PQ or AP)."""
+    names = [m.name for m in getattr(model, 'module', model).members]
+    return DatasetEvaluators([MemberEvaluator(make(), name) for name in names] +
+                             [MemberEvaluator((make_for_ensemble or make)(), 'ensemble')])
 
 
 def results_by_member(results: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
-    """``{'a/sem_seg': {'mIoU': ..}, 'ensemble/sem_seg': ..}`` -> ``{'a': {'mIoU': ..},
-    'ensemble': ..}`` (one task's results per member)."""
-    return {key.split('/')[0]: value for key, value in results.items()}
+    """``{'a/sem_seg': {'mIoU': ..}, 'a/panoptic_seg': {'PQ': ..}, 'ensemble/sem_seg': ..}``
+    -> ``{'a': {'mIoU': .., 'PQ': ..}, 'ensemble': ..}`` (every task's results per member)."""
+    out: Dict[str, Dict[str, float]] = {}
+    for key, value in results.items():
+        out.setdefault(key.split('/')[0], {}).update(value)
+    return out

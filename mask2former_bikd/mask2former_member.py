@@ -1,17 +1,46 @@
 """The official Mask2Former (a detectron2 project, the paper's own models) as a member."""
 import os
 from collections import OrderedDict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from bikd import compat
 from bikd.member import MemberOutput
+from bikd.metrics import StructuredPrediction
 from bikd.registry import MEMBERS
 
 from . import d2
 from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
+
+
+def targets_from_instances(instances: Sequence[Any], padded_hw: Sequence[int],
+                           device: torch.device) -> List[Dict[str, Tensor]]:
+    """Mask2Former's training targets from detectron2 ``Instances`` (``gt_classes``,
+    ``gt_masks`` ``[n, H, W]``), as its panoptic and instance dataset mappers make them: the
+    masks padded to the batch's size, as ``MaskFormer.prepare_targets`` does."""
+    targets = []
+    for inst in instances:
+        inst = inst.to(device)
+        masks = inst.gt_masks
+        masks = getattr(masks, 'tensor', masks)  # BitMasks or a tensor
+        padded = torch.zeros((masks.shape[0], *padded_hw), dtype=masks.dtype, device=device)
+        padded[:, :masks.shape[1], :masks.shape[2]] = masks
+        targets.append(dict(labels=inst.gt_classes, masks=padded))
+    return targets
+
+
+def labels_from_targets(targets: Sequence[Dict[str, Tensor]], padded_hw: Sequence[int],
+                        ignore_index: int) -> Tensor:
+    """``LongTensor [N, H, W]``: each pixel's class from the target masks covering it (the
+    ignore label where none does), for the pixel cross-entropy of the partition."""
+    out = torch.full((len(targets), *padded_hw), ignore_index, dtype=torch.long,
+                     device=targets[0]['masks'].device if targets else None)
+    for i, t in enumerate(targets):
+        for label, mask in zip(t['labels'], t['masks'].bool()):
+            out[i][mask] = int(label)
+    return out
 
 
 def targets_from_sem_seg(sem_segs: Sequence[Tensor], padded_hw: Sequence[int],
@@ -81,12 +110,20 @@ class Mask2FormerMember(SegmentationMember):
         self.config_text = cfg.dump()  # as configured, for the export
         cfg.defrost()
         cfg.MODEL.DEVICE = 'cpu'  # the engine moves the member to its device
+        # the semantic inference is what the members distil and the ensemble averages, also
+        # for a panoptic or instance model (its other inferences stay as configured)
+        cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
         from detectron2.modeling import build_model
         self.model: nn.Module = build_model(cfg)
         self.backbone_weights = cfg.MODEL.WEIGHTS
         self.ignore_index = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         self.input_format = cfg.INPUT.FORMAT
         self._num_classes = int(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES)
+        # the criterion sums a loss per supervised decoder output: members with different
+        # numbers of them have task losses of different scales (check_partition warns)
+        mf = cfg.MODEL.MASK_FORMER
+        outputs = int(mf.DEC_LAYERS) if mf.DEEP_SUPERVISION else 1
+        self.task_loss_kind = f'mask2former_set_criterion over {outputs} decoder outputs'
         from detectron2.data.detection_utils import build_augmentation
         self.test_augmentations = build_augmentation(cfg, is_train=False) if test_resize else []
 
@@ -167,8 +204,10 @@ class Mask2FormerMember(SegmentationMember):
     def batched_inputs(self, inputs: Any, data_samples: Any, with_labels: bool) -> List[dict]:
         """The batch as detectron2 models take it: a list of dicts with ``image`` (in the
         config's channel order), ``height`` / ``width`` (the size to predict at) and, with
-        labels, ``sem_seg``. A detectron2 batch passes through."""
-        if data_samples is None and inputs and isinstance(inputs[0], dict):
+        labels, ``sem_seg``. A detectron2 batch (dicts as detectron2's dataset mappers make
+        them: with ``instances`` for panoptic and instance models) passes through."""
+        if isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], dict) and \
+                (data_samples is None or all(s is None for s in data_samples)):
             return list(inputs)
         out = []
         for image, sample in zip(inputs, data_samples):
@@ -203,8 +242,14 @@ class Mask2FormerMember(SegmentationMember):
         images = self._images(batch)
         outputs = self.model.sem_seg_head(self.model.backbone(images.tensor))
         padded_hw = images.tensor.shape[-2:]
-        gt = [x['sem_seg'].to(images.tensor.device) for x in batch]
-        targets = targets_from_sem_seg(gt, padded_hw, self.ignore_index)
+        device = images.tensor.device
+        if 'instances' in batch[0]:  # panoptic or instance targets, as detectron2 maps them
+            targets = targets_from_instances([x['instances'] for x in batch], padded_hw, device)
+            gt = [x['sem_seg'].to(device) for x in batch] if 'sem_seg' in batch[0] else \
+                list(labels_from_targets(targets, padded_hw, self.ignore_index))
+        else:
+            gt = [x['sem_seg'].to(device) for x in batch]
+            targets = targets_from_sem_seg(gt, padded_hw, self.ignore_index)
         criterion = self.model.criterion
         losses = []
         for i, target in enumerate(targets):
@@ -225,13 +270,19 @@ class Mask2FormerMember(SegmentationMember):
         return self.member_output(torch.stack(losses), logits, log_probs, padded_gt, valid_hw)
 
     # ----------------------------------------------------------------------------- inference
-    def predict(self, inputs, data_samples) -> Tensor:
+    def predict(self, inputs, data_samples) -> Union[Tensor, StructuredPrediction]:
         """Per-pixel class probabilities ``[N, C, H, W]`` at each image's original size (its
-        semantic inference normalised over the classes), padded to the largest image."""
+        semantic inference normalised over the classes), padded to the largest image. A
+        panoptic or instance model gives a :class:`~bikd.metrics.StructuredPrediction`: those
+        probabilities, and each image's result as the model gives it (``panoptic_seg``,
+        ``instances``, ``sem_seg``) for detectron2's evaluators."""
         results = self.model(self.batched_inputs(inputs, data_samples, with_labels=False))
-        return self.pad_stack([
+        probs = self.pad_stack([
             r['sem_seg'] / r['sem_seg'].sum(0, keepdim=True).clamp(min=PROBABILITY_FLOOR)
             for r in results])
+        if any(('panoptic_seg' in r or 'instances' in r) for r in results):
+            return StructuredPrediction(probs, list(results))
+        return probs
 
     # ----------------------------------------------------------------------------- export
     def export_payload(self) -> Any:

@@ -22,7 +22,12 @@ class MMSegMask2FormerMember(MMSegMemberBase):
     semantic inference at mask resolution, as ``distribution`` says
     (:class:`~mask2former_bikd.segmentation_member.SegmentationMember`).
     """
-    task_loss_kind = 'mask2former_set_criterion'
+    @property
+    def task_loss_kind(self) -> str:
+        # one loss per decoder layer and one for the queries before them, as the official
+        # member counts its DEC_LAYERS
+        outputs = self.segmentor.decode_head.num_transformer_decoder_layers + 1
+        return f'mask2former_set_criterion over {outputs} decoder outputs'
 
     @classmethod
     def handles(cls, head_cls: type) -> bool:

@@ -84,20 +84,28 @@ def test_prediction_is_the_official_semantic_inference():
     assert tuple(member.test_resize(inputs[0]).shape) == (3, 128, 128)
 
 
-def test_export_loads_through_detectrons_checkpointer_into_a_fresh_official_model(tmp_path):
+def export_and_load_fresh(member, folder):
+    """Nudge ``member``'s weights (values no fresh model has), export it to ``folder`` and
+    load the export with detectron2's checkpointer into a fresh official model built from the
+    exported config; returns (fresh model in eval mode, its config)."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
-    member = tiny()
     with torch.no_grad():
-        for p in member.model.parameters():  # weights no fresh model has
+        for p in member.model.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    info = member.export(str(tmp_path), 'm2f')
-    cfg = d2.load_d2_config(str(tmp_path / info['config']))
+    info = member.export(str(folder), 'm2f')
+    cfg = d2.load_d2_config(str(folder / info['config']))
     cfg.defrost()
     cfg.MODEL.DEVICE = 'cpu'
     torch.manual_seed(5)
     fresh = build_model(cfg).eval()
-    DetectionCheckpointer(fresh).load(str(tmp_path / info['checkpoint']))
+    DetectionCheckpointer(fresh).load(str(folder / info['checkpoint']))
+    return fresh, cfg
+
+
+def test_export_loads_through_detectrons_checkpointer_into_a_fresh_official_model(tmp_path):
+    member = tiny()
+    fresh, _ = export_and_load_fresh(member, tmp_path)
     inputs, samples = seg_batch(1, seed=2)
     batch = member.batched_inputs(inputs, samples, with_labels=False)
     member.eval()

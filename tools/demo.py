@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The embedded defaults: Bi-KD and its Independent control on data the project makes.
 
-    python tools/demo.py [--task digits|digits_kway|ade20k_toy|ade20k_toy_official|dhf1k_toy]
+    python tools/demo.py [--task digits|digits_kway|ade20k_toy|ade20k_toy_official|
+                                 ade20k_panoptic_toy|dhf1k_toy]
                          [--force-pretrain]
 
 - ``digits`` (the README's main job): scikit-learn's handwritten digits as PNG files in the
@@ -12,6 +13,9 @@
   UPerNet (mmseg).
 - ``ade20k_toy_official``: the same scenes; the official Mask2Former (detectron2, a ResNet-18
   version of its ADE20K config) and the mmseg UPerNet.
+- ``ade20k_panoptic_toy``: the same scenes in ADE20K's panoptic layout (people and cars are
+  things); two small official Mask2Former panoptic members (detectron2), scored by detectron2's
+  evaluators: PQ (the table's metric), mask AP and mIoU.
 - ``dhf1k_toy``: synthetic videos of moving discs with fixations, in DHF1K's layout; a reduced
   TMFI-Net and a reduced ViNet-A (exported in their releases' checkpoint layouts).
 
@@ -49,6 +53,11 @@ def _ade_data(root, force=False):
             os.path.join(root, 'ADEChallengeData2016'))
 
 
+def _ade_panoptic_data(root, force=False):
+    described, _ = _ade_data(root, force)
+    return described, root  # Detectron2Dataset takes the datasets root
+
+
 def _dhf1k_data(root, force=False):
     from tools.make_dhf1k_toy import make_dhf1k_toy
     info = make_dhf1k_toy(os.path.join(ROOT, root), force=force)
@@ -66,6 +75,15 @@ TASKS = {
     'ade20k_toy_official': dict(members=('m2f_official', 'upernet'), data='datasets/ade20k_toy',
                                 make=_ade_data, configs='ade20k_toy',
                                 experiment=['configs/ade20k_toy/m2f_official_upernet_bikd.yaml']),
+    # panoptic segmentation with the official Mask2Former (make d2): the data under detectron2's
+    # datasets root
+    'ade20k_panoptic_toy': dict(members=('m2f_r18', 'm2f_wide'), data='datasets/ade20k_toy',
+                                make=_ade_panoptic_data, data_keys=(
+                                    'train_dataloader.dataset.datasets_root',
+                                    'val_dataloader.dataset.datasets_root',
+                                    'val_evaluator.datasets_root'),
+                                experiment=['configs/ade20k_panoptic_toy/r18_wide_bikd.yaml'],
+                                metrics=('PQ', 'AP', 'mIoU')),
     'dhf1k_toy': dict(members=('tmfinet', 'vinet_a'), data='datasets/dhf1k_toy',
                       make=_dhf1k_data, experiment=['configs/dhf1k_toy/tmfi_vinetA_bikd.yaml']),
     # Table 6's question on the digits: the pair, then a third and a fourth member
@@ -95,7 +113,7 @@ def main(argv=None):
     configs = task.get('configs', args.task)  # the K-way task shares the digits' members
     checkpoints = f'checkpoints/{configs}'
 
-    from bikd.summary import format_table
+    from bikd.summary import format_metrics, format_table
 
     try:
         described, data_root = task['make'](task['data'])
@@ -103,8 +121,8 @@ def main(argv=None):
         print(f'{e}\nmaking it again for the demo')
         described, data_root = task['make'](task['data'], force=True)
     print(f'{args.task}: {described} in {task["data"]}')
-    data = [f'train_dataloader.dataset.data_root={data_root}',
-            f'val_dataloader.dataset.data_root={data_root}']
+    data = [f'{key}={data_root}' for key in task.get('data_keys', (
+        'train_dataloader.dataset.data_root', 'val_dataloader.dataset.data_root'))]
 
     for m in members:
         if os.path.isfile(os.path.join(ROOT, checkpoints, f'{m}.pth')) and not args.force_pretrain:
@@ -134,6 +152,8 @@ def main(argv=None):
                 summary = json.load(f)
             print(format_table(summary, f'{summary["method"]} '
                                         f'({os.path.relpath(work, ROOT)}/summary.json)'))
+            if task.get('metrics'):
+                print(format_metrics(summary, task['metrics']))
             print()
         print('\n'.join(report['against_controls']))
         print(f'plot: {out}/deltas.png')

@@ -1,15 +1,16 @@
 #!/usr/bin/env python
-"""Install detectron2 (built from source against the installed torch) and the official
-Mask2Former into this Python environment: the ``d2`` part of the set-up (``make d2``).
+"""Install detectron2 (built from source against the installed torch), the official Mask2Former
+and COCO's panopticapi (for detectron2's COCOPanopticEvaluator) into this Python environment:
+the ``d2`` part of the set-up (``make d2``).
 
     python tools/install_d2.py [--vendor DIR] [--optional] [--force]
 
 Sources, at the commits the suite is tested with:
 
 - from ``--vendor DIR`` (default: ``$BIKD_VENDOR``, else ``../shared/vendor`` or
-  ``shared/vendor`` beside the repository) when it holds ``detectron2-02b5c4e.tar.gz`` and
-  ``Mask2Former-9b0651c.tar.gz`` (unmodified snapshots of the upstream repositories, for
-  machines without internet: CI);
+  ``shared/vendor`` beside the repository) when it holds ``detectron2-02b5c4e.tar.gz``,
+  ``Mask2Former-9b0651c.tar.gz`` and ``panopticapi-7bb4655.tar.gz`` (unmodified snapshots of
+  the upstream repositories, for machines without internet: CI);
 - else from the upstream repositories on GitHub (what a user with internet gets).
 
 detectron2 is built once per (commit, torch version) into a wheel kept in pip's cache folder
@@ -38,6 +39,9 @@ D2_COMMIT = '02b5c4e295e990042a714712c21dc79b731e8833'
 M2F_COMMIT = '9b0651c6c1d5b3af2e6da0589b719c514ec0d69a'
 D2_TARBALL = f'detectron2-{D2_COMMIT[:7]}.tar.gz'
 M2F_TARBALL = f'Mask2Former-{M2F_COMMIT[:7]}.tar.gz'
+PANOPTICAPI_COMMIT = '7bb4655548f98f3fedc07bf37e9040a992b054b0'
+PANOPTICAPI_TARBALL = f'panopticapi-{PANOPTICAPI_COMMIT[:7]}.tar.gz'
+PANOPTICAPI_UPSTREAM = f'git+https://github.com/cocodataset/panopticapi.git@{PANOPTICAPI_COMMIT}'
 D2_UPSTREAM = f'git+https://github.com/facebookresearch/detectron2.git@{D2_COMMIT}'
 M2F_UPSTREAM = f'https://github.com/facebookresearch/Mask2Former/archive/{M2F_COMMIT}.tar.gz'
 PTH_FILE = 'bikd-mask2former.pth'
@@ -125,6 +129,17 @@ def install_mask2former(source: str, force: bool) -> None:
     print(f'Mask2Former {M2F_COMMIT[:7]} in {target}, on the path through {pth}')
 
 
+def install_panopticapi(source: str, force: bool) -> None:
+    """COCO's panopticapi (detectron2's COCOPanopticEvaluator imports it): pure Python, not
+    on the package registries."""
+    import importlib.util
+    if not force and importlib.util.find_spec('panopticapi') is not None:
+        print('panopticapi is installed')
+        return
+    pip('install', '-q', '--no-build-isolation', '--no-deps', source)
+    print(f'panopticapi {PANOPTICAPI_COMMIT[:7]} installed from {source}')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,8 +152,9 @@ def main(argv=None):
     if vendor:
         d2_source = os.path.join(vendor, D2_TARBALL)
         m2f_source = os.path.join(vendor, M2F_TARBALL)
+        pq_source = os.path.join(vendor, PANOPTICAPI_TARBALL)
     else:
-        d2_source, m2f_source = D2_UPSTREAM, M2F_UPSTREAM
+        d2_source, m2f_source, pq_source = D2_UPSTREAM, M2F_UPSTREAM, PANOPTICAPI_UPSTREAM
         try:
             urllib.request.urlopen('https://github.com', timeout=10)
         except OSError as e:
@@ -152,6 +168,7 @@ def main(argv=None):
             raise SystemExit(message)
     install_detectron2(d2_source, args.force)
     install_mask2former(m2f_source, args.force)
+    install_panopticapi(pq_source, args.force)
     return 0
 
 

@@ -103,11 +103,17 @@ def markdown(rows: List[dict], names: List[str], runs: List[str], title: str) ->
                            if seeds > 1 else '') +
              '; "frozen": the member only taught in that run).', '']
     lines += _table(['model', 'before'] + [label for label, _ in cols], main)
-    lines += ['', f'Ensemble of the initial members: {_fmt(rows[0]["ensemble_before"], digits)}. '
-              'Recovered % of each member\'s gap to it (Eq. 14):', '']
-    lines += _table(['model'] + [label for label, _ in cols], [
-        [m] + [_fmt(c[m]['recovered'], 1) if m in c else 'frozen' for _, c in cols]
-        for m in names])
+    if rows[0]['ensemble_before'] is None:  # e.g. PQ: two models' segments have no mean
+        lines += ['', f'The ensemble of the members (the mean of their per-pixel '
+                  f'distributions) has no {metric}, so no recovered % (Eq. 14); its other '
+                  'metrics are in each run\'s summary.json.']
+    else:
+        lines += ['', f'Ensemble of the initial members: '
+                  f'{_fmt(rows[0]["ensemble_before"], digits)}. Recovered % of each member\'s '
+                  'gap to it (Eq. 14):', '']
+        lines += _table(['model'] + [label for label, _ in cols], [
+            [m] + [_fmt(c[m]['recovered'], 1) if m in c else 'frozen' for _, c in cols]
+            for m in names])
     if any('positive_flips_vs_self' in r for r in rows):
         lines += ['', 'Flips against the member\'s own initial self, % of the samples '
                   '(positive: wrong -> right / negative: right -> wrong); report.csv has them '

@@ -112,7 +112,7 @@ def collect(summaries: Dict[str, dict], runs: Dict[str, object],
             row = dict(member=m, method=runs[name].method, run=bases[name], seed=seeds[name],
                        metric=metric, before=r['before'][metric], after=r['after'][metric],
                        delta=r['delta'][metric], recovered=r.get('recovered'),
-                       ensemble_before=s['ensemble']['before'][metric])
+                       ensemble_before=s['ensemble']['before'].get(metric))
             for j, f in s.get('flips', {}).get(m, {}).items():
                 who = 'self' if j == m else j
                 row[f'positive_flips_vs_{who}'] = f['positive']

@@ -12,7 +12,8 @@ models' outputs of a batch are alive at once, whatever the number of members.
 """
 import math
 from contextlib import nullcontext
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -33,14 +34,35 @@ def _device_type(inputs: Any) -> str:
     return ''
 
 
+@dataclass
+class StructuredPrediction:
+    """A member's prediction that is more than one tensor.
+
+    Attributes:
+        dense: ``[N, ...]``, what the ensemble averages and dense metrics score (per-pixel
+            class probabilities).
+        extra: per-sample outputs a task's metric may read besides (detectron2's
+            ``panoptic_seg`` and ``instances`` of a panoptic Mask2Former), one per sample.
+    """
+    dense: Tensor
+    extra: List[Any]
+
+
+def dense(prediction: Union[Tensor, StructuredPrediction]) -> Tensor:
+    """The dense part of a member's prediction (the prediction itself when it is a tensor)."""
+    return prediction.dense if isinstance(prediction, StructuredPrediction) else prediction
+
+
 class MemberPredictions:
     """The predictions of K members on one batch and of their ensemble (the mean of the
     members' predictions), computed one model at a time when iterated.
 
-    Iterating yields ``(name, Tensor[N, ...])`` for each member and then ``('ensemble',
-    mean)``, in float32; a yielded prediction is not used again once the next is asked for.
-    The autocast state of its creation (mixed-precision evaluation) is kept for the members'
-    forwards. :meth:`stacked` gives all of them as one ``[K + 1, N, ...]`` tensor.
+    Iterating yields ``(name, prediction)`` for each member and then ``('ensemble', mean)``:
+    a member's prediction is a ``Tensor[N, ...]`` in float32, or a
+    :class:`StructuredPrediction` whose dense part the ensemble averages; a yielded prediction
+    is not used again once the next is asked for. The autocast state of its creation
+    (mixed-precision evaluation) is kept for the members' forwards. :meth:`stacked` gives the
+    dense parts of all of them as one ``[K + 1, N, ...]`` tensor.
     """
 
     def __init__(self, members: Sequence[torch.nn.Module], inputs: Any, data_samples: Any):
@@ -56,15 +78,20 @@ class MemberPredictions:
         for member in self._members:
             with (torch.autocast(self._autocast[0], dtype=self._autocast[1])
                   if self._autocast else nullcontext()):
-                pred = member.predict(self._inputs, self._samples).float()
-            total = pred.clone() if total is None else total.add_(pred)
+                pred = member.predict(self._inputs, self._samples)
+            if isinstance(pred, StructuredPrediction):
+                pred.dense = pred.dense.float()
+            else:
+                pred = pred.float()
+            total = dense(pred).clone() if total is None else total.add_(dense(pred))
             yield member.name, pred
             del pred
         yield 'ensemble', total.div_(len(self._members))
 
     def stacked(self) -> Tensor:
-        """``[K + 1, N, ...]``: every member's prediction and the ensemble's (holds them all)."""
-        return torch.stack([pred.clone() for _, pred in self])
+        """``[K + 1, N, ...]``: every member's (dense) prediction and the ensemble's (holds
+        them all)."""
+        return torch.stack([dense(pred).clone() for _, pred in self])
 
 
 class MemberwiseMetric(BaseMetric):
@@ -125,7 +152,7 @@ class MemberwiseMetric(BaseMetric):
                 zip(self.model_names, preds)
             columns = []
             for _, pred in per_model:
-                columns.append(self.sample_stats(pred[None], data_batch))
+                columns.append(self.sample_stats(dense(pred)[None], data_batch))
                 del pred
             self.results.extend(np.concatenate(entries, axis=0) for entries in zip(*columns))
 

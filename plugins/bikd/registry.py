@@ -37,17 +37,21 @@ OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bik
                           locations=['bikd.engine.optim'])
 MODEL_WRAPPERS = Registry('model_wrapper', parent=mme.MODEL_WRAPPERS, scope='bikd',
                           locations=['bikd.engine.lean_ddp'])
+#: Collate functions of task packages (a batch of detectron2 dataset dicts). mmengine's Runner
+#: looks a collate function up in its root registry without the default scope: name them
+#: with the scope, ``collate_fn: {type: bikd.detectron2_collate}``.
+FUNCTIONS = Registry('function', parent=mme.FUNCTIONS, scope='bikd')
 #: The config checks resolve the training loop and the optimiser through these.
 LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd')
 OPTIMIZERS = Registry('optimizer', parent=mme.OPTIMIZERS, scope='bikd')
 
 #: mmengine's other roots that its Runner builds from under the ``bikd`` scope in the shipped
-#: configs (the sampler, the collate function, the optimiser wrapper's constructor, parameter
-#: schedulers, the visualiser and its backends). The suite registers nothing in them, but
+#: configs (the sampler, the optimiser wrapper's constructor, parameter schedulers, the
+#: visualiser and its backends). The suite registers nothing in them, but
 #: each needs a child of scope ``bikd``: without one, mmengine warns at every build that it
 #: falls back to its own registry.
 SCOPE_CHILDREN = {name: Registry(name, parent=root, scope='bikd') for name, root in (
-    ('data sampler', mme.DATA_SAMPLERS), ('function', mme.FUNCTIONS),
+    ('data sampler', mme.DATA_SAMPLERS),
     ('optimizer wrapper constructor', mme.OPTIM_WRAPPER_CONSTRUCTORS),
     ('parameter scheduler', mme.PARAM_SCHEDULERS), ('visualizer', mme.VISUALIZERS),
     ('vis_backend', mme.VISBACKENDS))}

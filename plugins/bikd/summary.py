@@ -100,6 +100,27 @@ def _fmt(x, digits=2, sign=False) -> str:
     return f'{x:+.{digits}f}' if sign else f'{x:.{digits}f}'
 
 
+def format_metrics(summary: dict, metrics) -> str:
+    """Plain-text table of several metrics of a summary, ``before -> after`` per member and
+    for the ensemble where it has the metric (PQ, AP and mIoU of a panoptic run)."""
+    rows = [('model', *metrics)]
+    models = list(summary['members'].items())
+    if len(models) > 1:
+        models.append(('ensemble', summary['ensemble']))
+    for name, m in models:
+        cells = []
+        for k in metrics:
+            before, after = m['before'].get(k), (m.get('after') or {}).get(k)
+            cells.append('-' if before is None else _fmt(before) +
+                         ('' if after is None else f' -> {_fmt(after)}'))
+        rows.append((name, *cells))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    text = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w)
+                      for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    text.insert(1, '  '.join('-' * w for w in widths))
+    return '\n'.join(text)
+
+
 def format_table(summary: dict, title: str = '') -> str:
     """Plain-text table of a summary: one row per member, then the ensemble."""
     metric = summary['primary_metric']
@@ -128,7 +149,20 @@ def format_table(summary: dict, title: str = '') -> str:
             row += [f'{fmt(b["value"])} ({b["iteration"]})' if b else '-']
         rows.append(row)
     ens = summary['ensemble']
-    if len(summary['members']) > 1:  # the "ensemble" of one member is that member
+    note = None
+    if len(summary['members']) > 1 and metric not in ens['before'] and ens['before']:
+        # an ensemble without the table's metric (the mean distribution of panoptic members
+        # has mIoU, no PQ): its own first metric, beside the members'
+        other = next(iter(ens['before']))
+        trained = (ens.get('after') or {}).get(other)
+        note = (f'the ensemble (mean of the members\' distributions) has no {metric}; its '
+                f'{other}: {fmt(ens["before"][other])} initial' +
+                (f', {fmt(trained)} trained' if trained is not None else '') +
+                '; the members\': ' + ', '.join(
+                    f'{n} {fmt(m["before"].get(other))}' +
+                    (f' -> {fmt(m["after"].get(other))}' if m.get('after') else '')
+                    for n, m in summary['members'].items()))
+    elif len(summary['members']) > 1:  # the "ensemble" of one member is that member
         row = ['ensemble (initial members)', fmt(ens['before'].get(metric))]
         if has_after:
             after = (ens.get('after') or {}).get(metric)
@@ -145,6 +179,8 @@ def format_table(summary: dict, title: str = '') -> str:
     for r in rows:
         text.append('  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
                               for i, (c, w) in enumerate(zip(r, widths))))
+    if note:
+        text.append(note)
     share = summary.get('teacher_share')
     if share:
         # the control computes the partition too, but nobody is taught by it
