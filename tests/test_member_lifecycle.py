@@ -36,8 +36,13 @@ MEMBER_CONFIGS = {
     'Mask2FormerMember': dict(type='Mask2FormerMember',
                               config=os.path.join(ROOT, 'configs/ade20k/members/'
                                                          'maskformer2_r18_tiny.yaml')),
+    # ``model``: a save_pretrained folder the test writes (tests/test_transformers_members.py)
+    'TransformersClassifierMember': dict(type='TransformersClassifierMember', model='tiny_vit'),
+    'TransformersSegmentationMember': dict(type='TransformersSegmentationMember',
+                                           model='tiny_segformer'),
 }
-MMSEG = ('MMSegMask2FormerMember', 'MMSegDecodeHeadMember', 'Mask2FormerMember')
+MMSEG = ('MMSegMask2FormerMember', 'MMSegDecodeHeadMember', 'Mask2FormerMember',
+         'TransformersSegmentationMember')
 
 
 def registered_member_types():
@@ -46,6 +51,17 @@ def registered_member_types():
     except ImportError:
         pass
     return sorted(k for k, v in MEMBERS.module_dict.items() if isinstance(v, type))
+
+
+def member_config(kind, tmp_path):
+    """MEMBER_CONFIGS[kind] named 'm'; a Hugging Face member's folder is written first."""
+    cfg = dict(MEMBER_CONFIGS[kind], name='m')
+    if kind.startswith('Transformers'):
+        pytest.importorskip('transformers')
+        import test_transformers_members as hf
+        getattr(hf, cfg['model'])(str(tmp_path / 'source'))
+        cfg['model'] = str(tmp_path / 'source')
+    return cfg
 
 
 def test_every_registered_member_type_is_covered_here():
@@ -60,8 +76,8 @@ def test_export_is_what_checkpoint_loads_back(kind, tmp_path):
         import mask2former_bikd  # noqa: F401
     if kind == 'Mask2FormerMember':
         pytest.importorskip('detectron2', reason='detectron2 is not installed (make d2)')
+    cfg = member_config(kind, tmp_path)
     torch.manual_seed(0)
-    cfg = dict(MEMBER_CONFIGS[kind], name='m')
     first = build_member(dict(cfg, pretrained=False))
     assert first.weights_from == 'random initialisation'  # nothing to take: ready as built
     info = first.export(str(tmp_path), 'm')
@@ -70,13 +86,13 @@ def test_export_is_what_checkpoint_loads_back(kind, tmp_path):
     assert info['member'] == 'm' and info['format'] == type(first).export_format
     for key in ('checkpoint', 'config', 'head'):
         if key in info:
-            assert (tmp_path / info[key]).is_file(), key
+            assert (tmp_path / info[key]).exists(), key  # a file, or a save_pretrained folder
     extra = dict(head_file=str(tmp_path / info['head'])) if 'head' in info else {}
     torch.manual_seed(1)  # another random initialisation, replaced by the checkpoint
-    again = build_member(dict(cfg, pretrained=False, checkpoint=str(tmp_path / 'm.pth'),
-                              **extra))
+    exported = str(tmp_path / info['checkpoint'])  # a file, or a save_pretrained folder
+    again = build_member(dict(cfg, pretrained=False, checkpoint=exported, **extra))
     assert again.weights_from is None  # built, not loaded
-    assert again.take_weights() == again.weights_from == str(tmp_path / 'm.pth')
+    assert again.take_weights() == again.weights_from == exported
     ours, theirs = first.state_dict(), again.state_dict()
     assert ours.keys() == theirs.keys()
     for k in ours:
@@ -126,7 +142,7 @@ def test_a_constructor_reads_no_weights(kind, tmp_path):
         pytest.importorskip('detectron2', reason='detectron2 is not installed (make d2)')
     missing = str(tmp_path / 'nowhere.pth')
     extra = dict(head_file=missing) if kind == 'DinoV2LinearMember' else {}
-    member = build_member(dict(MEMBER_CONFIGS[kind], name='m', checkpoint=missing, **extra))
+    member = build_member(dict(member_config(kind, tmp_path), checkpoint=missing, **extra))
     assert member.weights_from is None
     with pytest.raises(FileNotFoundError, match='nowhere.pth'):
         member.take_weights()

@@ -429,11 +429,17 @@ def test_find_partners_ranks_a_hugging_face_candidate(digits_root, tmp_path):
     import csv
 
     from conftest import digits_overrides, run_tool
+    import timm
     folder = str(tmp_path / 'vit_digits')
     tiny_vit(folder, num_labels=10, image_size=32)
+    weights = []  # the config's members, with random weights of their own
+    for i, arch in enumerate(('resnet10t', 'convnext_atto')):
+        weights.append(f'model.members.{i}.checkpoint={tmp_path / arch}.pth')
+        torch.save(timm.create_model(arch, num_classes=10).state_dict(),
+                   tmp_path / f'{arch}.pth')
     out = tmp_path / 'out'
     run_tool('find_partners.py', '--config-file', 'configs/digits/resnet_convnext_bikd.yaml',
-             '--target', 'resnet', '--hf', folder, '--output-dir', out,
+             '--target', 'resnet', '--hf', folder, '--output-dir', out, *weights,
              *[o for o in digits_overrides(digits_root, tmp_path / 'w')
                if o.startswith('val_dataloader')])
     with open(out / 'partners.csv') as f:
