@@ -87,7 +87,13 @@ def load_rgb(path: str) -> Image.Image:
                 img = Image.fromarray(np.round(wide * (255 / 65535)).astype(np.uint8), 'L')
             return img.convert('RGB')
     except Exception as e:  # noqa: BLE001 - PIL raises many types; all mean "cannot read"
-        raise OSError(f'cannot read image file {path}: {type(e).__name__}: {e}') from e
+        if os.path.islink(path) and not os.path.exists(path):
+            why = f'it is a link to {os.readlink(path)}, which does not exist'
+        elif os.path.isfile(path) and os.path.getsize(path) == 0:
+            why = 'it is empty (0 bytes)'
+        else:
+            why = f'{type(e).__name__}: {e}'
+        raise OSError(f'cannot read image file {path}: {why}') from e
 
 
 @DATASETS.register_module()

@@ -228,10 +228,10 @@ def test_a_user_error_is_one_message_and_exit_status_2(tmp_path):
     assert proc.returncode == 2
     assert f'error: dataset folder not found: {tmp_path / "no_digits" / "train"}' in proc.stdout
     assert 'Traceback' not in proc.stdout
-    # the environment and config dumps go to the log file, not the terminal
+    # the environment and config dumps go to the log file (test_train_net), not the terminal;
+    # a start that failed leaves nothing
     assert 'System environment' not in proc.stdout and 'Config:\n' not in proc.stdout
-    logs = list(work.glob('*/*.log'))
-    assert logs and 'System environment' in logs[0].read_text()
+    assert not work.exists()
     proc = run_tool('train_net.py', '--debug', *args, expect_ok=False)
     assert proc.returncode != 0 and 'Traceback' in proc.stdout
 
@@ -301,3 +301,133 @@ def test_the_last_checkpoint_marker_is_replaced_not_written_in_place(tmp_path, m
     assert opened and str(marker) not in opened  # mmengine wrote into the scratch folder
     assert not list(tmp_path.glob('.marker.*'))
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['epoch_3.pth']
+
+
+# ----------------------------------------------------------------------------- one line, exit 2
+@pytest.fixture(scope='module')
+def runner_checkpoint(digits_root, tmp_path_factory):
+    """A finished one-epoch run's checkpoint (10 steps) and a member's own weights file."""
+    import torch
+    work = tmp_path_factory.mktemp('hostile') / 'run'
+    run_tool('train_net.py', '--config-file', CONFIG, *digits_overrides(digits_root, str(work)),
+             'train_dataloader.batch_size=128', 'train_cfg.max_epochs=1',
+             'train_cfg.val_interval=1')
+    state = torch.load(work / 'epoch_1.pth', map_location='cpu', weights_only=False)
+    member = {k[len('members.0.model.'):]: v for k, v in state['state_dict'].items()
+              if k.startswith('members.0.model.')}
+    torch.save(member, work.parent / 'resnet.pth')
+    return work / 'epoch_1.pth', work.parent / 'resnet.pth'
+
+
+def cut_short(path, out):
+    data = open(path, 'rb').read()
+    out.write_bytes(data[:len(data) // 2])
+    return out
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert 'Traceback' not in proc.stdout, proc.stdout[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith('error: ')]
+    assert len(lines) == 1, proc.stdout[-3000:]
+    return lines[0]
+
+
+def members_from(files):
+    """Overrides giving the members these weight files (not random_init)."""
+    return [f'model.members.{i}.checkpoint={f}' for i, f in enumerate(files)]
+
+
+@pytest.mark.parametrize('case', ['zero-byte image', 'dangling symlink'])
+def test_a_bad_image_found_by_a_loader_worker_is_one_line(case, digits_copy, tmp_path):
+    folder = digits_copy / 'train' / '4'
+    bad = folder / ('empty.png' if case == 'zero-byte image' else 'gone.png')
+    if case == 'zero-byte image':
+        bad.write_bytes(b'')
+        why = 'it is empty (0 bytes)'
+    else:
+        os.symlink(tmp_path / 'nowhere.png', bad)
+        why = f'it is a link to {tmp_path / "nowhere.png"}, which does not exist'
+    work = tmp_path / 'w'
+    proc = run_tool('train_net.py', '--config-file', CONFIG,
+                    *digits_overrides(str(digits_copy), str(work)),
+                    'train_dataloader.num_workers=2', expect_ok=False)
+    line = one_line_error(proc)
+    # found mid-epoch by a worker: the file and why, and that the run stopped with no
+    # checkpoint saved before (nothing half-written)
+    assert line.startswith(f'error: cannot read image file {bad}: {why}; the run stopped at '
+                           'iteration '), line
+    assert 'no checkpoint was saved before' in line and 'skip_bad_samples=N' in line
+    assert not list(work.rglob('*.pth'))
+
+
+def test_unusable_checkpoints_and_paths_are_one_line_and_write_nothing(
+        digits_root, runner_checkpoint, tmp_path):
+    import torch
+    run, member = runner_checkpoint
+    truncated_member = cut_short(member, tmp_path / 'cut_member.pth')
+    truncated_run = cut_short(run, tmp_path / 'cut_run.pth')
+    regular = tmp_path / 'a_file'
+    regular.write_text('x')
+    other = tmp_path / 'other.pth'
+    torch.save(torch.load(member, weights_only=True), other)
+    work = tmp_path / 'w'
+    base = [o for o in digits_overrides(digits_root, str(work)) if 'random_init' not in o]
+    cases = [
+        (members_from([truncated_member, other]),
+         f'cannot read checkpoint {truncated_member}: '),
+        (members_from([run, other]),
+         f'{run} is the checkpoint of a whole bikd run (its keys are members.<i>.*), not the '
+         "weights of one member for member 'resnet'"),
+        (['--eval-only', 'model.random_init=true', f'load_from={truncated_run}'],
+         f'cannot read checkpoint {truncated_run}: '),
+        (['model.random_init=true', f'work_dir={regular}/run'],
+         f'work_dir {regular}/run cannot be made: {regular} is a file, not a folder'),
+        (['model.random_init=true', 'work_dir=/proc/bikd_test/run'],
+         'work_dir /proc/bikd_test/run cannot be made in /proc: '),
+    ]
+    for extra, message in cases:
+        flags = [e for e in extra if e.startswith('--')]
+        overrides = [e for e in extra if not e.startswith('--')]
+        proc = run_tool('train_net.py', '--config-file', CONFIG, *flags, *base, *overrides,
+                        expect_ok=False)
+        line = one_line_error(proc)
+        assert line.startswith(f'error: {message}'), (line, message)
+        assert not work.exists(), extra  # nothing written
+    assert 'cut short' in run_tool('train_net.py', '--config-file', CONFIG, *base,
+                                   *members_from([truncated_member, other]),
+                                   expect_ok=False).stdout
+
+
+def test_config_files_that_are_not_configs_are_one_line(tmp_path):
+    misspelt = tmp_path / 'x.ymal'
+    misspelt.write_text('model: {}\n')
+    empty = tmp_path / 'empty.yaml'
+    empty.write_text('# nothing yet\n')
+    for path, message in (
+            (misspelt, f'config file {misspelt}: .ymal is not a config\'s suffix'),
+            (empty, f'config {empty} is empty; an experiment config names at least the model'),
+            (tmp_path, f'--config-file {tmp_path} is a folder; name a config file in it')):
+        proc = run_tool('train_net.py', '--config-file', path, expect_ok=False)
+        assert one_line_error(proc).startswith(f'error: {message}')
+    assert not (ROOT and os.path.isdir(os.path.join(ROOT, 'work_dirs', 'x')))
+
+
+def test_export_refuses_what_it_cannot_export_in_one_line(runner_checkpoint, tmp_path):
+    run, member = runner_checkpoint
+    regular = tmp_path / 'a_file'
+    regular.write_text('x')
+    truncated = cut_short(run, tmp_path / 'cut.pth')
+    three = os.path.join(ROOT, 'configs/digits/resnet_convnext_regnet_bikd.yaml')
+    out = tmp_path / 'out'
+    for config, checkpoint, output, message in (
+            (CONFIG, run, regular / 'out', f'cannot write {regular}/out: Not a directory'),
+            (CONFIG, truncated, out, f'cannot read checkpoint {truncated}: '),
+            (CONFIG, member, out, f'--checkpoint={member} holds the weights of one model'),
+            (three, run, out, f'--checkpoint={run} does not fit the model (members [\'resnet\', '
+                              '\'convnext\', \'regnet\']): missing from it: regnet: ')):
+        proc = run_tool('export_members.py', '--config-file', config, '--checkpoint',
+                        checkpoint, '--output-dir', output,
+                        expect_ok=False)
+        assert one_line_error(proc).startswith(f'error: {message}'), message
+        assert not out.exists()

@@ -57,6 +57,11 @@ def test_train_writes_checkpoint_and_summary(one_epoch_run):
     assert 'Result of BiKDMetaArch' in out
     assert re.search(r'resnet\s+\d+\.\d\d\s+\d+\.\d\d\s+[+-]\d+\.\d\d', out)
     assert 'ensemble (initial members)' in out
+    # the environment and config dumps go to the log file, not the terminal
+    assert 'System environment' not in out and 'Config:\n' not in out
+    logs = [os.path.join(d, f) for d, _, files in os.walk(work) for f in files
+            if f.endswith('.log')]
+    assert logs and 'System environment' in open(logs[0]).read()
     # per-member task losses, the distillation loss and teacher shares are logged
     for key in ('task_loss/resnet', 'task_loss/convnext', 'distill_loss', 'teacher_share/resnet'):
         assert key in out, key
@@ -108,11 +113,14 @@ def test_resume_continues_from_stored_iteration(digits_root, tmp_path, one_epoch
     with open(os.path.join(work, 'last_checkpoint'), 'w') as f:
         f.write(os.path.join(work, 'epoch_1.pth'))
     # the members' own files are not read when the checkpoint holds their weights: here they
-    # do not even exist
+    # do not even exist (a changed run: the first start had random_init, so resume_changed)
     proc = run_tool('train_net.py', '--config-file', CONFIG, '--resume',
                     *without_random_init(digits_overrides(digits_root, work)),
-                    *NOWHERE, 'train_cfg.max_epochs=2', 'train_cfg.val_interval=1')
+                    *NOWHERE, 'train_cfg.max_epochs=2', 'train_cfg.val_interval=1',
+                    'resume_changed=true')
     assert 'resumed epoch: 1, iter: 40' in proc.stdout
+    assert "members[resnet].weights.source: 'random_init' -> '/nonexistent/resnet.pth'" in \
+        proc.stdout
     assert f'member resnet: weights from the checkpoint {work}/epoch_1.pth' in proc.stdout
     summary = read_summary(work)
     assert summary['iterations'] == 80
@@ -188,9 +196,9 @@ def test_training_in_two_processes_uses_mmengines_ddp_wrapper(digits_root, tmp_p
     """Two gloo processes train through mmengine's own DDP wrapper; the step policy lives in
     the optimiser wrapper, so nothing of ours wraps the model."""
     work = tmp_path / 'ddp'
-    proc = run_tool('train_net.py', '--config-file', CONFIG, '--num-gpus', 2,
-                    *digits_overrides(digits_root, str(work)), 'train_cfg.max_epochs=1',
-                    'train_cfg.val_interval=1')
+    run_tool('train_net.py', '--config-file', CONFIG, '--num-gpus', 2,
+             *digits_overrides(digits_root, str(work)), 'train_cfg.max_epochs=1',
+             'train_cfg.val_interval=1')
     summary = read_summary(work)
     assert summary['iterations'] == 20  # 1,258 images, batch 32 per process, 2 processes
     assert summary['skipped_steps'] == 0

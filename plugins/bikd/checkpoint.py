@@ -22,6 +22,11 @@ from torch import Tensor, nn
 
 from . import compat
 
+class CheckpointError(ValueError, RuntimeError):
+    """A checkpoint file that cannot be used (unreadable, truncated, of another kind); the
+    message names it and says what to pass instead."""
+
+
 # Keys under which common training codes nest the weights (timm / DeiT / MAE: 'model',
 # mmengine and Lightning: 'state_dict'; some EMA exports' 'state_dict_ema' is not taken).
 NESTED_KEYS = ('state_dict', 'model', 'module', 'net')
@@ -42,12 +47,38 @@ def load_weights_file(path: str, trust: bool = False) -> Dict[str, Tensor]:
         obj = torch.load(path, map_location='cpu', weights_only=not trust)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         if not trust and 'weights_only' in str(e):
-            raise RuntimeError(
+            raise CheckpointError(
                 f'refusing to load {path}: it contains Python objects beyond tensors and plain '
                 'containers, and unpickling them could run arbitrary code. If you trust the file, '
                 'pass trust_checkpoint=True.') from e
-        raise RuntimeError(f'cannot read checkpoint {path}: {e}') from e
+        raise unreadable(path, e) from e
     return flat_state_dict(obj, path)
+
+
+def unreadable(path: str, error: Exception) -> CheckpointError:
+    """The error for a checkpoint file torch cannot load, saying so when it is cut short."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    cut = not head or (head.startswith(b'PK') and not checkpoint_is_complete(path))
+    hint = '; the file is cut short (an interrupted download or copy?)' if cut else ''
+    return CheckpointError(f'cannot read checkpoint {path}: {error}{hint}')
+
+
+def check_readable(path: str, given_as: str = 'load_from') -> None:
+    """A runner checkpoint that exists and that torch can read (its tensors memory-mapped,
+    not read), else an error that names it, before a runner is built around it. A URL is
+    left to mmengine's loader."""
+    if '://' in path:
+        return
+    if osp.isdir(path) or not osp.isfile(path):
+        raise FileNotFoundError(f'{given_as}={path}: ' + ('a folder, not a checkpoint file'
+                                                          if osp.isdir(path) else
+                                                          'checkpoint file not found'))
+    try:
+        torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - named with the file
+        if 'weights_only' not in str(e):  # (objects beyond tensors: mmengine's loader says)
+            raise unreadable(path, e) from e
 
 
 def download_weights(url: str, owner: str, alternatives: str,
@@ -58,7 +89,7 @@ def download_weights(url: str, owner: str, alternatives: str,
     try:
         obj = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=not trust)
     except Exception as e:  # noqa: BLE001 - network failures come in many types
-        raise RuntimeError(f'member {owner!r}: could not download {url} ({type(e).__name__}: '
+        raise CheckpointError(f'member {owner!r}: could not download {url} ({type(e).__name__}: '
                            f'{e}); without access, pass {alternatives}') from e
     return flat_state_dict(obj, url)
 
@@ -70,7 +101,7 @@ def flat_state_dict(obj, source: str) -> Dict[str, Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise RuntimeError(f'{source} holds no state dict (a mapping of parameter names to '
+        raise CheckpointError(f'{source} holds no state dict (a mapping of parameter names to '
                            'tensors)')
     out = OrderedDict((strip_prefix(k, (DDP_PREFIX, )), v) for k, v in obj.items())
     metadata = compat.state_dict_metadata(obj)
@@ -105,8 +136,14 @@ def load_into(module: nn.Module, state_dict: Dict[str, Tensor], source: str,
     """Load ``state_dict`` into ``module``, every key; on a mismatch, list missing, unexpected
     and wrongly shaped keys and name the file (``source``) and the member (``owner``)."""
     missing, unexpected, shapes = state_dict_diff(module.state_dict(), state_dict)
+    who = f' for member {owner!r}' if owner else ''
+    if unexpected and all(k.startswith('members.') for k in unexpected) and \
+            not any(k.startswith('members.') for k in module.state_dict()):
+        raise CheckpointError(f'{source} is the checkpoint of a whole bikd run (its keys are '
+                              f'members.<i>.*), not the weights of one member{who}: continue '
+                              'the run with load_from=... or --resume, or export its members '
+                              'with tools/export_members.py and give one of those files')
     if missing or unexpected or shapes:
-        who = f' for member {owner!r}' if owner else ''
         lines = [f'checkpoint {source} does not fit the model{who} '
                  f'({type(module).__name__}); is it for another architecture?']
         for title, keys in (('missing keys', sorted(missing)),
@@ -116,7 +153,7 @@ def load_into(module: nn.Module, state_dict: Dict[str, Tensor], source: str,
                 shown = ', '.join(keys[:10]) + (f', ... ({len(keys)} in all)' if len(keys) > 10
                                                  else '')
                 lines.append(f'  {title}: {shown}')
-        raise RuntimeError('\n'.join(lines))
+        raise CheckpointError('\n'.join(lines))
     module.load_state_dict(state_dict)
 
 
@@ -147,10 +184,14 @@ def checkpoint_iteration(path: str) -> Optional[int]:
     return int(meta['iter']) if isinstance(meta, dict) and 'iter' in meta else None
 
 
-def check_checkpoint_fits(model, path: str, allow_partial: bool = False) -> None:
-    """``load_from`` must hold every weight of the model and no other (a 2-member run's
-    checkpoint in a 3-member config would leave a member with random weights): else a
-    ``ValueError`` listing the members and keys at fault, unless ``allow_partial``."""
+def check_checkpoint_fits(model, path: str, allow_partial: bool = False,
+                          given_as: str = 'load_from',
+                          hint: str = 'Set load_partial=true to load what fits and keep the rest '
+                                      'as built.') -> None:
+    """``load_from`` (or what ``given_as`` names) must hold every weight of the model and no
+    other (a 2-member run's checkpoint in a 3-member config would leave a member with random
+    weights): else a ``ValueError`` listing the members and keys at fault, unless
+    ``allow_partial``. One model's weights given for a whole run are named as such."""
     if allow_partial:
         return
     state = peek_checkpoint(path)
@@ -161,6 +202,11 @@ def check_checkpoint_fits(model, path: str, allow_partial: bool = False) -> None
     missing, unexpected, shapes = state_dict_diff(model.state_dict(), state)
     if not (missing or unexpected or shapes):
         return
+    if state and not any(k.startswith('members.') for k in state):
+        raise CheckpointError(f'{given_as}={path} holds the weights of one model (keys like '
+                              f'{next(iter(state))}), not the checkpoint of a bikd run: give a '
+                              'checkpoint of the run (<work_dir>/epoch_N.pth or iter_N.pth), or '
+                              'this file as a member\'s checkpoint: model.members.<i>.checkpoint')
     names = list(getattr(model, 'member_names', []))
 
     def by_member(keys):
@@ -175,9 +221,8 @@ def check_checkpoint_fits(model, path: str, allow_partial: bool = False) -> None
     problems = ([f'missing from it: {by_member(missing)}'] if missing else []) + \
         ([f'not in the model: {by_member(unexpected)}'] if unexpected else []) + \
         ([f'shapes differ: {"; ".join(shapes[:3])}'] if shapes else [])
-    raise ValueError(f'load_from={path} does not fit the model (members {names}): '
-                     f'{" | ".join(problems)}. Set load_partial=true to load what fits and keep '
-                     'the rest as built.')
+    raise ValueError(f'{given_as}={path} does not fit the model (members {names}): '
+                     f'{" | ".join(problems)}. {hint}')
 
 
 def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:

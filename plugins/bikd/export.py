@@ -3,8 +3,8 @@ import json
 import os
 from typing import Dict, List, Sequence
 
-from .checkpoint import load_into, load_weights_file
-from .fileio import save_json
+from .checkpoint import check_checkpoint_fits, load_into, load_weights_file
+from .fileio import SaveError, save_json
 
 
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
@@ -14,11 +14,13 @@ def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
 
     from .engine import load_config, setup_engine
 
+    setup_engine()  # (runner checkpoints hold mmengine's objects: allowed to load from here)
     cfg = load_config(config, overrides)
     init_default_scope(cfg.get('default_scope', 'bikd'))
     model = MODELS.build(dict(cfg.model))
+    check_checkpoint_fits(model, checkpoint, given_as='--checkpoint',
+                          hint=f'Is it a checkpoint of a run of {config}?')
     model.take_weights(checkpoint)
-    setup_engine()
     load_into(model, load_weights_file(checkpoint), checkpoint)
     return model.eval()
 
@@ -28,7 +30,10 @@ def export_members(model, out_dir: str, source: str = '') -> List[Dict]:
     list them in ``out_dir/members.json``, each with the checkpoint it came from (``source``).
     Members exported there before by other runs stay listed; a member exported again replaces
     its entry. Returns this export's descriptions."""
-    os.makedirs(out_dir, exist_ok=True)
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise SaveError(os.path.abspath(out_dir), e) from e
     infos = []
     for member in model.members:
         info = member.export(out_dir, member.name)

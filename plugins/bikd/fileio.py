@@ -1,5 +1,8 @@
 """Writes that never leave a half-written file or folder: write to a temporary one beside it,
-then rename it over."""
+then rename it over. A write that fails (a full disk, a read-only folder, a quota) raises
+:class:`SaveError`, which names the file it was writing; the file it would have replaced is
+left as it was."""
+import errno
 import json
 import os
 import shutil
@@ -10,18 +13,43 @@ from typing import Any, Iterator
 import torch
 
 
+class SaveError(OSError):
+    """A write of ``path`` failed with ``cause``; the file it would have replaced is intact.
+    Keeps the cause's ``errno`` (``ENOSPC``, ``EROFS``, ``EDQUOT``, ...)."""
+
+    def __init__(self, path: str, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or str(cause), path)
+        self.path, self.cause = path, cause
+
+    def __str__(self) -> str:
+        code = errno.errorcode.get(self.errno or 0)
+        return f'cannot write {self.path}: {self.strerror}' + (f' ({code})' if code else '')
+
+
+@contextmanager
+def _failures_named(path: str) -> Iterator[None]:
+    try:
+        yield
+    except SaveError:
+        raise
+    except OSError as e:
+        raise SaveError(path, e) from e
+
+
 @contextmanager
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path in ``path``'s folder; it replaces ``path`` only on success."""
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _failures_named(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     # A unique hidden name in the same folder (same file system, so the rename is atomic),
     # created by the writer with the usual permissions.
     tmp = os.path.join(os.path.dirname(path),
                        f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with _failures_named(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -33,12 +61,13 @@ def atomic_dir(path: str) -> Iterator[str]:
     replaces ``path`` (a folder of an earlier write is removed first), so that ``path`` holds a
     complete write or the previous one, never a mix."""
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = os.path.join(os.path.dirname(path),
                        f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-    os.makedirs(tmp)
+    with _failures_named(path):
+        os.makedirs(tmp)
     try:
-        yield tmp
+        with _failures_named(path):
+            yield tmp
         old = None
         if os.path.isdir(path):
             old = tmp + '.old'

@@ -25,13 +25,13 @@ META_ARCH = Registry('model', parent=mme.MODELS, scope='bikd', locations=['bikd.
 #: Members: one pretrained model each (timm classifier, mmseg segmentor, saliency network).
 MEMBERS = Registry('member', scope='bikd')
 #: Task packages register their datasets, transforms and member-wise metrics here.
-DATASETS = Registry('dataset', parent=mme.DATASETS, scope='bikd')
+DATASETS = Registry('dataset', parent=mme.DATASETS, scope='bikd', locations=['bikd.data'])
 TRANSFORMS = Registry('transform', parent=mme.TRANSFORMS, scope='bikd')
 METRICS = Registry('metric', parent=mme.METRICS, scope='bikd')
 #: The suite's engine: hooks, runner, optimiser and model wrappers.
 HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd',
                  locations=['bikd.engine.hooks', 'bikd.engine.random_state',
-                            'bikd.engine.best'])
+                            'bikd.engine.fingerprint', 'bikd.engine.best'])
 RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd', locations=['bikd.engine.runner'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd',
                           locations=['bikd.engine.optim'])

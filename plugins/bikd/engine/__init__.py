@@ -3,6 +3,7 @@ wrappers and the suite's explicit changes to mmengine (:func:`setup_engine`, cal
 entry points)."""
 from .best import BestMembersHook
 from .config import load_config
+from .fingerprint import RunFingerprintHook
 from .hooks import AtomicCheckpointHook, BiKDSummaryHook, LabelSpaceCheckHook
 from .lean_ddp import LeanDistributedDataParallel
 from .optim import BiKDAmpOptimWrapper, BiKDOptimWrapper
@@ -12,5 +13,5 @@ from .runner import BiKDRunner, build_runner
 
 __all__ = ['AtomicCheckpointHook', 'BestMembersHook', 'BiKDAmpOptimWrapper', 'BiKDOptimWrapper',
            'BiKDRunner', 'BiKDSummaryHook', 'LabelSpaceCheckHook', 'LeanDistributedDataParallel',
-           'RandomStateHook', 'allow_mmengine_checkpoints', 'build_runner', 'load_config',
+           'RandomStateHook', 'RunFingerprintHook', 'allow_mmengine_checkpoints', 'build_runner', 'load_config',
            'setup_engine', 'use_atomic_local_writes']

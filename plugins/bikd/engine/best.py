@@ -26,7 +26,7 @@ from ..checkpoint import load_weights_file
 from ..fileio import save_json, save_torch
 from ..metrics import memberwise_metric
 from ..registry import HOOKS
-from .runner import unwrap
+from .runner import save_failed, unwrap
 
 
 def best_file(work_dir: str, member: str, metric: str) -> str:
@@ -100,9 +100,22 @@ class BestMembersHook(Hook):
                 changed = True
                 if is_main_process():
                     state = {k: v.detach().cpu() for k, v in member.state_dict().items()}
-                    save_torch(state, best_file(runner.work_dir, member.name, name))
+                    try:
+                        save_torch(state, best_file(runner.work_dir, member.name, name))
+                    except OSError as e:  # the file it would replace is intact
+                        if old is None:
+                            del self.records[member.name][name]
+                        else:
+                            self.records[member.name][name] = old
+                        save_failed(runner, f'best weights of {member.name} ({name}) not saved '
+                                            f'at iteration {runner.iter}: {e}; best/ is as it '
+                                            'was', e)
         if changed and is_main_process():
-            save_json(self.records, osp.join(runner.work_dir, self.folder, 'best.json'))
+            try:
+                save_json(self.records, osp.join(runner.work_dir, self.folder, 'best.json'))
+            except OSError as e:
+                save_failed(runner, f'best/best.json not updated at iteration {runner.iter}: '
+                                    f'{e}; it lists the best weights saved before', e)
 
     # ----------------------------------------------------------------------------- resume
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:

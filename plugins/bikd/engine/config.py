@@ -37,9 +37,26 @@ ConfigLoader.add_implicit_resolver(
     list('-+0123456789'))
 
 
-def _read_yaml(path: str) -> Dict[str, Any]:
+#: what mmengine's Config reads besides YAML
+OTHER_SUFFIXES = ('.py', '.json')
+
+
+def check_config_path(path: str) -> None:
+    """A config path that names a readable config file, else an error that says what is
+    wrong with it (missing, a folder, not a config's suffix)."""
+    if os.path.isdir(path):
+        raise IsADirectoryError(f'--config-file {path} is a folder; name a config file in it '
+                                '(.yaml)')
     if not os.path.isfile(path):
         raise FileNotFoundError(f'config file not found: {path}')
+    if not path.endswith(YAML_SUFFIXES + OTHER_SUFFIXES):
+        raise ValueError(f'config file {path}: {os.path.splitext(path)[1] or "no suffix"} is '
+                         f'not a config\'s suffix ({", ".join(YAML_SUFFIXES + OTHER_SUFFIXES)}); '
+                         'is it misspelt?')
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    check_config_path(path)
     with open(path) as f:
         try:
             data = yaml.load(f, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader
@@ -57,6 +74,7 @@ def _load_dict(path: str, stack: Sequence[str] = ()) -> Dict[str, Any]:
     if path in stack:
         raise ValueError(f'circular _base_ chain: {" -> ".join(list(stack) + [path])}')
     if not path.endswith(YAML_SUFFIXES):
+        check_config_path(path)
         return Config.fromfile(path, import_custom_modules=False).to_dict()
     data = _read_yaml(path)
     bases = data.pop('_base_', [])
@@ -176,7 +194,12 @@ def check_argument_types(section: dict, cls, where: str, path: str) -> None:
 def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool = True) -> Config:
     """Read an experiment config, apply ``key=value`` overrides (dotted keys; list items by
     index, e.g. ``model.members.0.pretrained=false``) and import its ``custom_imports``."""
-    cfg = Config(_load_dict(path), filename=os.path.abspath(path))
+    data = _load_dict(path)
+    if not isinstance(data.get('model'), dict):
+        raise ValueError(f'config {path} ' + ('is empty' if not data else 'defines no model') +
+                         '; an experiment config names at least the model and its members (see '
+                         'configs/ for examples)')
+    cfg = Config(data, filename=os.path.abspath(path))
     if overrides:
         parsed = parse_overrides(overrides)
         check_override_types(cfg, parsed)
@@ -213,8 +236,10 @@ TOP_LEVEL_KEYS = frozenset({
     'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
     'efficient_conv_bn_eval', 'custom_imports', 'runner_type',
-    # tools/train_net.py: load_from may hold only part of the model's weights
-    'load_partial',
+    # tools/train_net.py: load_from may hold only part of the model's weights; --resume of a
+    # run whose config changed; a failed checkpoint save warns instead of stopping the run;
+    # up to N unreadable training samples are skipped
+    'load_partial', 'resume_changed', 'keep_training_on_save_error', 'skip_bad_samples',
     # tools/run_experiment.py: a method's own optimiser or schedule (method -> config keys)
     'method_recipes'})
 

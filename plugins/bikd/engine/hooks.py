@@ -4,21 +4,22 @@ or a full disk cannot leave half-written."""
 import os
 import os.path as osp
 import re
+import shutil
 import tempfile
-from contextlib import contextmanager
 from typing import Dict, Optional
 
 import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 
+from ..data import SkipBadSamples
 from ..fileio import atomic_path, save_json, write_bytes
 from ..metrics import memberwise_metric
 from ..registry import HOOKS
 from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
 from .best import find_best_hook
-from .runner import unwrap
+from .runner import save_failed, unwrap
 
 
 def check_label_space(model, loaders: Dict[str, object]) -> None:
@@ -91,6 +92,8 @@ class BiKDSummaryHook(Hook):
             self.before = resumed['before']
             self.share_sum = dict(resumed['share_sum'])
             self.share_iters = int(resumed['share_iters'])
+            if isinstance(runner.train_dataloader.dataset, SkipBadSamples):
+                runner.train_dataloader.dataset.skipped = resumed.get('skipped_samples', 0)
             return
         if runner.val_loop is None:
             runner.logger.warning('no val_dataloader/val_evaluator: no before/after table')
@@ -155,14 +158,22 @@ class BiKDSummaryHook(Hook):
                        teacher_share=self.teacher_share(),
                        partition_teaches=model.partition_teaches, work_dir=runner.work_dir,
                        skipped_steps=getattr(runner.optim_wrapper, 'skipped_steps', 0),
+                       **self._skipped_samples(runner),
                        **self._flips(runner, model), **(best.summary() if best else {})))
         if is_main_process():
             save_json(summary, osp.join(runner.work_dir, self.filename))
             runner.logger.info('\n' + format_table(summary, f'Result of {summary["method"]}'))
 
+    @staticmethod
+    def _skipped_samples(runner) -> dict:
+        dataset = runner.train_dataloader.dataset
+        return dict(skipped_samples=dataset.skipped) if isinstance(dataset, SkipBadSamples) \
+            else {}
+
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault('meta', {})['bikd_summary'] = dict(
-            before=self.before, share_sum=self.share_sum, share_iters=self.share_iters)
+            before=self.before, share_sum=self.share_sum, share_iters=self.share_iters,
+            **self._skipped_samples(runner))
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
         # Both `resume` and `load_from` come here; only a resumed run (iteration > 0 when
@@ -171,10 +182,17 @@ class BiKDSummaryHook(Hook):
 
 
 class _WorkDirElsewhere:
-    """The runner, with its work_dir moved (attribute reads go to the runner)."""
+    """The runner, with its work_dir moved to a scratch folder made when first asked for
+    (attribute reads go to the runner)."""
 
-    def __init__(self, runner, work_dir: str):
-        self._runner, self.work_dir = runner, work_dir
+    def __init__(self, runner):
+        self._runner, self.scratch = runner, None
+
+    @property
+    def work_dir(self) -> str:
+        if self.scratch is None:  # made only when a save asks for it
+            self.scratch = tempfile.mkdtemp(dir=self._runner.work_dir, prefix='.marker.')
+        return self.scratch
 
     def __getattr__(self, name):
         return getattr(self._runner, name)
@@ -192,6 +210,10 @@ class AtomicCheckpointHook(CheckpointHook):
       the suite's file backend, :mod:`bikd.engine.patches`.)
     - ``max_keep_ckpts`` removes old checkpoints after a save has succeeded; mmengine removes
       the oldest before it saves, so with ``max_keep_ckpts=1`` a failed save left none.
+    - A save that fails (a full disk, a read-only work_dir, a quota) leaves the previous
+      checkpoint, the marker and ``best/`` as they were and stops the run with one line naming
+      the file and the cause (:func:`~bikd.engine.runner.save_failed`; with the config's
+      ``keep_training_on_save_error: true`` it warns and training goes on).
     """
 
     def __init__(self, *args, max_keep_ckpts: int = -1, **kwargs):
@@ -199,22 +221,35 @@ class AtomicCheckpointHook(CheckpointHook):
         self.keep = int(max_keep_ckpts)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        with self._saving(runner) as moved:
-            super().after_train_iter(moved, batch_idx, data_batch, outputs)
+        self._save(runner, lambda moved: super(AtomicCheckpointHook, self).after_train_iter(
+            moved, batch_idx, data_batch, outputs))
 
     def after_train_epoch(self, runner) -> None:
-        with self._saving(runner) as moved:
-            super().after_train_epoch(moved)
+        self._save(runner, lambda moved: super(AtomicCheckpointHook, self).after_train_epoch(
+            moved))
 
-    @contextmanager
-    def _saving(self, runner):
-        with tempfile.TemporaryDirectory(dir=runner.work_dir, prefix='.marker.') as scratch:
-            before = self.last_ckpt
-            yield _WorkDirElsewhere(runner, scratch)
-            written = osp.join(scratch, 'last_checkpoint')
+    def _save(self, runner, save) -> None:
+        """``save(runner with its work_dir moved)``: mmengine's hook, which saves when a save
+        is due; then the marker it wrote replaces the real one and old checkpoints go."""
+        before = self.last_ckpt
+        moved = _WorkDirElsewhere(runner)
+        try:
+            save(moved)
+            written = osp.join(moved.scratch, 'last_checkpoint') if moved.scratch else ''
             if osp.isfile(written):  # the main process writes it
                 with open(written, 'rb') as f:
                     write_bytes(f.read(), osp.join(runner.work_dir, 'last_checkpoint'))
+        except OSError as e:
+            self.last_ckpt = before  # mmengine names the file before it writes it
+            runner.message_hub.update_info('last_ckpt', before)
+            kept = (f'the last complete checkpoint {before} and the last_checkpoint marker are '
+                    'as they were' if before else 'no checkpoint was saved before')
+            save_failed(runner, f'checkpoint not saved at iteration {runner.iter}: {e}; {kept}',
+                        e)
+            return
+        finally:
+            if moved.scratch:
+                shutil.rmtree(moved.scratch, ignore_errors=True)
         if self.last_ckpt != before and is_main_process():
             self._remove_old_checkpoints()
 

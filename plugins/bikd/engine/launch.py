@@ -1,8 +1,11 @@
-"""Processes of a run: the ones ``--num-gpus`` starts on this machine, or those torchrun
-started (its environment is detected), and the distributed setup mmengine's Runner needs."""
+"""Processes of a run: the ones ``--num-gpus`` starts on this machine (on each of
+``--num-machines`` machines, as detectron2's ``launch``), or those torchrun started (its
+environment is detected), and the distributed setup mmengine's Runner needs."""
 import os
 import socket
+import sys
 from typing import Callable
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
@@ -16,18 +19,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(local_rank: int, main_func: Callable, world_size: int, port: int, args) -> None:
-    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank),
-                      WORLD_SIZE=str(world_size), MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
+def _worker(local_rank: int, main_func: Callable, num_gpus: int, machine_rank: int,
+            world_size: int, host: str, port: int, args) -> None:
+    os.environ.update(RANK=str(machine_rank * num_gpus + local_rank), LOCAL_RANK=str(local_rank),
+                      LOCAL_WORLD_SIZE=str(num_gpus), WORLD_SIZE=str(world_size),
+                      MASTER_ADDR=host, MASTER_PORT=str(port))
     main_func(args)
 
 
-def launch(main_func: Callable, num_gpus: int, args) -> None:
-    """Run ``main_func(args)`` in ``num_gpus`` processes (or in this one when 1 or when
-    already started by torchrun)."""
-    if num_gpus > 1 and 'WORLD_SIZE' not in os.environ:
-        mp.start_processes(_worker, nprocs=num_gpus, start_method='spawn',
-                           args=(main_func, num_gpus, free_port(), args))
+def rendezvous(dist_url: str):
+    """``tcp://HOST:PORT`` -> (host, port); ``auto``: this machine and a free port."""
+    if dist_url == 'auto':
+        return '127.0.0.1', free_port()
+    url = urlparse(dist_url)
+    if url.scheme != 'tcp' or not url.hostname or not url.port:
+        raise ValueError(f'--dist-url must be tcp://HOST:PORT (machine 0\'s address and a free '
+                         f'port), got {dist_url!r}')
+    return url.hostname, url.port
+
+
+def launch(main_func: Callable, num_gpus: int, args, num_machines: int = 1,
+           machine_rank: int = 0, dist_url: str = 'auto') -> None:
+    """Run ``main_func(args)`` in ``num_gpus`` processes on each of ``num_machines`` machines
+    (this one being ``machine_rank``; they meet at ``dist_url``), or in this process when the
+    run has one process or torchrun started it. A process that fails ends the others; this
+    one then exits with its status."""
+    world_size = num_gpus * num_machines
+    if world_size > 1 and 'WORLD_SIZE' not in os.environ:
+        host, port = rendezvous(dist_url)
+        try:
+            mp.start_processes(_worker, nprocs=num_gpus, start_method='spawn',
+                               args=(main_func, num_gpus, machine_rank, world_size, host, port,
+                                     args))
+        except mp.ProcessExitedException as e:  # it said why itself
+            sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
     else:
         main_func(args)
 

@@ -14,7 +14,28 @@ from mmengine.runner import Runner
 from ..registry import RUNNERS
 
 #: hooks every run has, whatever its config lists: (type, priority)
-GUARD_HOOKS = (('LabelSpaceCheckHook', 'VERY_HIGH'), )
+GUARD_HOOKS = (('LabelSpaceCheckHook', 'VERY_HIGH'), ('RunFingerprintHook', 'VERY_LOW'))
+
+
+class RunStopped(RuntimeError):
+    """The run cannot go on for a reason outside the code (a file it must write cannot be
+    written); the message says what and what to do. ``train_net`` prints it as one line."""
+
+
+#: the config key that turns a failed save into a warning
+KEEP_TRAINING_KEY = 'keep_training_on_save_error'
+
+
+def save_failed(runner, message: str, error: Exception) -> None:
+    """A save of the run failed (``message`` says which and what is intact): stop the run
+    with :class:`RunStopped`, or with the config's ``keep_training_on_save_error: true`` log a
+    warning and go on."""
+    if runner.cfg.get(KEEP_TRAINING_KEY, False):
+        runner.logger.warning(f'{message}; training goes on ({KEEP_TRAINING_KEY}=true)')
+        return
+    raise RunStopped(f'{message}. Free space (or make the work_dir writable), then continue '
+                     f'with --resume auto; {KEEP_TRAINING_KEY}=true trains on without the '
+                     'files that cannot be written') from error
 
 
 def unwrap(model):

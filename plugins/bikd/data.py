@@ -1,0 +1,65 @@
+"""Training data that may hold a few unreadable files: :class:`SkipBadSamples`.
+
+``train_net ... skip_bad_samples=N`` wraps the training dataset in it: a sample whose file
+cannot be read (a truncated or empty image, a dangling link: the datasets raise ``OSError``
+naming the file) is replaced by the next readable one, with a warning that names the file; a
+run that meets more than N such samples stops with the last one's name. The count is shared
+by the data loader's worker processes, travels in the checkpoints and goes into
+``summary.json`` (``skipped_samples``). Without it, the first unreadable file stops the run
+with its name (``train_net`` prints one line; the last checkpoint is intact).
+"""
+import multiprocessing
+from typing import Any, Union
+
+from mmengine.logging import print_log
+from torch.utils.data import Dataset
+
+from .registry import DATASETS
+
+
+@DATASETS.register_module()
+class SkipBadSamples(Dataset):
+    """``dataset`` (a dataset or its config) with up to ``max_skips`` unreadable samples
+    replaced by the next readable ones (see the module's description). Other attributes
+    (``metainfo``, ``classes``, ...) are the wrapped dataset's."""
+
+    def __init__(self, dataset: Union[dict, Dataset], max_skips: int):
+        self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+        self.max_skips = int(max_skips)
+        if self.max_skips < 0:
+            raise ValueError(f'skip_bad_samples must be 0 or more, got {max_skips}')
+        self._skipped = multiprocessing.Value('i', 0)  # shared with forked loader workers
+
+    @property
+    def skipped(self) -> int:
+        """Samples skipped so far (by every worker)."""
+        return int(self._skipped.value)
+
+    @skipped.setter
+    def skipped(self, value: int) -> None:
+        self._skipped.value = int(value)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        n = len(self.dataset)
+        for step in range(n):
+            i = (index + step) % n
+            try:
+                return self.dataset[i]
+            except OSError as e:
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                    count = self._skipped.value
+                if count > self.max_skips:
+                    raise OSError(f'{e} (more unreadable training samples than '
+                                  f'skip_bad_samples={self.max_skips})') from e
+                print_log(f'skipped training sample {i} ({count} of at most {self.max_skips}, '
+                          f'skip_bad_samples): {e}', logger='current', level=30)
+        raise OSError('no training sample is readable')
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith('_') or name == 'dataset':  # (while unpickled: not set yet)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
