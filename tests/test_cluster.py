@@ -265,3 +265,35 @@ def test_data_that_breaks_mid_run_is_named_and_can_be_skipped(digits_root, tmp_p
     assert 'skipped training sample' in skipped.stdout and str(image) in skipped.stdout
     summary = json.loads((work / 'summary.json').read_text())
     assert summary['skipped_samples'] == 1 and summary['iterations'] == 20
+
+
+#: a worker that joins the group; in torchrun's first round rank 1 then dies, and in the
+#: second round it joins late (the order in which the dead group's addresses were read)
+LATE_JOINER = '''
+import os, sys, time
+import torch.distributed as dist
+from bikd.engine.launch import init_process_group
+attempt, rank = int(os.environ['TORCHELASTIC_RESTART_COUNT']), int(os.environ['RANK'])
+if attempt == 1 and rank == 1:
+    time.sleep(3)
+init_process_group('gloo')
+dist.barrier()
+print(f'attempt {attempt} rank {rank}: joined', flush=True)
+if attempt == 0 and rank == 1:
+    os._exit(1)
+'''
+
+
+def test_a_restarted_group_does_not_meet_the_addresses_of_the_dead_one(tmp_path):
+    """torchrun keeps one store for every round: with a plain init_process_group, rank 0 of
+    the restarted group connects to the address the dead rank 1 left there (gloo:
+    'Connection refused') whenever the new rank 1 is slower to join."""
+    script = tmp_path / 'worker.py'
+    script.write_text(LATE_JOINER)
+    proc = subprocess.run(torchrun('--standalone', '--nproc-per-node', 2, '--max-restarts', 1,
+                                   '--monitor-interval', 0.5, script),
+                          cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=LIMIT)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    for rank in (0, 1):
+        assert f'attempt 1 rank {rank}: joined' in proc.stdout

@@ -73,10 +73,30 @@ def setup_distributed(cfg) -> str:
         type='LeanDistributedDataParallel' if lean else 'MMDistributedDataParallel',
         broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
+    if not dist.is_initialized():  # (mmengine's Runner then leaves it as it is)
+        init_process_group(env['dist_cfg']['backend'], env['dist_cfg'].get('timeout'))
     if not cuda:
-        if not dist.is_initialized():
-            dist.init_process_group('gloo')
         # mmengine passes the local rank as a CUDA device id; CPU modules take none.
         wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
     return 'pytorch'
+
+
+def init_process_group(backend: str, timeout_s=None) -> None:
+    """Join the process group of ``RANK`` / ``WORLD_SIZE`` at ``MASTER_ADDR:MASTER_PORT``
+    (torchrun's or ``launch``'s environment), each process on its own GPU when there are GPUs.
+
+    The keys the processes exchange are kept apart per torchrun restart
+    (``TORCHELASTIC_RESTART_COUNT``): torchrun's agent keeps one store for every round of its
+    rendezvous, and the processes of a restarted group would otherwise read the addresses the
+    dead group left there and fail to connect (seen with ``--max-restarts`` on gloo).
+    """
+    from datetime import timedelta
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', '0')))
+    store, rank, world_size = next(dist.rendezvous('env://'))
+    attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    kwargs = dict(timeout=timedelta(seconds=timeout_s)) if timeout_s else {}
+    dist.init_process_group(backend, store=dist.PrefixStore(f'bikd/attempt_{attempt}', store),
+                            rank=rank, world_size=world_size, **kwargs)
