@@ -205,9 +205,16 @@ class Detectron2Dataset(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         record = copy.deepcopy(self.dicts[index])
-        if self.check and 'pan_seg_file_name' in record:
-            check_panoptic_png(record, getattr(self.meta, 'panoptic_json', self.name))
-        return dict(inputs=self.mapper(record), data_samples=None)
+        try:
+            if self.check and 'pan_seg_file_name' in record:
+                check_panoptic_png(record, getattr(self.meta, 'panoptic_json', self.name))
+            inputs = self.mapper(record)
+        except OSError as e:  # PIL's messages do not always name the file (a truncated one)
+            files = [record[k] for k in ('file_name', 'pan_seg_file_name', 'sem_seg_file_name')
+                     if record.get(k)]
+            raise OSError(f'cannot read image file {files[0]} or its annotation '
+                          f'({", ".join(files[1:]) or "none"}): {e}') from e
+        return dict(inputs=inputs, data_samples=None)
 
     @property
     def metainfo(self) -> dict:

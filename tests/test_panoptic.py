@@ -287,6 +287,19 @@ def test_a_category_outside_the_metadata_names_the_file(toy, tmp_path):
     assert json_file in str(e.value)
 
 
+def test_an_image_cut_short_names_the_sample_files(toy, tmp_path):
+    root, _ = corrupt(toy, tmp_path, lambda data: None)
+    ds = Detectron2Dataset('ade20k_panoptic_val', root, PANOPTIC, mapper='test')
+    image = ds.dicts[1]['file_name']
+    data = open(image, 'rb').read()
+    with open(image, 'wb') as f:
+        f.write(data[:len(data) // 3])
+    ds[0]  # the others read
+    with pytest.raises(OSError, match=f'cannot read image file {image} or its annotation '
+                                      f'.*ADE_val_00000002.png'):
+        ds[1]
+
+
 def test_a_missing_layout_names_what_is_missing(tmp_path):
     with pytest.raises(FileNotFoundError, match='ade20k_panoptic_val.json'):
         Detectron2Dataset('ade20k_panoptic_val', str(tmp_path), PANOPTIC, mapper='test')
