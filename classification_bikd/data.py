@@ -8,6 +8,7 @@ from PIL import Image
 from timm.data import create_transform
 from torch.utils.data import Dataset
 
+from bikd.data import unreadable_file
 from bikd.registry import DATASETS
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -87,13 +88,7 @@ def load_rgb(path: str) -> Image.Image:
                 img = Image.fromarray(np.round(wide * (255 / 65535)).astype(np.uint8), 'L')
             return img.convert('RGB')
     except Exception as e:  # noqa: BLE001 - PIL raises many types; all mean "cannot read"
-        if os.path.islink(path) and not os.path.exists(path):
-            why = f'it is a link to {os.readlink(path)}, which does not exist'
-        elif os.path.isfile(path) and os.path.getsize(path) == 0:
-            why = 'it is empty (0 bytes)'
-        else:
-            why = f'{type(e).__name__}: {e}'
-        raise OSError(f'cannot read image file {path}: {why}') from e
+        raise unreadable_file(path, e) from e
 
 
 @DATASETS.register_module()

@@ -1,8 +1,41 @@
-"""A check of every segmentation annotation as it is loaded: its size equals its image's and
-its labels lie in the class range, or the error names both files."""
+"""mmseg pipeline steps of the suite: loading that names a file it cannot read
+(``bikd.LoadImageFromFile``, ``bikd.LoadAnnotations``) and a check of every segmentation
+annotation as it is loaded (its size equals its image's, its labels lie in the class range, or
+the error names both files)."""
 import numpy as np
+from mmcv.transforms import LoadImageFromFile as _LoadImage
+from mmseg.datasets.transforms import LoadAnnotations as _LoadAnnotations
 
+from bikd.data import unreadable_file
 from bikd.registry import TRANSFORMS
+
+
+@TRANSFORMS.register_module()
+class LoadImageFromFile(_LoadImage):
+    """mmcv's ``LoadImageFromFile``, except that an image it cannot read (cut short, empty, a
+    dangling link) raises ``OSError`` naming the file: mmcv's own is an ``AssertionError``, an
+    OpenCV error or PIL's "cannot identify image file <BytesIO>", which name none. So a run
+    stops with the file's name (and ``skip_bad_samples=N`` can skip it). Use as
+    ``type: bikd.LoadImageFromFile`` in an mmseg pipeline."""
+
+    def transform(self, results: dict):
+        try:
+            return super().transform(results)
+        except Exception as e:  # noqa: BLE001 - every decoder's failure means "cannot read"
+            raise unreadable_file(results['img_path'], e) from e
+
+
+@TRANSFORMS.register_module()
+class LoadAnnotations(_LoadAnnotations):
+    """mmseg's ``LoadAnnotations``, except that an annotation it cannot read raises ``OSError``
+    naming the file (and its image). Use as ``type: bikd.LoadAnnotations``."""
+
+    def transform(self, results: dict):
+        try:
+            return super().transform(results)
+        except Exception as e:  # noqa: BLE001 - as above
+            error = unreadable_file(results.get('seg_map_path', '?'), e, kind='annotation')
+            raise type(error)(f'{error} (image {results.get("img_path")})') from e
 
 
 @TRANSFORMS.register_module()

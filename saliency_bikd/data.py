@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bikd.data import unreadable_file
 from bikd.registry import DATASETS
 
 IMG_EXT = ('.png', '.jpg', '.jpeg')
@@ -23,7 +24,7 @@ SPLITS = {
 def _read(path: str, flags: int) -> np.ndarray:
     img = cv2.imread(path, flags)
     if img is None:
-        raise OSError(f'cannot read image file {path}')
+        raise unreadable_file(path)
     return img
 
 

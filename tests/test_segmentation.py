@@ -211,3 +211,38 @@ def test_bad_annotations_are_named(tmp_path):
     with pytest.raises(ValueError, match=rf'annotation {anns[2]} is \d+x\d+ pixels but its '
                                          rf'image {infos[2]["img_path"]}'):
         dataset[2]
+
+
+def test_unreadable_images_and_annotations_are_named(tmp_path):
+    """bikd.LoadImageFromFile / bikd.LoadAnnotations (the shipped pipelines' loaders): an image
+    cut short (mmcv: an AssertionError naming nothing useful with PIL) or an empty annotation is
+    an OSError naming the file, which train_net reports in one line and skip_bad_samples skips."""
+    from mmengine.registry import DATASETS
+
+    from tools.make_ade20k_toy import make_ade20k_toy
+    make_ade20k_toy(str(tmp_path / 'toy'), n_train=3, n_val=1, size=64)
+    root = tmp_path / 'toy' / 'ADEChallengeData2016'
+    for backend in ('cv2', 'pillow'):
+        cfg = load_config(TOY, [f'train_dataloader.dataset.data_root={root}'])
+        cfg.train_dataloader.dataset.pipeline[0]['imdecode_backend'] = backend
+        init_default_scope('bikd')
+        dataset = DATASETS.build(cfg.train_dataloader.dataset)
+        dataset[0]  # readable as made
+        infos = [dataset.get_data_info(i) for i in range(len(dataset))]
+        image, ann = infos[0]['img_path'], infos[1]['seg_map_path']
+        data = open(image, 'rb').read()
+        with open(image, 'wb') as f:
+            f.write(data[:len(data) // 3])
+        with pytest.raises(OSError, match=rf'^cannot read image file {image}: '):
+            dataset[0]
+        open(image, 'wb').write(b'')
+        with pytest.raises(OSError, match=rf'^cannot read image file {image}: it is empty'):
+            dataset[0]
+        open(image, 'wb').write(data)
+        annotation = open(ann, 'rb').read()
+        open(ann, 'wb').write(b'')
+        with pytest.raises(OSError, match=rf'^cannot read annotation file {ann}: it is empty '
+                                          rf'\(0 bytes\) \(image {infos[1]["img_path"]}\)'):
+            dataset[1]
+        open(ann, 'wb').write(annotation)
+        dataset[1]

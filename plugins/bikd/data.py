@@ -9,12 +9,33 @@ by the data loader's worker processes, travels in the checkpoints and goes into
 with its name (``train_net`` prints one line; the last checkpoint is intact).
 """
 import multiprocessing
-from typing import Any, Union
+import os
+from typing import Any, Optional, Union
 
 from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
 from .registry import DATASETS
+
+
+def unreadable_file(path: str, error: Optional[BaseException] = None,
+                    kind: str = 'image') -> OSError:
+    """The error for a data file a decoder could not read (``kind``: image, annotation,
+    frame, ...): it names the file and says why in words when the reason is plain (a dangling
+    link, an empty file), else gives the decoder's message. :class:`SkipBadSamples` and
+    ``train_net`` act on it."""
+    if os.path.islink(path) and not os.path.exists(path):
+        why = f'it is a link to {os.readlink(path)}, which does not exist'
+    elif not os.path.exists(path):
+        why = 'it does not exist'
+    elif os.path.isfile(path) and os.path.getsize(path) == 0:
+        why = 'it is empty (0 bytes)'
+    elif error is None or not str(error).strip():
+        why = 'the decoder could not read it (cut short, or not an image?)'
+    else:
+        why = f'{type(error).__name__}: {str(error).strip()}'
+    missing = not os.path.exists(path)  # (a dangling link too)
+    return (FileNotFoundError if missing else OSError)(f'cannot read {kind} file {path}: {why}')
 
 
 @DATASETS.register_module()
