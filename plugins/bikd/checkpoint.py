@@ -64,21 +64,24 @@ def unreadable(path: str, error: Exception) -> CheckpointError:
     return CheckpointError(f'cannot read checkpoint {path}: {error}{hint}')
 
 
-def check_readable(path: str, given_as: str = 'load_from') -> None:
+def check_readable(path: str, given_as: str = 'load_from') -> Optional[dict]:
     """A runner checkpoint that exists and that torch can read (its tensors memory-mapped,
-    not read), else an error that names it, before a runner is built around it. A URL is
-    left to mmengine's loader."""
+    not read), else an error that names it, before a runner is built around it. Returns its
+    contents as :func:`peek_checkpoint` does (``None`` for a URL, left to mmengine's loader,
+    and for a file holding objects beyond tensors, which mmengine's loader reports)."""
     if '://' in path:
-        return
+        return None
     if osp.isdir(path) or not osp.isfile(path):
         raise FileNotFoundError(f'{given_as}={path}: ' + ('a folder, not a checkpoint file'
                                                           if osp.isdir(path) else
                                                           'checkpoint file not found'))
     try:
-        torch.load(path, map_location='cpu', mmap=True, weights_only=True)
+        data = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
     except Exception as e:  # noqa: BLE001 - named with the file
         if 'weights_only' not in str(e):  # (objects beyond tensors: mmengine's loader says)
             raise unreadable(path, e) from e
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def download_weights(url: str, owner: str, alternatives: str,

@@ -4,7 +4,7 @@ import os
 from typing import Dict, List, Sequence
 
 from .checkpoint import check_checkpoint_fits, load_into, load_weights_file
-from .fileio import SaveError, save_json
+from .fileio import failures_named, save_json
 
 
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
@@ -30,10 +30,8 @@ def export_members(model, out_dir: str, source: str = '') -> List[Dict]:
     list them in ``out_dir/members.json``, each with the checkpoint it came from (``source``).
     Members exported there before by other runs stay listed; a member exported again replaces
     its entry. Returns this export's descriptions."""
-    try:
+    with failures_named(os.path.abspath(out_dir)):
         os.makedirs(out_dir, exist_ok=True)
-    except OSError as e:
-        raise SaveError(os.path.abspath(out_dir), e) from e
     infos = []
     for member in model.members:
         info = member.export(out_dir, member.name)

@@ -27,7 +27,8 @@ class SaveError(OSError):
 
 
 @contextmanager
-def _failures_named(path: str) -> Iterator[None]:
+def failures_named(path: str) -> Iterator[None]:
+    """An ``OSError`` of the writes inside becomes a :class:`SaveError` naming ``path``."""
     try:
         yield
     except SaveError:
@@ -40,14 +41,14 @@ def _failures_named(path: str) -> Iterator[None]:
 def atomic_path(path: str) -> Iterator[str]:
     """Yield a temporary path in ``path``'s folder; it replaces ``path`` only on success."""
     path = os.path.abspath(path)
-    with _failures_named(path):
+    with failures_named(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
     # A unique hidden name in the same folder (same file system, so the rename is atomic),
     # created by the writer with the usual permissions.
     tmp = os.path.join(os.path.dirname(path),
                        f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
     try:
-        with _failures_named(path):
+        with failures_named(path):
             yield tmp
             os.replace(tmp, path)
     finally:
@@ -63,10 +64,10 @@ def atomic_dir(path: str) -> Iterator[str]:
     path = os.path.abspath(path)
     tmp = os.path.join(os.path.dirname(path),
                        f'.{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-    with _failures_named(path):
+    with failures_named(path):
         os.makedirs(tmp)
     try:
-        with _failures_named(path):
+        with failures_named(path):
             yield tmp
         old = None
         if os.path.isdir(path):

@@ -11,6 +11,7 @@ line and exit status 2 (:func:`run_tool`), and a run that could not start leaves
 its work_dir.
 """
 import argparse
+import logging
 import os
 import os.path as osp
 import shutil
@@ -18,7 +19,7 @@ import sys
 from typing import Callable, List, Optional
 
 from ..checkpoint import (check_checkpoint_fits, check_readable, checkpoint_iteration,
-                          find_last_checkpoint, peek_checkpoint, remove_stale_temporary_files)
+                          find_last_checkpoint, remove_stale_temporary_files)
 from ..fileio import SaveError, save_json
 from ..metrics import memberwise_metric
 from ..summary import build_evaluation, format_evaluation
@@ -129,11 +130,10 @@ def setup(args):
             notes.append(f'--resume{" auto" if mode == "auto" else ""}: '
                          f'{note or "continuing from " + last}')
             cfg.load_from = last
-    if cfg.get('load_from'):
-        check_readable(cfg.load_from)
+    contents = check_readable(cfg.load_from) if cfg.get('load_from') else None
     allow_changed = bool(cfg.pop('resume_changed', False))
     if resume:
-        meta = (peek_checkpoint(cfg.load_from) or {}).get('meta')
+        meta = (contents or {}).get('meta')
         note = check_same_run(cfg, meta if isinstance(meta, dict) else None, cfg.load_from,
                               allow_changed)
         if note:
@@ -238,7 +238,6 @@ def main(args) -> Optional[dict]:
 
 def _remove_what_this_start_wrote(runner, work_dir_existed: bool) -> None:
     """A start that failed before training leaves the work_dir as it found it."""
-    import logging
     for handler in list(runner.logger.handlers):  # the log file is in the folder removed
         if isinstance(handler, logging.FileHandler):
             handler.close()

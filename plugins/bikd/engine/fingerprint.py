@@ -99,8 +99,7 @@ def _flatten(value: Any, prefix: str = '') -> Dict[str, Any]:
     if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
         out = {}
         for i, v in enumerate(value):
-            name = v.get('name', i) if isinstance(v, dict) else i
-            out.update(_flatten(v, f'{prefix}[{name}]'))
+            out.update(_flatten(v, f"{prefix}[{v.get('name', i)}]"))
         return out
     return {prefix: value}
 
