@@ -9,6 +9,7 @@ from timm.data import create_transform
 from torch.utils.data import Dataset
 
 from bikd.data import unreadable_file
+from bikd.errors import UserError
 from bikd.registry import DATASETS
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
@@ -64,9 +65,9 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
     classes = list(classes) if classes is not None else found
     unknown = [c for c in found if c not in classes]
     if unknown:
-        raise ValueError(f'{root}: class folder(s) {unknown} are not among the {len(classes)} '
-                         f'classes of {classes_from}; labels are given by class name, so every '
-                         'split must use those names (remove or rename the folders)')
+        raise UserError(f'{root}: class folder(s) {unknown} are not among the {len(classes)} '
+                        f'classes of {classes_from}; labels are given by class name, so every '
+                        'split must use those names (remove or rename the folders)')
     samples, taken = [], set()
     real = {c: os.path.realpath(os.path.join(root, c)) for c in found}
     for cls in found:
@@ -119,6 +120,9 @@ class ImageFolderDataset(Dataset):
         class_split: the split whose class folders are the label space when ``classes`` is
             not given.
     """
+
+    #: where its data is, for the run's fingerprint (:func:`bikd.data.dataset_fingerprint`)
+    source_arguments = ('data_root', 'split')
 
     def __init__(self, data_root: str, split: str, transform: Optional[Dict] = None,
                  classes: Optional[Sequence[str]] = None, class_split: str = 'train'):

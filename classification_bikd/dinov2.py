@@ -1,5 +1,6 @@
 """DINOv2 with its released ImageNet linear classifier (``torch.hub`` ``dinov2_vit*14_lc``) as a
 member: timm's DINOv2 backbone plus the linear head of the DINOv2 release."""
+import json
 import os
 from typing import Any, Dict, Optional
 
@@ -11,6 +12,7 @@ from bikd.registry import MEMBERS
 from bikd.checkpoint import download_weights
 
 from .member import TimmMember
+from bikd.errors import UserError
 
 
 @MEMBERS.register_module()
@@ -27,13 +29,15 @@ class DinoV2LinearMember(TimmMember):
     a state dict with ``weight`` and ``bias``; the export writes the same layout.
     """
     export_format = 'timm+dinov2_linear_head'
+    #: the released linear head is a weights file of its own
+    weight_arguments = TimmMember.weight_arguments + ('head_file', )
 
     def __init__(self, model_name: str = 'vit_small_patch14_dinov2.lvd142m', layers: int = 4,
                  num_classes: int = 1000, head_file: Optional[str] = None,
                  pretrained: bool = True, checkpoint: Optional[str] = None,
                  input_size=(224, 224), trust_checkpoint: bool = False, **kwargs):
         if layers not in (1, 4):
-            raise ValueError(f'DINOv2 linear heads exist for layers 1 and 4, got {layers}')
+            raise UserError(f'DINOv2 linear heads exist for layers 1 and 4, got {layers}')
         kwargs.setdefault('name', 'dinov2')
         model_kwargs = dict(kwargs.pop('model_kwargs', None) or {})
         model_kwargs.update(num_classes=0, img_size=list(input_size))
@@ -47,10 +51,18 @@ class DinoV2LinearMember(TimmMember):
     def load_checkpoint(self, source: str) -> None:
         """The backbone from ``checkpoint`` (timm's layout), the head from ``head_file``."""
         if not self.head_file:
-            raise ValueError(f'member {self.name!r}: the backbone comes from {source} but '
-                             'the linear head has no weights; pass head_file=PATH')
+            raise UserError(f'member {self.name!r}: the backbone comes from {source} but '
+                            'the linear head has no weights; pass head_file=PATH')
         super().load_checkpoint(source)
         self.load_head(self.head_file)
+
+    def load_export(self, directory: str, stem: str) -> None:
+        """The export's backbone (``<stem>.pth``) and its head (``<stem>_linear_head.pth``),
+        as its JSON names them."""
+        with open(os.path.join(directory, f'{stem}.json')) as f:
+            info = json.load(f)
+        TimmMember.load_checkpoint(self, os.path.join(directory, info['checkpoint']))
+        self.load_head(os.path.join(directory, info['head']))
 
     def load_pretrained(self) -> str:
         """The released backbone, and the head from ``head_file`` or the release's URL."""

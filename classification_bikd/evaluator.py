@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 from torch import Tensor
 
+from bikd.errors import UserError
 from bikd.metrics import MemberwiseMetric
 from bikd.registry import METRICS
 
@@ -21,7 +22,7 @@ class ClassificationEvaluator(MemberwiseMetric):
         super().__init__(**kwargs)
         self.topk = tuple(int(k) for k in topk)
         if 1 not in self.topk:
-            raise ValueError('topk must include 1')
+            raise UserError('topk must include 1')
 
     def sample_stats(self, preds: Tensor, data_batch: Any) -> List[np.ndarray]:
         labels = data_batch['data_samples']['label'].to(preds.device)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bikd.errors import UserError
 from bikd.member import Member, MemberOutput
 from bikd.partition import gt_confidence
 from bikd.registry import MEMBERS
@@ -114,6 +115,8 @@ class TimmMember(ClassifierMember):
             :class:`ClassifierMember`.
     """
     export_format = 'timm'
+    #: ``pretrained_file``: a local copy of the release, a source of weights
+    weight_arguments = ClassifierMember.weight_arguments + ('pretrained_file', )
 
     def __init__(self, model_name: str, name: Optional[str] = None,
                  num_classes: Optional[int] = None, pretrained: bool = True,
@@ -143,8 +146,8 @@ class TimmMember(ClassifierMember):
                                      **kwargs)
         except RuntimeError as e:
             if 'Unknown model' in str(e):
-                raise RuntimeError(f'member {self.name!r}: timm has no model '
-                                   f'{self.model_name!r}') from e
+                raise UserError(f'member {self.name!r}: timm has no model '
+                                f'{self.model_name!r}') from e
             raise
 
     @property
@@ -161,7 +164,7 @@ class TimmMember(ClassifierMember):
             released = self._create(pretrained=True,
                                     pretrained_cfg_overlay=dict(file=file) if file else None)
         except Exception as e:  # noqa: BLE001 - hub failures come in many types
-            raise RuntimeError(
+            raise UserError(
                 f'member {self.name!r}: could not load the pretrained weights of '
                 f'{self.model_name!r} ({type(e).__name__}: {e}). Without access to the model '
                 'hub, pass checkpoint=PATH (a local state dict) or pretrained_file=PATH '

@@ -7,6 +7,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from bikd.registry import MEMBERS
 
 from .member import ClassifierMember
+from bikd.errors import UserError
 
 
 @MEMBERS.register_module()
@@ -52,9 +53,9 @@ class TorchvisionMember(ClassifierMember):
         try:
             state = released.get_state_dict(progress=False)
         except Exception as e:  # noqa: BLE001 - network failures come in many types
-            raise RuntimeError(f'member {self.name!r}: {released} is not in torch hub\'s cache '
-                               f'and cannot be downloaded ({type(e).__name__}: {e}); pass '
-                               'checkpoint=PATH, or pretrained=False') from e
+            raise UserError(f'member {self.name!r}: {released} is not in torch hub\'s cache '
+                            f'and cannot be downloaded ({type(e).__name__}: {e}); pass '
+                            'checkpoint=PATH, or pretrained=False') from e
         self.load_state(state, str(released))
         return f'torchvision:{released}'
 

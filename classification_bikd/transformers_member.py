@@ -8,6 +8,7 @@ from bikd.hf import TransformersModel
 from bikd.registry import MEMBERS
 
 from .member import ClassifierMember
+from bikd.errors import UserError
 
 #: PIL's resampling filters (the processors' ``resample``) -> the member's interpolation
 RESAMPLE = {0: 'nearest', 2: 'bilinear', 3: 'bicubic'}
@@ -84,8 +85,8 @@ class TransformersClassifierMember(TransformersModel, ClassifierMember):
         chosen = {k: given[k] if given[k] is not None else found.get(k) for k in given}
         missing = [k for k in ('input_size', 'mean', 'std') if chosen[k] is None]
         if missing:
-            raise ValueError(f'member {self.name!r}: {model} ships no image processor '
-                             f'configuration; give {", ".join(missing)} in the member config')
+            raise UserError(f'member {self.name!r}: {model} ships no image processor '
+                            f'configuration; give {", ".join(missing)} in the member config')
         self.set_preprocessing(chosen['input_size'], chosen['mean'], chosen['std'],
                                chosen['interpolation'] or 'bilinear')
 

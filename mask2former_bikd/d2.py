@@ -20,6 +20,7 @@ import torch
 from mmengine.logging import print_log
 
 from bikd import compat
+from bikd.errors import UserError
 
 INSTALL_HINT = ('install them with `make d2` (or `python tools/install_d2.py`), which builds '
                 'detectron2 from source against the installed torch and puts the official '
@@ -165,7 +166,7 @@ def load_pickle(path: str, trust: bool = False) -> Any:
         try:
             return _ArraysOnly(f, encoding='latin1').load()
         except pickle.UnpicklingError as e:
-            raise RuntimeError(
+            raise UserError(
                 f'refusing to load {path}: it holds a Python object of type {e} beyond numpy '
                 'arrays and plain containers, and unpickling it could run arbitrary code. If '
                 'you trust the file, pass trust_checkpoint=True.') from e
@@ -177,7 +178,7 @@ def pickle_state(data: Any, source: str):
     ``__author__``) has the model's own names; other files (ImageNet backbones converted for
     detectron2, Caffe2 models) are matched to the model by name heuristics."""
     if not isinstance(data, dict):
-        raise RuntimeError(f'{source} holds no state dict')
+        raise UserError(f'{source} holds no state dict')
     if 'model' in data and '__author__' in data:
         state, heuristics = data['model'], bool(data.get('matching_heuristics', False))
     else:
@@ -188,6 +189,6 @@ def pickle_state(data: Any, source: str):
         if isinstance(value, np.ndarray):
             value = torch.from_numpy(np.ascontiguousarray(value))
         if not isinstance(value, torch.Tensor):
-            raise RuntimeError(f'{source}: {key} is a {type(value).__name__}, not an array')
+            raise UserError(f'{source}: {key} is a {type(value).__name__}, not an array')
         out[key] = value
     return out, heuristics

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 from bikd.registry import DATASETS, FUNCTIONS
 
 from . import d2
+from bikd.errors import UserError
 
 #: standard split name -> (layout, the split's folder names)
 SPLITS = {
@@ -81,9 +82,9 @@ def register(dataset: str, root: str) -> str:
     if dataset not in SPLITS:
         if dataset in DatasetCatalog.list():
             return dataset
-        raise KeyError(f'dataset {dataset!r} is neither registered in detectron2\'s '
-                       f'DatasetCatalog nor one of the layouts this suite registers '
-                       f'({", ".join(sorted(SPLITS))})')
+        raise UserError(f'dataset {dataset!r} is neither registered in detectron2\'s '
+                        f'DatasetCatalog nor one of the layouts this suite registers '
+                        f'({", ".join(sorted(SPLITS))})')
     root = os.path.abspath(root)
     name = f'{dataset}@{root}'
     if name in DatasetCatalog.list():
@@ -129,9 +130,9 @@ def load_dicts(name: str) -> List[dict]:
     try:
         return DatasetCatalog.get(name)
     except KeyError as e:
-        raise ValueError(f'{source}: category id {e} is not among the categories of the '
-                         f'dataset\'s metadata ({name}); is it an annotation of another '
-                         'dataset?') from e
+        raise UserError(f'{source}: category id {e} is not among the categories of the '
+                        f'dataset\'s metadata ({name}); is it an annotation of another '
+                        'dataset?') from e
 
 
 def check_panoptic_png(record: dict, json_file: str) -> None:
@@ -144,8 +145,8 @@ def check_panoptic_png(record: dict, json_file: str) -> None:
     listed = {s['id'] for s in record['segments_info']}
     unlisted = sorted(ids - listed - {0})
     if unlisted:
-        raise ValueError(f'panoptic annotation {png} has segment id(s) {unlisted[:8]} that its '
-                         f'record in {json_file} does not list (segments_info)')
+        raise UserError(f'panoptic annotation {png} has segment id(s) {unlisted[:8]} that its '
+                        f'record in {json_file} does not list (segments_info)')
 
 
 @DATASETS.register_module()
@@ -169,14 +170,17 @@ class Detectron2Dataset(Dataset):
         check_annotations: check every panoptic PNG against its JSON record as it is read.
     """
 
+    #: where its data is, for the run's fingerprint (:func:`bikd.data.dataset_fingerprint`)
+    source_arguments = ('dataset', 'datasets_root')
+
     def __init__(self, dataset: str, datasets_root: str = 'datasets', config: str = '',
                  opts: Optional[Sequence[Any]] = None, mapper: str = 'test',
                  check_annotations: bool = True):
         if mapper not in MAPPERS:
-            raise ValueError(f'mapper must be one of {MAPPERS}, got {mapper!r}')
+            raise UserError(f'mapper must be one of {MAPPERS}, got {mapper!r}')
         if not config:
-            raise ValueError('Detectron2Dataset needs config=... (a Mask2Former config: its '
-                             'INPUT settings drive the mapper)')
+            raise UserError('Detectron2Dataset needs config=... (a Mask2Former config: its '
+                            'INPUT settings drive the mapper)')
         self.name = register(dataset, datasets_root)
         self.mapper_kind = mapper
         self.check = bool(check_annotations)
@@ -186,7 +190,7 @@ class Detectron2Dataset(Dataset):
         if mapper != 'test':  # as Mask2Former trains: images without annotations left out
             dicts = [d for d in dicts if d.get('segments_info') or d.get('annotations')]
         if not dicts:
-            raise ValueError(f'dataset {self.name} has no image to train on')
+            raise UserError(f'dataset {self.name} has no image to train on')
         self.dicts = dicts
         self.mapper = self._mapper(d2.load_d2_config(config, opts), mapper)
 

@@ -20,6 +20,7 @@ from bikd.metrics import MemberwiseMetric, dense
 from bikd.registry import METRICS
 
 from .d2_data import load_dicts, register
+from bikd.errors import UserError
 
 #: the evaluators' result sections -> the scalar keys kept from each
 KEPT = {'panoptic_seg': ('PQ', 'SQ', 'RQ', 'PQ_th', 'SQ_th', 'RQ_th', 'PQ_st', 'SQ_st', 'RQ_st'),
@@ -56,7 +57,7 @@ class Detectron2Metric(MemberwiseMetric):
         self.tasks = tuple(tasks) if tasks else (TASKS if panoptic else ('instance', ))
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
-            raise ValueError(f'tasks must be among {TASKS}, got {unknown}')
+            raise UserError(f'tasks must be among {TASKS}, got {unknown}')
         self.primary_metric = primary_metric or ('PQ' if 'panoptic' in self.tasks else
                                                  'AP' if 'instance' in self.tasks else 'mIoU')
         # ADE20K's panoptic layout numbers its things among all 150 classes; its instance

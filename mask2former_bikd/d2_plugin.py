@@ -2,7 +2,7 @@
 detectron2's ``META_ARCH_REGISTRY``, over official Mask2Former members (named apart from the
 core's :class:`bikd.BiKDMetaArch`, which they wrap).
 
-A detectron2 project adds Bi-KD in a few lines::
+A detectron2 project adds Bi-KD in a few lines, building then loading as detectron2 does::
 
     from detectron2.config import get_cfg
     from detectron2.modeling import build_model
@@ -11,7 +11,11 @@ A detectron2 project adds Bi-KD in a few lines::
     cfg = get_cfg()
     bikd_d2.add_bikd_config(cfg)
     cfg.merge_from_file('bikd_swinT_swinS.yaml')      # MODEL.META_ARCHITECTURE: D2BiKDMetaArch
-    model = build_model(cfg)                          # both members, their own configs/weights
+    model = build_model(cfg)                          # both members built, no weights read
+    bikd_d2.BiKDCheckpointer(model, cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS,
+                                                                   resume=False)
+    # (a run's own checkpoint when resuming or MODEL.WEIGHTS names one; else every member
+    # takes its own weights, MODEL.BIKD.WEIGHTS)
 
 and trains it with detectron2's trainers (the loss dict holds each member's task loss and the
 distillation term; the teacher shares go to the event storage) and evaluates it with
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 
 import bikd
+from bikd.errors import UserError
 from bikd.metrics import MemberPredictions, StructuredPrediction, dense
 from bikd.step import TEACHER_SHARE, log_key
 
@@ -42,6 +47,7 @@ from . import d2
 from .mask2former_member import Mask2FormerMember
 
 d2.require_detectron2()
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode as CN  # noqa: E402
 from detectron2.evaluation import DatasetEvaluator, DatasetEvaluators  # noqa: E402
 from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
@@ -61,24 +67,23 @@ def add_bikd_config(cfg) -> None:
     cfg.MODEL.BIKD.DISTRIBUTION = 'normalized'
 
 
-def build_members(cfg) -> List[Mask2FormerMember]:
-    """The members a ``MODEL.BIKD`` config names, each with its own config and weights."""
+def member_configs(cfg) -> List[dict]:
+    """The member configs a ``MODEL.BIKD`` config names (each Mask2Former config and the
+    checkpoint its member takes its weights from)."""
     b = cfg.MODEL.BIKD
     if len(b.MEMBERS) < 2 and cfg.MODEL.META_ARCHITECTURE == 'D2BiKDMetaArch':
-        raise ValueError(f'MODEL.BIKD.MEMBERS names {len(b.MEMBERS)} member config(s); Bi-KD '
-                         'needs at least two')
+        raise UserError(f'MODEL.BIKD.MEMBERS names {len(b.MEMBERS)} member config(s); Bi-KD '
+                        'needs at least two')
     for key in ('WEIGHTS', 'NAMES'):
         if b[key] and len(b[key]) != len(b.MEMBERS):
-            raise ValueError(f'MODEL.BIKD.{key} has {len(b[key])} entries for '
-                             f'{len(b.MEMBERS)} members')
+            raise UserError(f'MODEL.BIKD.{key} has {len(b[key])} entries for '
+                            f'{len(b.MEMBERS)} members')
     names = list(b.NAMES) or [os.path.splitext(os.path.basename(c))[0] for c in b.MEMBERS]
     weights = list(b.WEIGHTS) or [''] * len(b.MEMBERS)
-    members = [Mask2FormerMember(config, name=name, checkpoint=w or None, test_resize=False,
-                                 partition_loss=b.PARTITION_LOSS, distribution=b.DISTRIBUTION)
-               for config, name, w in zip(b.MEMBERS, names, weights)]
-    for member in members:  # build, then load (detectron2's build_model loads nothing)
-        member.take_weights()
-    return members
+    return [dict(type='Mask2FormerMember', config=config, name=name, checkpoint=w or None,
+                 test_resize=False, partition_loss=b.PARTITION_LOSS,
+                 distribution=b.DISTRIBUTION)
+            for config, name, w in zip(b.MEMBERS, names, weights)]
 
 
 @META_ARCH_REGISTRY.register()
@@ -88,14 +93,18 @@ class D2BiKDMetaArch(nn.Module):
     image ``{'sem_seg': ensemble probabilities, 'bikd_members': {name: member's result}}`` in
     evaluation, where a member's result is what the official model gives: ``sem_seg``
     (probabilities) for semantic models, also ``panoptic_seg`` and ``instances`` for panoptic
-    and instance models)."""
+    and instance models).
+
+    Built through :func:`bikd.build_model`, reading no weights; :class:`BiKDCheckpointer`
+    loads them."""
     core = bikd.BiKDMetaArch
 
     def __init__(self, cfg):
         super().__init__()
         b = cfg.MODEL.BIKD
-        self.bikd = self.core(build_members(cfg), partition=b.PARTITION,
-                              temperature=b.TEMPERATURE, detach_teacher=b.DETACH_TEACHER)
+        self.bikd = bikd.build_model(dict(type=self.core.__name__, members=member_configs(cfg),
+                                          partition=b.PARTITION, temperature=b.TEMPERATURE,
+                                          detach_teacher=b.DETACH_TEACHER))
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     @property
@@ -107,6 +116,7 @@ class D2BiKDMetaArch(nn.Module):
         return next(self.parameters()).device
 
     def forward(self, batched_inputs: List[dict]):
+        self.bikd.check_weights_taken()
         if self.training:
             out = self.bikd.loss(batched_inputs, None)
             try:
@@ -140,6 +150,31 @@ class D2IndependentMetaArch(D2BiKDMetaArch):
     """The control: the same members fine-tuned on their own task losses
     (:class:`bikd.IndependentMetaArch`)."""
     core = bikd.IndependentMetaArch
+
+
+class BiKDCheckpointer(DetectionCheckpointer):
+    """detectron2's ``DetectionCheckpointer`` (same arguments) for a Bi-KD model: the step
+    that gives a built model its weights, as ``resume_or_load(path, resume=...)`` does for
+    detectron2's models.
+
+    - Resuming (``resume=True`` and a checkpoint in its ``save_dir``) or a ``path`` (a
+      checkpoint of a Bi-KD run, e.g. ``MODEL.WEIGHTS``): the checkpoint holds every
+      member's weights; no member's own file is read.
+    - No checkpoint to load: every member takes its own weights (``MODEL.BIKD.WEIGHTS``,
+      else each member's config's ``MODEL.WEIGHTS``).
+
+    Give it to detectron2's trainers in place of theirs (``trainer.checkpointer =
+    BiKDCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(trainer))``).
+    """
+
+    def load(self, path: str, checkpointables=None):
+        core = getattr(self.model, 'module', self.model).bikd
+        sources = core.take_weights(path or None)
+        for name, source in sources.items():
+            self.logger.info(f'member {name}: weights from {source}')
+        if not path:
+            return {}
+        return super().load(path, checkpointables)
 
 
 class MemberEvaluator(DatasetEvaluator):

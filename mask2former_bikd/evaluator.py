@@ -5,6 +5,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bikd.errors import UserError
 from bikd.metrics import MemberwiseMetric
 from bikd.registry import METRICS
 
@@ -54,15 +55,15 @@ class SegmentationEvaluator(MemberwiseMetric):
                  per_class: str = 'present', **kwargs):
         super().__init__(**kwargs)
         if miou_over not in ('union', 'gt'):
-            raise ValueError(f"miou_over must be 'union' or 'gt', got {miou_over!r}")
+            raise UserError(f"miou_over must be 'union' or 'gt', got {miou_over!r}")
         if class_names is not None and len(class_names) != num_classes:
-            raise ValueError(f'{len(class_names)} class names for {num_classes} classes')
+            raise UserError(f'{len(class_names)} class names for {num_classes} classes')
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
         self.class_names = list(class_names) if class_names else None
         self.miou_over = miou_over
         if per_class not in ('present', 'all', 'none'):
-            raise ValueError(f"per_class must be 'present', 'all' or 'none', got {per_class!r}")
+            raise UserError(f"per_class must be 'present', 'all' or 'none', got {per_class!r}")
         self.per_class = per_class
 
     def _names(self) -> List[str]:

@@ -13,6 +13,7 @@ from bikd.registry import MEMBERS
 
 from . import d2
 from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
+from bikd.errors import UserError
 
 
 def targets_from_instances(instances: Sequence[Any], padded_hw: Sequence[int],
@@ -143,9 +144,9 @@ class Mask2FormerMember(SegmentationMember):
         try:
             return PathManager.get_local_path(url)
         except Exception as e:  # noqa: BLE001 - downloads fail in many ways
-            raise RuntimeError(f'member {self.name!r}: cannot download {what} {url} '
-                               f'({type(e).__name__}: {e}); without access, download it by hand '
-                               'and pass its local path') from e
+            raise UserError(f'member {self.name!r}: cannot download {what} {url} '
+                            f'({type(e).__name__}: {e}); without access, download it by hand '
+                            'and pass its local path') from e
 
     def read_weights(self, source: str) -> Dict[str, Tensor]:
         if source.startswith(('http://', 'https://')):
@@ -154,10 +155,10 @@ class Mask2FormerMember(SegmentationMember):
             state, heuristics = d2.pickle_state(d2.load_pickle(source, self.trust_checkpoint),
                                                 source)
             if heuristics:
-                raise RuntimeError(f'{source} is not a detectron2 model checkpoint (it has no '
-                                   '"model" and "__author__" entries, as backbone weights for '
-                                   'ImageNet initialisation do); pass it as the config\'s '
-                                   'MODEL.WEIGHTS with pretrained=True instead')
+                raise UserError(f'{source} is not a detectron2 model checkpoint (it has no '
+                                '"model" and "__author__" entries, as backbone weights for '
+                                'ImageNet initialisation do); pass it as the config\'s '
+                                'MODEL.WEIGHTS with pretrained=True instead')
             return state
         return super().read_weights(source)
 
@@ -196,7 +197,7 @@ class Mask2FormerMember(SegmentationMember):
             state = align_and_update_state_dicts(self.model.state_dict(), state,
                                                  c2_conversion='blobs' in state)
         if not state:
-            raise RuntimeError(f'member {self.name!r}: no parameter of {path} matches the model')
+            raise UserError(f'member {self.name!r}: no parameter of {path} matches the model')
         self.model.load_state_dict(state, strict=False)
         return path
 

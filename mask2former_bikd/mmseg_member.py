@@ -22,6 +22,7 @@ from bikd.member import MemberOutput
 from bikd.registry import MEMBERS
 
 from .segmentation_member import SegmentationMember
+from bikd.errors import UserError
 
 
 def load_mmseg_config(config: Any) -> Config:
@@ -43,14 +44,14 @@ def zoo_checkpoint_url(config: str) -> str:
     from mmengine.hub import get_config
 
     if not isinstance(config, str) or '::' not in config:
-        raise ValueError(f'checkpoint="zoo" needs a config shipped in mmseg (mmseg::...), got '
-                         f'{config}')
+        raise UserError(f'checkpoint="zoo" needs a config shipped in mmseg (mmseg::...), got '
+                        f'{config}')
     try:
         url = get_config(config, pretrained=True).get('model_path')
     except AssertionError:  # mmengine asserts that the metafile entry has weights
         url = None
     if not url:
-        raise KeyError(f'{config} has no weights in mmseg\'s metafile.yaml')
+        raise UserError(f'{config} has no weights in mmseg\'s metafile.yaml')
     return url
 
 
@@ -68,7 +69,7 @@ def member_kind(config: Any, cfg_options: Optional[dict] = None) -> type:
         head_cls = MMSEG_MODELS.get(head) if isinstance(head, str) else None
     kinds = [k for k in MMSegMemberBase.__subclasses__() if head_cls and k.handles(head_cls)]
     if not kinds:
-        raise ValueError(f'no segmentation member handles the decode head {head!r} of {config}')
+        raise UserError(f'no segmentation member handles the decode head {head!r} of {config}')
     return kinds[0]
 
 

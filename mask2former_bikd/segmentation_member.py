@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bikd.errors import UserError
 from bikd.member import Member, MemberOutput
 
 #: added to per-pixel probabilities before the log, so a class with zero score stays finite
@@ -46,10 +47,10 @@ class SegmentationMember(Member):
                  distill_stride: int = 4, partition_loss: str = 'task'):
         super().__init__(name, pretrained, checkpoint, trust_checkpoint)
         if distribution not in DISTRIBUTIONS:
-            raise ValueError(f'distribution must be one of {DISTRIBUTIONS}, got {distribution!r}')
+            raise UserError(f'distribution must be one of {DISTRIBUTIONS}, got {distribution!r}')
         if partition_loss not in PARTITION_LOSSES:
-            raise ValueError(f'partition_loss must be one of {PARTITION_LOSSES}, got '
-                             f'{partition_loss!r}')
+            raise UserError(f'partition_loss must be one of {PARTITION_LOSSES}, got '
+                            f'{partition_loss!r}')
         self.distribution = distribution
         self.distill_stride = int(distill_stride)
         self.partition_loss = partition_loss

@@ -13,6 +13,7 @@ from bikd.member import MemberOutput
 from bikd.registry import MEMBERS
 
 from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
+from bikd.errors import UserError
 
 KINDS = {'AutoModelForSemanticSegmentation': 'semantic',
          'AutoModelForUniversalSegmentation': 'universal'}
@@ -87,9 +88,9 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
             overrides['num_labels'] = int(num_classes)
         self.kind = self._build(model, overrides, trust_remote_code)
         if self.image_processor is None:
-            raise ValueError(f'member {self.name!r}: {model} ships no image processor '
-                             'configuration (preprocessor_config.json), which gives its '
-                             'normalisation and its post-processing')
+            raise UserError(f'member {self.name!r}: {model} ships no image processor '
+                            'configuration (preprocessor_config.json), which gives its '
+                            'normalisation and its post-processing')
         self.task_loss_kind = f'transformers_{self.kind}'
         self.ignore_index = int(ignore_index)
         self.test_resize = bool(test_resize)
@@ -109,15 +110,15 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
                 self.build_transformers_model(model, overrides, trust_remote_code, auto_class)
                 model_type = getattr(self.hf_config, 'model_type', '')
                 if model_type in UNSUPPORTED:
-                    raise ValueError(f'member {self.name!r}: {model} is a {model_type} model, '
+                    raise UserError(f'member {self.name!r}: {model} is a {model_type} model, '
                                     f'which {UNSUPPORTED[model_type]}')
                 return kind
             except ValueError as e:
                 if 'does not build' not in str(e):
                     raise
                 last = e
-        raise ValueError(f'member {self.name!r}: {model} is neither a semantic nor a universal '
-                         f'segmentation model of transformers ({last})')
+        raise UserError(f'member {self.name!r}: {model} is neither a semantic nor a universal '
+                        f'segmentation model of transformers ({last})')
 
     @property
     def num_classes(self) -> int:

@@ -7,6 +7,7 @@ from mmcv.transforms import LoadImageFromFile as _LoadImage
 from mmseg.datasets.transforms import LoadAnnotations as _LoadAnnotations
 
 from bikd.data import unreadable_file
+from bikd.errors import UserError
 from bikd.registry import TRANSFORMS
 
 
@@ -57,15 +58,15 @@ class CheckSegAnnotation:
         ann, img = results.get('seg_map_path'), results.get('img_path')
         h, w = results.get('ori_shape') or results['img'].shape[:2]
         if tuple(gt.shape[:2]) != (h, w):
-            raise ValueError(f'annotation {ann} is {gt.shape[1]}x{gt.shape[0]} pixels but its '
-                             f'image {img} is {w}x{h}; an annotation must match its image')
+            raise UserError(f'annotation {ann} is {gt.shape[1]}x{gt.shape[0]} pixels but its '
+                            f'image {img} is {w}x{h}; an annotation must match its image')
         bad = np.unique(gt[(gt >= self.num_classes) & (gt != self.ignore_index)])
         if bad.size:
             reduced = ' after reduce_zero_label' if results.get('reduce_zero_label') else ''
-            raise ValueError(f'annotation {ann} (image {img}) has labels {bad[:8].tolist()} '
-                             f'outside the {self.num_classes} classes (0..{self.num_classes - 1}'
-                             f', {self.ignore_index} = ignore){reduced}; is it an annotation of '
-                             'another dataset?')
+            raise UserError(f'annotation {ann} (image {img}) has labels {bad[:8].tolist()} '
+                            f'outside the {self.num_classes} classes (0..{self.num_classes - 1}'
+                            f', {self.ignore_index} = ignore){reduced}; is it an annotation of '
+                            'another dataset?')
         return results
 
     def __repr__(self) -> str:

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bikd.data import unreadable_file
+from bikd.errors import UserError
 from bikd.registry import DATASETS
 
 IMG_EXT = ('.png', '.jpg', '.jpeg')
@@ -88,13 +89,16 @@ class VideoSaliencyDataset(Dataset):
         join_shots: Hollywood-2: one frame sequence per video (see above).
     """
 
+    #: where its data is, for the run's fingerprint (:func:`bikd.data.dataset_fingerprint`)
+    source_arguments = ('data_root', 'split', 'layout')
+
     def __init__(self, data_root: str, split: str = 'train', layout: str = 'dhf1k',
                  clip_len: int = 32, frame_size: Sequence[int] = (224, 384),
                  target_size: Optional[Sequence[int]] = None, test_mode: Optional[bool] = None,
                  other_frames: int = 10, seed: int = 0, skip_short: bool = False,
                  frames_after: int = 0, join_shots: bool = True):
         if layout not in SPLITS:
-            raise ValueError(f'layout must be one of {sorted(SPLITS)}, got {layout!r}')
+            raise UserError(f'layout must be one of {sorted(SPLITS)}, got {layout!r}')
         folder = next((os.path.join(data_root, f) for f in SPLITS[layout].get(split, ())
                        if os.path.isdir(os.path.join(data_root, f))), None)
         if folder is None:
@@ -116,8 +120,8 @@ class VideoSaliencyDataset(Dataset):
                 if skip_short:
                     self.skipped.append(vdir)
                     continue
-                raise ValueError(f'{vdir} has {len(video["images"])} frames, fewer than the clip '
-                                 f'length {self.clip_len} (skip_short=True leaves such videos out)')
+                raise UserError(f'{vdir} has {len(video["images"])} frames, fewer than the clip '
+                                f'length {self.clip_len} (skip_short=True leaves such videos out)')
             self.videos.append(video)
         if not self.videos:
             raise FileNotFoundError(f'no videos with images/ under {folder}')
@@ -145,8 +149,8 @@ class VideoSaliencyDataset(Dataset):
                 missing = [k for k in ('maps', 'fixation')
                            if len(frames[k]) != len(frames['images'])]
                 if missing:
-                    raise ValueError(f'{vdir}: {len(frames["images"])} frames but '
-                                     + ', '.join(f'{len(frames[k])} {k}' for k in missing))
+                    raise UserError(f'{vdir}: {len(frames["images"])} frames but '
+                                    + ', '.join(f'{len(frames[k])} {k}' for k in missing))
                 for k in video:
                     video[k] += frames[k]
             if video['images']:
@@ -186,8 +190,8 @@ class VideoSaliencyDataset(Dataset):
                                       'in its place')
                     self.substituted.add(video['maps'][t])
                 return cand, sal
-        raise ValueError(f'every saliency map of {video["name"]} is all zero; remove the video '
-                         'from the training set')
+        raise UserError(f'every saliency map of {video["name"]} is all zero; remove the video '
+                        'from the training set')
 
     def __getitem__(self, idx: int) -> dict:
         v, t = self.index[idx]
@@ -207,8 +211,8 @@ class VideoSaliencyDataset(Dataset):
         sal = sal.astype(np.float32) / 255.0
         fix = (_read(video['fixation'][t], cv2.IMREAD_GRAYSCALE) > 0).astype(np.uint8)
         if sal.shape != fix.shape:
-            raise ValueError(f'{video["maps"][t]} is {sal.shape}, its fixation map '
-                             f'{video["fixation"][t]} is {fix.shape}')
+            raise UserError(f'{video["maps"][t]} is {sal.shape}, its fixation map '
+                            f'{video["fixation"][t]} is {fix.shape}')
         samples = dict(index=idx, target_pos=self.clip_len - 1)
         if not self.test_mode:
             th, tw = self.target_size

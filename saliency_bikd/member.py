@@ -15,6 +15,7 @@ from .losses import map_log_probs, saliency_loss
 from .tmfinet import TMFINet
 from .vinet_a import ViNetA
 from .vinet_s import ViNetS
+from bikd.errors import UserError
 
 
 class SaliencyMember(Member):
@@ -47,8 +48,8 @@ class SaliencyMember(Member):
         offsets = list(frame_offsets) if frame_offsets is not None else \
             list(range(1 - self.clip_len, 1))
         if len(offsets) != self.clip_len:
-            raise ValueError(f'member {name!r}: {len(offsets)} frame offsets for a clip of '
-                             f'{self.clip_len} frames')
+            raise UserError(f'member {name!r}: {len(offsets)} frame offsets for a clip of '
+                            f'{self.clip_len} frames')
         self.frame_offsets = offsets
         self.input_size = tuple(int(s) for s in input_size)
         self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1, 1), persistent=False)
@@ -74,20 +75,20 @@ class SaliencyMember(Member):
         if isinstance(clips, dict):
             key = f'{self.input_size[0]}x{self.input_size[1]}'
             if key not in clips:
-                raise KeyError(f'member {self.name!r} takes {key} frames; the batch has '
-                               f'{sorted(clips)} (add {list(self.input_size)} to the dataset\'s '
-                               'frame_size)')
+                raise UserError(f'member {self.name!r} takes {key} frames; the batch has '
+                                f'{sorted(clips)} (add {list(self.input_size)} to the dataset\'s '
+                                'frame_size)')
             clips = clips[key]
         last = clips.shape[1] - 1
         pos = last if target_pos is None else int(target_pos)
         if pos + min(self.frame_offsets) < 0:
-            raise ValueError(f'member {self.name!r} needs {-min(self.frame_offsets)} frames '
-                             f'before the target, the clips have {pos} (the dataset\'s '
-                             'clip_len counts them with the target)')
+            raise UserError(f'member {self.name!r} needs {-min(self.frame_offsets)} frames '
+                            f'before the target, the clips have {pos} (the dataset\'s '
+                            'clip_len counts them with the target)')
         if pos + max(self.frame_offsets) > last:
-            raise ValueError(f'member {self.name!r} needs {max(self.frame_offsets)} frames '
-                             f'after the target, the clips have {last - pos} (the dataset\'s '
-                             'frames_after)')
+            raise UserError(f'member {self.name!r} needs {max(self.frame_offsets)} frames '
+                            f'after the target, the clips have {last - pos} (the dataset\'s '
+                            'frames_after)')
         x = clips[:, [pos + o for o in self.frame_offsets]].float().div_(255.0)
         n, t = x.shape[:2]
         if tuple(x.shape[-2:]) != self.input_size:
@@ -132,9 +133,9 @@ def kinetics_weights(member: str, weights, alternatives: str) -> Dict[str, Tenso
     try:
         return weights.get_state_dict(progress=False)
     except Exception as e:  # noqa: BLE001 - network failures come in many types
-        raise RuntimeError(f'member {member!r}: torchvision\'s {weights} weights are not cached '
-                           f'and cannot be downloaded ({type(e).__name__}: {e}); pass '
-                           f'{alternatives}, or pretrained=False') from e
+        raise UserError(f'member {member!r}: torchvision\'s {weights} weights are not cached '
+                        f'and cannot be downloaded ({type(e).__name__}: {e}); pass '
+                        f'{alternatives}, or pretrained=False') from e
 
 
 @MEMBERS.register_module()
@@ -151,6 +152,8 @@ class TMFINetMember(SaliencyMember):
     ``model.load_state_dict(torch.load(path))``).
     """
     export_format = 'TMFI-Net release (wusonghe/TMFI-Net model.VideoSaliencyModel)'
+    #: the backbone's own weights file (Kinetics-400) is a source of weights
+    weight_arguments = SaliencyMember.weight_arguments + ('backbone_checkpoint', )
 
     def __init__(self, name: str = 'tmfinet', checkpoint: Optional[str] = None,
                  backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
@@ -266,13 +269,15 @@ class ViNetAMember(SaliencyMember):
     reduced member.
     """
     export_format = 'ViNet-A release (ViNet-Saliency/vinet_v2 ViNet_A_model.ViNet_A)'
+    #: the backbone's own weights file (AVA SlowFast) is a source of weights
+    weight_arguments = SaliencyMember.weight_arguments + ('backbone_checkpoint', )
 
     def __init__(self, name: str = 'vinet_a', checkpoint: Optional[str] = None,
                  backbone_checkpoint: Optional[str] = None, pretrained: bool = True,
                  arch: Optional[dict] = None, trust_checkpoint: bool = False,
                  window: str = 'release', **kwargs):
         if window not in VINET_A_WINDOWS:
-            raise ValueError(f'window must be one of {sorted(VINET_A_WINDOWS)}, got {window!r}')
+            raise UserError(f'window must be one of {sorted(VINET_A_WINDOWS)}, got {window!r}')
         kwargs = {**dict(clip_len=32, input_size=(256, 456), mean=(0.45, ) * 3,
                          std=(0.225, ) * 3, frame_offsets=VINET_A_WINDOWS[window]), **kwargs}
         super().__init__(name, pretrained=pretrained, checkpoint=checkpoint,
@@ -285,7 +290,7 @@ class ViNetAMember(SaliencyMember):
         """The SlowFast-R50 backbone from ``backbone_checkpoint`` (an action model's file)."""
         path = self.backbone_checkpoint
         if not path:
-            raise ValueError(
+            raise UserError(
                 f'member {self.name!r}: ViNet-A\'s SlowFast backbone weights are not on a '
                 'hub this code can reach; pass backbone_checkpoint=PATH (ACAR-Net\'s '
                 'AVA_SLOWFAST_R50_ACAR_HR2O.pth.tar or SLOWFAST_R50_K400.pth.tar), '
@@ -295,7 +300,7 @@ class ViNetAMember(SaliencyMember):
         # heads and other parts of the action models are not ViNet-A's
         state = {k: v for k, v in state.items() if k in own}
         if not state:
-            raise RuntimeError(f'member {self.name!r}: {path} has no SlowFast-R50 parameters '
-                               '(slow_conv1.weight, ...)')
+            raise UserError(f'member {self.name!r}: {path} has no SlowFast-R50 parameters '
+                            '(slow_conv1.weight, ...)')
         self.load_state(state, path, self.net.backbone)
         return path

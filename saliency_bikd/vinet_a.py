@@ -21,6 +21,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from bikd.errors import UserError
 
 
 class Bottleneck(nn.Module):
@@ -73,8 +74,8 @@ class SlowFast(nn.Module):
         super().__init__()
         fast = width * beta
         if fast != int(fast) or fast < 1:
-            raise ValueError(f'width * beta must be a whole number of channels, got '
-                             f'{width} * {beta}')
+            raise UserError(f'width * beta must be a whole number of channels, got '
+                            f'{width} * {beta}')
         f, w = int(fast), int(width)
         self.alpha = int(alpha)
         self.fast_conv1 = nn.Conv3d(3, f, (5, 7, 7), stride=(1, 2, 2), padding=(2, 3, 3),
@@ -251,11 +252,11 @@ class ViNetA(nn.Module):
             for i, s in enumerate(scales):
                 out = math.floor(out * s[axis + 1])
                 if i < 2 and out != sz[2 - i]:
-                    raise ValueError(f'ViNet-A cannot take input size {tuple(input_size)}: '
-                                     'use multiples of 16 (or 256 x 456)')
+                    raise UserError(f'ViNet-A cannot take input size {tuple(input_size)}: '
+                                    'use multiples of 16 (or 256 x 456)')
             if out != full:
-                raise ValueError(f'ViNet-A cannot take input size {tuple(input_size)}: '
-                                 'use multiples of 16 (or 256 x 456)')
+                raise UserError(f'ViNet-A cannot take input size {tuple(input_size)}: '
+                                'use multiples of 16 (or 256 x 456)')
         fused = slow_ch // 2 + 2 * fast_ch
         self.decoder = Decoder(fused, skips, width, decoder_groups, scales)
         self.input_size = tuple(int(s) for s in input_size)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.video import s3d
+from bikd.errors import UserError
 
 
 class Upsample2x(nn.Module):
@@ -25,7 +26,7 @@ class Upsample2x(nn.Module):
     def __init__(self, mode: str = 'bilinear'):
         super().__init__()
         if mode not in ('bilinear', 'trilinear'):
-            raise ValueError(f"upsampling must be 'bilinear' or 'trilinear', got {mode!r}")
+            raise UserError(f"upsampling must be 'bilinear' or 'trilinear', got {mode!r}")
         self.mode = mode
 
     def forward(self, x: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import torch
 
 import classification_bikd  # noqa: F401
 from bikd import BiKDMetaArch
+from bikd.errors import UserError
 from classification_bikd import ImageFolderDataset, TimmMember
 from conftest import ROOT, digits_overrides, run_tool
 
@@ -14,7 +15,7 @@ TINY = dict(type='TimmMember', model_name='resnet10t', pretrained=False, num_cla
 
 
 def test_unknown_member_type():
-    with pytest.raises(KeyError, match='NoSuchMember.*TimmMember'):
+    with pytest.raises(UserError, match='NoSuchMember.*TimmMember'):
         BiKDMetaArch([TINY, dict(type='NoSuchMember')])
 
 

@@ -25,10 +25,10 @@ LIMIT = 600
 
 
 def opts(data_root, work, *more):
-    """Two epochs, evaluated at the end: 20 steps each with two processes of 32 (digits'
+    """Two epochs, evaluated after each: 20 steps each with two processes of 32 (digits'
     overrides) or one process of 64; 10 with ``train_dataloader.batch_size=128``."""
     return [*digits_overrides(data_root, str(work)), 'train_cfg.max_epochs=2',
-            'train_cfg.val_interval=2', 'default_hooks.logger.interval=2', *more]
+            'train_cfg.val_interval=1', 'default_hooks.logger.interval=2', *more]
 
 
 def error_line(out: str) -> str:
@@ -127,6 +127,29 @@ def test_a_killed_rank_restarts_the_group_which_resumes_to_the_same_weights(
     assert_same_weights(one_node / 'epoch_2.pth', work / 'epoch_2.pth')
 
 
+def test_a_killed_rank_0_during_an_evaluation_resumes_to_the_uninterrupted_result(
+        digits_root, tmp_path, one_node):
+    """Rank 0 (the one that writes) is killed in the evaluation after epoch 1's checkpoint;
+    the restarted group finishes that evaluation first, and weights, optimiser, best/ and
+    summary.json end as the uninterrupted run's."""
+    from test_interrupted_runs import KILLER, assert_same_run
+    work, killer = tmp_path / 'rank0', tmp_path / 'killer.py'
+    killer.write_text(KILLER)
+    proc = subprocess.run(torchrun('--standalone', '--nproc-per-node', 2, '--max-restarts', 1,
+                                   '--monitor-interval', 0.5, killer, TRAIN_NET, '--config-file',
+                                   CONFIG, '--resume', 'auto', *opts(digits_root, work)),
+                          cwd=ROOT, env={**env(), 'BIKD_KILL': 'evaluation:20',
+                                         'BIKD_KILL_RANK': '0'},
+                          text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          timeout=LIMIT)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    assert 'KILLED evaluating at iteration 20' in out and 'local_rank: 0' in out, out[-3000:]
+    assert re.search(r'--resume auto: continuing from \S*epoch_1\.pth', out), out[-3000:]
+    assert 'Finishing what the checkpoint of iteration 20 owed' in out
+    assert_same_run(one_node, work, last='epoch_2.pth')
+
+
 def test_two_nodes_train_to_the_weights_of_one_node_with_two_processes(
         digits_root, tmp_path, one_node):
     from bikd.engine.launch import free_port
@@ -148,8 +171,10 @@ def test_resume_auto_starts_afresh_then_resumes_and_refuses_a_changed_run(digits
                      *opts(digits_root, work, 'train_dataloader.batch_size=128',
                            'train_cfg.max_epochs=1', 'train_cfg.val_interval=1'))
     assert 'starting afresh' in first.stdout and (work / 'epoch_1.pth').is_file()
-    record = torch.load(work / 'epoch_1.pth', map_location='cpu', weights_only=False)
-    run = record['meta']['bikd_run']
+    record = torch.load(work / 'epoch_1.pth', map_location='cpu', weights_only=True)
+    state = record['bikd_run_state']  # the run state: one key, its own version
+    assert state['version'] == 1 and state['random'] and state['before']
+    run = state['fingerprint']
     assert run['method'] == 'BiKDMetaArch' and run['temperature'] == 1.0
     assert [m['name'] for m in run['members']] == ['resnet', 'convnext']
     assert run['members'][0]['architecture']['model_name'] == 'resnet10t'

@@ -1,5 +1,6 @@
-"""Bi-KD as a detectron2 plug-in: built by detectron2's build_model from a detectron2 config,
-trained by detectron2's trainer on data in its DatasetCatalog, evaluated by its
+"""Bi-KD as a detectron2 plug-in: built by detectron2's build_model from a detectron2 config
+and loaded by a checkpointer step (build, then load, as detectron2 does), trained by
+detectron2's trainer on data in its DatasetCatalog, evaluated by its
 SemSegEvaluator and inference_on_dataset; and the suite's SegmentationEvaluator against
 detectron2's on the same predictions."""
 import os
@@ -59,6 +60,16 @@ def d2_config(names, arch='D2BiKDMetaArch'):
     return cfg
 
 
+def built_and_loaded(cfg):
+    """detectron2's two steps: build the model, then give it its weights."""
+    from detectron2.modeling import build_model
+
+    from mask2former_bikd.d2_plugin import BiKDCheckpointer
+    model = build_model(cfg)
+    BiKDCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)
+    return model
+
+
 def test_build_model_builds_bikd_over_official_members(toy_datasets):
     from detectron2.modeling import build_model
 
@@ -70,6 +81,36 @@ def test_build_model_builds_bikd_over_official_members(toy_datasets):
     assert model.bikd.partition == 'loss' and model.bikd.detach_teacher
     control = build_model(d2_config(toy_datasets, 'D2IndependentMetaArch'))
     assert isinstance(control.bikd, bikd.IndependentMetaArch)
+    # built, not loaded: a model whose members have not taken their weights refuses to run
+    assert all(m.weights_from is None for m in model.members)
+    with pytest.raises(RuntimeError, match='have not taken their weights'):
+        model.eval()([dict(image=torch.zeros(3, 64, 64, dtype=torch.uint8), height=64,
+                           width=64)])
+
+
+def test_the_checkpointer_resumes_a_run_without_reading_the_members_files(toy_datasets,
+                                                                           tmp_path):
+    """A run's checkpoint holds every member: resuming reads none of the members' own files
+    (here they do not exist), and gives the saved weights back."""
+    from detectron2.modeling import build_model
+
+    from mask2former_bikd.d2_plugin import BiKDCheckpointer
+    torch.manual_seed(0)
+    first = built_and_loaded(d2_config(toy_datasets))
+    BiKDCheckpointer(first, save_dir=str(tmp_path)).save('model_0000009')
+    cfg = d2_config(toy_datasets)
+    cfg.merge_from_list(['MODEL.BIKD.WEIGHTS', "['/nonexistent/a.pth', '/nonexistent/b.pth']"])
+    torch.manual_seed(1)
+    again = build_model(cfg)
+    BiKDCheckpointer(again, save_dir=str(tmp_path)).resume_or_load('', resume=True)
+    assert [m.weights_from for m in again.members] == \
+        [f'the checkpoint {tmp_path}/model_0000009.pth'] * 2
+    saved, loaded = first.state_dict(), again.state_dict()
+    assert all(torch.equal(saved[k], loaded[k]) for k in saved)
+    # without a checkpoint to resume, the members take their own files: named when missing
+    with pytest.raises(FileNotFoundError, match='/nonexistent/a.pth'):
+        BiKDCheckpointer(build_model(cfg), save_dir=str(tmp_path / 'empty')).resume_or_load(
+            '', resume=True)
 
 
 def test_detectrons_trainer_trains_every_member_and_logs_the_partition(toy_datasets):
@@ -80,7 +121,7 @@ def test_detectrons_trainer_trains_every_member_and_logs_the_partition(toy_datas
 
     cfg = d2_config(toy_datasets)
     torch.manual_seed(0)
-    model = build_model(cfg)
+    model = built_and_loaded(cfg)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = build_detection_train_loader(cfg, mapper=MaskFormerSemanticDatasetMapper(cfg, True))
     trainer = SimpleTrainer(model, loader, torch.optim.AdamW(model.parameters(), lr=1e-3))
@@ -109,7 +150,7 @@ def test_inference_on_dataset_scores_every_member_and_the_ensemble(toy_datasets)
     from mask2former_bikd.d2_plugin import member_evaluators, results_by_member
     cfg = d2_config(toy_datasets)
     torch.manual_seed(0)
-    model = build_model(cfg).eval()
+    model = built_and_loaded(cfg).eval()
     name = toy_datasets['val']
     loader = build_detection_test_loader(cfg, name)
     results = inference_on_dataset(

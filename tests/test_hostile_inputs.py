@@ -115,15 +115,25 @@ def test_resume_recovers_from_an_empty_dangling_or_truncated_marker(tmp_path):
 
 
 def test_temporary_files_of_a_killed_save_are_removed(tmp_path):
-    from bikd.checkpoint import remove_stale_temporary_files
+    """Anywhere in the work_dir (best/ and an export folder too), files and folders; those of
+    a writer still running and files not of ours are kept."""
+    from bikd.fileio import remove_stale_temporaries
     stale = tmp_path / '.epoch_1.pth.999999999.0123abcd.tmp'  # no such process
     stale.write_bytes(b'x' * 100)
+    (tmp_path / 'best').mkdir()
+    in_best = tmp_path / 'best' / '.resnet.top1.pth.999999999.89abcdef.tmp'
+    in_best.write_bytes(b'x')
+    folder = tmp_path / 'best' / '.vit.top1.999999999.00000000.tmp'  # a save_pretrained folder
+    folder.mkdir()
+    (folder / 'model.safetensors').write_bytes(b'x')
     alive = tmp_path / f'.epoch_2.pth.{os.getppid()}.0123abcd.tmp'  # a live writer's
     alive.write_bytes(b'x')
     other = tmp_path / '.notes.tmp'  # not ours
     other.write_bytes(b'x')
-    assert remove_stale_temporary_files(str(tmp_path)) == [str(stale)]
-    assert not stale.exists() and alive.exists() and other.exists()
+    assert sorted(remove_stale_temporaries(str(tmp_path))) == sorted(
+        [str(stale), str(in_best), str(folder)])
+    assert not stale.exists() and not in_best.exists() and not folder.exists()
+    assert alive.exists() and other.exists()
 
 
 def test_load_from_that_does_not_fit_is_refused_with_the_members_at_fault(tmp_path):
@@ -261,11 +271,9 @@ def test_exports_of_two_runs_into_one_folder_list_every_member(tmp_path):
 
 def test_the_last_checkpoint_marker_is_replaced_not_written_in_place(tmp_path, monkeypatch):
     """mmengine's hook truncates and writes the marker in place (a kill then leaves it
-    empty); ours writes it beside and renames it over, and removes old checkpoints only once
-    the new one is saved."""
+    empty); ours saves through the runner, then writes the marker beside and renames it over,
+    and removes old checkpoints only once the new one is saved."""
     import builtins
-
-    from mmengine.hooks import checkpoint_hook
 
     from bikd.engine.hooks import AtomicCheckpointHook
 
@@ -291,16 +299,17 @@ def test_the_last_checkpoint_marker_is_replaced_not_written_in_place(tmp_path, m
             opened.append(str(path))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(checkpoint_hook, 'open', recording_open, raising=False)
+    monkeypatch.setattr(builtins, 'open', recording_open)
     hook = AtomicCheckpointHook(interval=1, max_keep_ckpts=1)
     hook.before_train(Runner())
     (tmp_path / 'epoch_2.pth').write_bytes(b'older')
     hook.after_train_epoch(Runner())  # saves epoch 3
     marker = tmp_path / 'last_checkpoint'
     assert marker.read_text() == str(tmp_path / 'epoch_3.pth')
-    assert opened and str(marker) not in opened  # mmengine wrote into the scratch folder
-    assert not list(tmp_path.glob('.marker.*'))
+    assert opened and str(marker) not in opened  # written beside, then renamed over
+    assert all(os.path.basename(p).startswith('.last_checkpoint.') for p in opened)
     assert sorted(p.name for p in tmp_path.glob('*.pth')) == ['epoch_3.pth']
+    assert not list(tmp_path.glob('.*.tmp'))
 
 
 # ----------------------------------------------------------------------------- one line, exit 2

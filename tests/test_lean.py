@@ -171,17 +171,15 @@ def test_saliency_members_with_the_authors_gradient_into_the_teacher():
 # ----------------------------------------------------------------------------- DDP
 def _ddp_worker(rank, port, lean, out):
     import torch.distributed as dist
-    from mmengine.model import MMDistributedDataParallel
 
-    from bikd.engine import LeanDistributedDataParallel, setup_engine
+    from bikd.engine import BiKDDistributedDataParallel, setup_engine
     import classification_bikd  # noqa: F401
     setup_engine()
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     dist.init_process_group('gloo', rank=rank, world_size=2)
     torch.set_num_threads(1)
     model = build('BiKDMetaArch', [tiny('a', **NOISY), {**BN, 'name': 'b'}], lean=lean).train()
-    wrapper_cls = LeanDistributedDataParallel if lean else MMDistributedDataParallel
-    ddp = wrapper_cls(module=model, device_ids=None, broadcast_buffers=False)
+    ddp = BiKDDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False)
     optim = build_optim_wrapper(ddp.module, dict(type='BiKDOptimWrapper',
                                                  optimizer=dict(type='Adam', lr=1e-3)))
     torch.manual_seed(1 + rank)
@@ -205,18 +203,22 @@ def test_ddp_two_processes(tmp_path):
         assert torch.equal(value, states[1][key]), key
 
 
-def test_train_net_chooses_the_lean_ddp_wrapper(monkeypatch):
+def test_train_net_chooses_the_suites_ddp_wrapper(monkeypatch):
     from mmengine.config import Config
 
     from bikd.engine import launch
     monkeypatch.setenv('WORLD_SIZE', '2')
     monkeypatch.setattr(launch.dist, 'is_initialized', lambda: True)
     monkeypatch.setattr(launch.torch.cuda, 'is_available', lambda: False)
-    for lean, wrapper in ((True, 'LeanDistributedDataParallel'),
-                          (False, 'MMDistributedDataParallel')):
+    for lean in (True, False):  # the lean step, and the ordinary one through model.update
         cfg = Config(dict(model=dict(type='BiKDMetaArch', lean=lean)))
         assert launch.setup_distributed(cfg) == 'pytorch'
-        assert cfg.model_wrapper_cfg['type'] == wrapper
+        assert cfg.model_wrapper_cfg['type'] == 'bikd.BiKDDistributedDataParallel'
+    # a config that names its wrapper keeps it
+    cfg = Config(dict(model=dict(type='BiKDMetaArch'),
+                      model_wrapper_cfg=dict(type='MMDistributedDataParallel')))
+    launch.setup_distributed(cfg)
+    assert cfg.model_wrapper_cfg['type'] == 'MMDistributedDataParallel'
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -14,6 +14,7 @@ from conftest import ROOT, seg_batch
 
 pytest.importorskip('detectron2', reason='detectron2 is not installed (make d2)')
 pytest.importorskip('mmseg')
+from bikd.errors import UserError  # noqa: E402
 from mask2former_bikd import Mask2FormerMember  # noqa: E402
 from mask2former_bikd import d2  # noqa: E402
 
@@ -165,8 +166,8 @@ class Payload:
 def test_pkl_with_another_object_is_refused_and_named(tmp_path):
     member = tiny()
     official_pkl(member, tmp_path / 'bad.pkl', extra=dict(payload=Payload()))
-    with pytest.raises(RuntimeError, match=r'refusing to load .*bad.pkl: it holds a Python object '
-                                           r'of type posix.getcwd.*trust_checkpoint=True'):
+    with pytest.raises(UserError, match=r'refusing to load .*bad.pkl: it holds a Python object '
+                                        r'of type posix.getcwd.*trust_checkpoint=True'):
         Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'bad.pkl')).take_weights()
     # a user who trusts the file can load it (the object is then constructed)
     Mask2FormerMember(TINY, checkpoint=str(tmp_path / 'bad.pkl'),

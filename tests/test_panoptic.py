@@ -363,8 +363,8 @@ def test_the_detectron2_plugin_trains_panoptic_members_and_scores_them(toy):
     from detectron2.modeling import build_model
     from mask2former import MaskFormerPanopticDatasetMapper
     from mask2former_bikd.d2_data import register
-    from mask2former_bikd.d2_plugin import (add_bikd_config, member_evaluators,
-                                            results_by_member)
+    from mask2former_bikd.d2_plugin import (BiKDCheckpointer, add_bikd_config,
+                                            member_evaluators, results_by_member)
     train, val = register('ade20k_panoptic_train', toy), register('ade20k_panoptic_val', toy)
     cfg = d2.load_d2_config(PANOPTIC)
     add_bikd_config(cfg)
@@ -375,6 +375,7 @@ def test_the_detectron2_plugin_trains_panoptic_members_and_scores_them(toy):
         'SOLVER.IMS_PER_BATCH', '2', 'DATALOADER.NUM_WORKERS', '0'])
     torch.manual_seed(0)
     model = build_model(cfg)
+    BiKDCheckpointer(model).resume_or_load(cfg.MODEL.WEIGHTS, resume=False)  # build, then load
     before = {k: v.clone() for k, v in model.state_dict().items()}
     loader = build_detection_train_loader(cfg, mapper=MaskFormerPanopticDatasetMapper(cfg, True))
     trainer = SimpleTrainer(model, loader, torch.optim.AdamW(model.parameters(), lr=1e-3))

@@ -72,13 +72,25 @@ def test_nonfinite_member_loss_drops_the_step_and_is_counted(caplog):
     assert optim.skipped_steps == 3
 
 
-def test_dropped_step_count_travels_in_the_wrappers_state():
+def test_dropped_step_counts_travel_in_the_run_state(tmp_path):
+    """The counts go into a checkpoint's run state (through a weights-only save and load) and
+    come back into the optimiser wrapper of a resumed run."""
+    from types import SimpleNamespace
+
+    from bikd.engine.run_state import RUN_STATE_KEY, RunState, RunStateHook
     model, optim = model_and_optimizer()
     poison(model, 'a')
     step(model, optim)
-    state = optim.state_dict()
+    hook, checkpoint = RunStateHook(), {}
+    hook.before_save_checkpoint(SimpleNamespace(optim_wrapper=optim, run_state=RunState(),
+                                                train_loop=None), checkpoint)
+    assert checkpoint[RUN_STATE_KEY]['nonfinite_steps'] == 1
+    torch.save(checkpoint, tmp_path / 'c.pth')
     _, again = model_and_optimizer()
-    again.load_state_dict(state)
+    resumed = SimpleNamespace(optim_wrapper=again, run_state=RunState(), resuming=True, iter=7,
+                              train_loop=None, val_loop=None)
+    hook.after_load_checkpoint(resumed, torch.load(tmp_path / 'c.pth', weights_only=True))
+    hook.before_train(resumed)
     assert again.skipped_steps == 1 and again.skipped_in_a_row == 1
 
 

@@ -11,6 +11,7 @@ import torch
 
 transformers = pytest.importorskip('transformers')
 
+from bikd.errors import UserError  # noqa: E402
 from conftest import ROOT, batch, seg_batch, tiny  # noqa: E402
 
 NUM_CLASSES = 6
@@ -153,7 +154,7 @@ def test_classifier_head_for_another_label_space_and_strict_checkpoints(folders,
     assert torch.equal(member.model.vit.embeddings.patch_embeddings.projection.weight,
                        released.vit.embeddings.patch_embeddings.projection.weight)
     # a checkpoint of another label space does not fit, and says so
-    with pytest.raises(RuntimeError, match=r"does not fit the model for member 'hf'"):
+    with pytest.raises(UserError, match=r"does not fit the model for member 'hf'"):
         built(hf_classifier(folders['vit'], num_classes=10, checkpoint=folders['vit']))
 
 

@@ -259,15 +259,14 @@ def _capped_steps(config: str, opts: List[str], lean: bool, cap: Optional[float]
     (outcome, the address space the steps added at their peak, detail) into ``result``."""
     import resource
 
-    from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner, set_random_seed
 
-    from bikd.engine import load_config, setup_engine
-    setup_engine()
+    from bikd import build_model
+    from bikd.engine import load_config
     cfg = load_config(config, opts)
-    init_default_scope(cfg.get('default_scope', 'bikd'))
     set_random_seed(cfg.get('randomness', {}).get('seed', 0))
-    model = MODELS.build(dict(cfg.model, type='BiKDMetaArch', lean=lean)).train()
+    model = build_model(dict(cfg.model, type='BiKDMetaArch', lean=lean),
+                        cfg.get('default_scope')).train()
     model.take_weights()
     wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
@@ -467,22 +466,19 @@ def main(argv=None):
     if args.warmup < 0:
         parser.error(f'--warmup must be at least 0, got {args.warmup}')
 
-    from mmengine.registry import MODELS, init_default_scope
     from mmengine.runner import Runner, set_random_seed
 
-    from bikd import IndependentMetaArch
+    from bikd import IndependentMetaArch, build_model
     from bikd.experiment import plan_runs, select_methods
-    from bikd.engine import load_config, setup_engine
+    from bikd.engine import load_config
     from bikd.registry import META_ARCH
 
-    setup_engine()
     opts = list(args.opts) + ([] if args.pretrained else ['model.random_init=true'])
     cfg = load_config(args.config_file, opts)
-    init_default_scope(cfg.get('default_scope', 'bikd'))
     # every generator (torch, numpy, Python): the same members and the same augmented batches
     # in every run of the tool, so that its memory figures repeat exactly
     set_random_seed(cfg.get('randomness', {}).get('seed', 0))
-    bikd = MODELS.build(dict(cfg.model, type='BiKDMetaArch'))
+    bikd = build_model(dict(cfg.model, type='BiKDMetaArch'), cfg.get('default_scope'))
     bikd.take_weights()  # random_init (the default here) takes none
     members = list(bikd.members)
     names = [m.name for m in members]

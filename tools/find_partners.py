@@ -237,25 +237,25 @@ def main(argv=None):
     parser.add_argument('--output-dir')
     args = parser.parse_args(argv)
 
-    from mmengine.registry import METRICS, init_default_scope
+    from mmengine.registry import METRICS
     from mmengine.runner import Runner
 
-    from bikd.engine import load_config, setup_engine
+    from bikd import build_model
+    from bikd.engine import load_config
     from bikd.fileio import atomic_path, save_text
-    from bikd.meta_arch import build_member
     from bikd.summary import metric_digits
 
-    setup_engine()
     cfg = load_config(args.config_file, args.opts)
-    init_default_scope(cfg.get('default_scope', 'bikd'))
     configs = candidate_configs(cfg, args.target, args.pool, args.timm, args.hf)
     names = [c['name'] for c in configs]
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     print(f'target {args.target}; candidates: {", ".join(names[1:])}', flush=True)
-    members = [build_member(c) for c in configs]
-    for m in members:  # build, then load: every candidate's own weights
-        m.take_weights()
-    members = [m.to(device).eval() for m in members]
+    # the target and every candidate as members of one model (built, then each takes its own
+    # weights), evaluated one by one
+    candidates = build_model(dict(type='IndependentMetaArch', members=configs),
+                             cfg.get('default_scope'))
+    candidates.take_weights()
+    members = [m.to(device).eval() for m in candidates.members]
     loader_cfg = cfg.get(f'{args.split}_dataloader')
     evaluator_cfg = cfg.get(f'{args.split}_evaluator')
     if loader_cfg is None or evaluator_cfg is None:

@@ -8,9 +8,11 @@ nothing in mmengine; the engine's entry points apply the suite's changes to it e
 """
 from . import baselines, engine, meta_arch  # noqa: F401  (registration)
 from .baselines import DMLMetaArch, KDMetaArch, KLDPMetaArch
+from .engine.build import build_model
+from .errors import UserError
+from .experiment import ExperimentRun, MethodNotApplicable, registered_methods, select_methods
 from .losses import distillation_loss
 from .member import Member, MemberOutput
-from .experiment import ExperimentRun, MethodNotApplicable, registered_methods, select_methods
 from .meta_arch import BiKDMetaArch, IndependentMetaArch, MultiMemberMetaArch
 from .metrics import recovered
 from .partition import gt_confidence, select_teachers
@@ -22,4 +24,4 @@ __all__ = ['BiKDMetaArch', 'DMLMetaArch', 'ExperimentRun', 'KDMetaArch', 'KLDPMe
            'IndependentMetaArch', 'MethodNotApplicable', 'MultiMemberMetaArch', 'Member',
            'MemberOutput', 'StepOutput', 'distillation_loss', 'gt_confidence',
            'registered_methods', 'select_methods', 'select_teachers', 'recovered', 'META_ARCH',
-           'MEMBERS', 'METRICS', 'HOOKS']
+           'MEMBERS', 'METRICS', 'HOOKS', 'UserError', 'build_model']

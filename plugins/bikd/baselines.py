@@ -12,9 +12,10 @@ from typing import Any, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from .errors import UserError
+from .experiment import ExperimentRun, MethodNotApplicable, member_names
 from .losses import at_least_fp32, distillation_loss, positive_temperature
 from .member import Member, MemberOutput
-from .experiment import ExperimentRun, MethodNotApplicable, member_names
 from .meta_arch import PARTITIONS, MultiMemberMetaArch
 from .partition import select_teachers
 from .registry import META_ARCH
@@ -42,7 +43,7 @@ class _FrozenMembersMixin:
 def _member_index(members: Sequence[Member], name: str, role: str) -> int:
     names = [m.name for m in members]
     if name not in names:
-        raise ValueError(f'{role} {name!r} is not one of the members {names}')
+        raise UserError(f'{role} {name!r} is not one of the members {names}')
     return names.index(name)
 
 
@@ -64,19 +65,20 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
     In an experiment: one run per student (two members only).
     """
     method = 'kldp'
+    result_arguments = ('student', 'partition', 'temperature', 'unsupervised')
 
     def __init__(self, members: Sequence[Union[dict, Member]], student: str,
                  partition: str = 'confidence', temperature: float = 1.0,
                  unsupervised: bool = False, **kwargs):
         super().__init__(members, **kwargs)
         if len(self.members) != 2:
-            raise ValueError(f'KL+DP transfers from one teacher to one student: give 2 members, '
-                             f'got {len(self.members)}')
+            raise UserError(f'KL+DP transfers from one teacher to one student: give 2 members, '
+                            f'got {len(self.members)}')
         if partition not in PARTITIONS:
-            raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
+            raise UserError(f'partition must be one of {PARTITIONS}, got {partition!r}')
         if unsupervised and partition != 'confidence':
-            raise ValueError("unsupervised KL+DP compares maximum class probabilities: it needs "
-                             "partition='confidence'")
+            raise UserError("unsupervised KL+DP compares maximum class probabilities: it needs "
+                            "partition='confidence'")
         self.student_index = _member_index(self.members, student, 'student')
         self.teacher_index = 1 - self.student_index
         self.partition, self.temperature = partition, positive_temperature(temperature)
@@ -111,12 +113,12 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
             return -loss.detach()
         if self.unsupervised:
             if out.logits.dim() != 2:
-                raise ValueError('unsupervised KL+DP compares class probabilities [N, C]; '
-                                 f'the members give {tuple(out.logits.shape)}')
+                raise UserError('unsupervised KL+DP compares class probabilities [N, C]; '
+                                f'the members give {tuple(out.logits.shape)}')
             return at_least_fp32(out.logits.detach()).softmax(dim=1).amax(dim=1)
         if out.confidence is None:
-            raise ValueError("the members give no ground-truth confidence; use "
-                             "partition='loss' for this task")
+            raise UserError("the members give no ground-truth confidence; use "
+                            "partition='loss' for this task")
         return out.confidence
 
     def route(self, teacher: MemberOutput, initial: MemberOutput) -> Tensor:
@@ -152,6 +154,7 @@ class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
 
     In an experiment: one run per teacher, each member in turn."""
     method = 'kd'
+    result_arguments = ('teacher', 'temperature')
 
     def __init__(self, members: Sequence[Union[dict, Member]], teacher: str,
                  temperature: float = 1.0, **kwargs):
@@ -194,6 +197,7 @@ class DMLMetaArch(MultiMemberMetaArch):
     their KL terms).
     """
     method = 'dml'
+    result_arguments = ('temperature', )
 
     def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
                  **kwargs):

@@ -10,9 +10,9 @@ optimiser and random states; :func:`peek_checkpoint`, :func:`check_checkpoint_fi
 :func:`find_last_checkpoint`). Writing is atomic everywhere (:mod:`bikd.fileio`).
 """
 import glob
+import hashlib
 import os
 import os.path as osp
-import shutil
 import zipfile
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -21,8 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from . import compat
+from .errors import UserError
 
-class CheckpointError(ValueError, RuntimeError):
+
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used (unreadable, truncated, of another kind); the
     message names it and says what to pass instead."""
 
@@ -93,7 +95,7 @@ def download_weights(url: str, owner: str, alternatives: str,
         obj = torch.hub.load_state_dict_from_url(url, map_location='cpu', weights_only=not trust)
     except Exception as e:  # noqa: BLE001 - network failures come in many types
         raise CheckpointError(f'member {owner!r}: could not download {url} ({type(e).__name__}: '
-                           f'{e}); without access, pass {alternatives}') from e
+                              f'{e}); without access, pass {alternatives}') from e
     return flat_state_dict(obj, url)
 
 
@@ -105,7 +107,7 @@ def flat_state_dict(obj, source: str) -> Dict[str, Tensor]:
             break
     if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise CheckpointError(f'{source} holds no state dict (a mapping of parameter names to '
-                           'tensors)')
+                              'tensors)')
     out = OrderedDict((strip_prefix(k, (DDP_PREFIX, )), v) for k, v in obj.items())
     metadata = compat.state_dict_metadata(obj)
     if metadata is not None:  # the modules' versions, which some modules read when loading
@@ -154,7 +156,7 @@ def load_into(module: nn.Module, state_dict: Dict[str, Tensor], source: str,
                             ('shape mismatches', shapes)):
             if keys:
                 shown = ', '.join(keys[:10]) + (f', ... ({len(keys)} in all)' if len(keys) > 10
-                                                 else '')
+                                                else '')
                 lines.append(f'  {title}: {shown}')
         raise CheckpointError('\n'.join(lines))
     module.load_state_dict(state_dict)
@@ -224,65 +226,75 @@ def check_checkpoint_fits(model, path: str, allow_partial: bool = False,
     problems = ([f'missing from it: {by_member(missing)}'] if missing else []) + \
         ([f'not in the model: {by_member(unexpected)}'] if unexpected else []) + \
         ([f'shapes differ: {"; ".join(shapes[:3])}'] if shapes else [])
-    raise ValueError(f'{given_as}={path} does not fit the model (members {names}): '
-                     f'{" | ".join(problems)}. {hint}')
+    raise CheckpointError(f'{given_as}={path} does not fit the model (members {names}): '
+                          f'{" | ".join(problems)}. {hint}')
 
 
 def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
-    """The checkpoint ``--resume`` continues from, and a note when it is not the one the
-    ``last_checkpoint`` marker names (empty, missing or truncated: the newest complete
-    checkpoint of the folder instead). ``(None, why)`` when there is none."""
+    """The checkpoint a run in ``work_dir`` continues from, and a note when it is not simply
+    the one the ``last_checkpoint`` marker names. ``(None, why)`` when there is none.
+
+    The marker is read as the name of a file of ``work_dir`` (mmengine writes an absolute
+    path): a work_dir that was copied or moved continues from its own checkpoint, never from
+    the folder it was copied from, and the note says so. An empty marker, or one naming a
+    file that is missing or cut short, gives the newest complete checkpoint of the folder."""
     marker = osp.join(work_dir, 'last_checkpoint')
-    named = ''
+    named, problem = '', ''
     if osp.isfile(marker):
         with open(marker) as f:
             named = f.read().strip()
-        if named and checkpoint_is_complete(named):
-            return named, ''
+    if named:
+        own = osp.join(work_dir, osp.basename(named))
+        elsewhere = osp.dirname(named) and osp.realpath(osp.dirname(named)) != \
+            osp.realpath(work_dir)
+        if checkpoint_is_complete(own):
+            return own, (f'the last_checkpoint marker names {named}, outside this work_dir: '
+                         f'continuing from this work_dir\'s own {osp.basename(named)}'
+                         if elsewhere else '')
+        if elsewhere:
+            problem = (f'the last_checkpoint marker names {named}, outside {work_dir} (a copied '
+                       'or moved work_dir?), which is not used')
+        elif not osp.isfile(own):
+            problem = f'the last_checkpoint marker names {own}, which does not exist'
+        else:
+            problem = f'the last checkpoint {own} is incomplete (a write cut short)'
+    elif osp.isfile(marker):
+        problem = f'the last_checkpoint marker in {work_dir} is empty'
+    else:
+        problem = f'no last_checkpoint marker in {work_dir}'
     found = sorted((p for p in glob.glob(osp.join(work_dir, '*.pth'))
                     if checkpoint_is_complete(p)), key=osp.getmtime, reverse=True)
-    if not osp.isfile(marker):
-        problem = f'no last_checkpoint marker in {work_dir}'
-    elif not named:
-        problem = f'the last_checkpoint marker in {work_dir} is empty'
-    elif not osp.isfile(named):
-        problem = f'the last_checkpoint marker names {named}, which does not exist'
-    else:
-        problem = f'the last checkpoint {named} is incomplete (a write cut short)'
     if not found:
         return None, problem
     return found[0], f'{problem}; resuming from the newest complete checkpoint {found[0]}'
 
 
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's
-    return True
+# ----------------------------------------------------------------------------- digests
+_hashes: Dict[Tuple[str, int, float], str] = {}
 
 
-def remove_stale_temporary_files(work_dir: str) -> List[str]:
-    """Remove the temporary files and folders of atomic writes (``.<name>.<pid>.<id>.tmp``, see
-    :mod:`bikd.fileio`) that a killed process left in ``work_dir``, and the
-    scratch folders of the checkpoint hook's marker (``.marker.*``)."""
-    removed = []
-    for path in glob.glob(osp.join(work_dir, '.*.tmp')):
-        parts = osp.basename(path).rsplit('.', 3)
-        if len(parts) != 4 or not parts[1].isdigit():
-            continue
-        pid = int(parts[1])
-        if pid != os.getpid() and _process_exists(pid):
-            continue  # its writer is still running
-        if osp.isdir(path):  # a folder of bikd.fileio.atomic_dir
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            os.remove(path)
-        removed.append(path)
-    for path in glob.glob(osp.join(work_dir, '.marker.*')):
-        if osp.isdir(path):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file's content (remembered per path, size and modification time)."""
+    st = os.stat(path)
+    key = (osp.abspath(path), st.st_size, st.st_mtime)
+    if key not in _hashes:
+        digest = hashlib.sha256()
+        with open(path, 'rb') as f:
+            for block in iter(lambda: f.read(1 << 20), b''):
+                digest.update(block)
+        _hashes[key] = digest.hexdigest()
+    return _hashes[key]
+
+
+def weights_digest(source) -> Optional[object]:
+    """The content digest of what a weights argument names: a local file's SHA-256, or a
+    folder's (a ``save_pretrained`` folder) SHA-256 per file; ``None`` for anything else (a
+    URL, a hub id, a flag)."""
+    if not isinstance(source, str):
+        return None
+    if osp.isfile(source):
+        return file_sha256(source)
+    if osp.isdir(source):
+        return {name: file_sha256(osp.join(source, name)) for name in sorted(os.listdir(source))
+                if osp.isfile(osp.join(source, name))}
+    return None

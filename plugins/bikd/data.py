@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 from mmengine.logging import print_log
 from torch.utils.data import Dataset
 
+from .errors import UserError
 from .registry import DATASETS
 
 
@@ -48,7 +49,7 @@ class SkipBadSamples(Dataset):
         self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
         self.max_skips = int(max_skips)
         if self.max_skips < 0:
-            raise ValueError(f'skip_bad_samples must be 0 or more, got {max_skips}')
+            raise UserError(f'skip_bad_samples must be 0 or more, got {max_skips}')
         self._skipped = multiprocessing.Value('i', 0)  # shared with forked loader workers
 
     @property
@@ -84,3 +85,22 @@ class SkipBadSamples(Dataset):
         if name.startswith('_') or name == 'dataset':  # (while unpickled: not set yet)
             raise AttributeError(name)
         return getattr(self.dataset, name)
+
+
+#: for datasets of other libraries (mmseg's, ...), which declare nothing: the arguments that say
+#: where a dataset's data is in mmengine-style datasets
+DEFAULT_SOURCE_ARGUMENTS = ('data_root', 'data_prefix', 'ann_file')
+
+
+def dataset_fingerprint(cfg: dict) -> dict:
+    """Where a dataset config's data is, for the run's fingerprint: the values of the
+    arguments its class declares as ``source_arguments`` (a dataset of another library: those
+    of :data:`DEFAULT_SOURCE_ARGUMENTS`). A wrapper (``dataset=dict(...)``, as
+    :class:`SkipBadSamples`) is seen through."""
+    from .member import plain
+    cfg = plain(cfg or {})
+    while isinstance(cfg.get('dataset'), dict):  # a wrapper
+        cfg = cfg['dataset']
+    cls = DATASETS.get(cfg['type']) if isinstance(cfg.get('type'), str) else None
+    keys = getattr(cls, 'source_arguments', DEFAULT_SOURCE_ARGUMENTS)
+    return {k: cfg[k] for k in keys if k in cfg}

@@ -12,11 +12,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .errors import UserError
 from .registry import META_ARCH
 from .summary import metric_digits
 
 
-class MethodNotApplicable(ValueError):
+class MethodNotApplicable(UserError):
     """A method cannot run on the members of a config (e.g. KL+DP with three members)."""
 
 
@@ -52,8 +53,8 @@ def member_names(model: dict) -> List[str]:
     names = [m.get('name') if isinstance(m, dict) else m.name for m in model['members']]
     missing = [i for i, n in enumerate(names) if not n]
     if missing:
-        raise ValueError(f'model.members {missing} have no name; an experiment needs every '
-                         'member named (name: ...)')
+        raise UserError(f'model.members {missing} have no name; an experiment needs every '
+                        'member named (name: ...)')
     return names
 
 
@@ -76,9 +77,9 @@ def select_methods(names: Optional[Sequence[str]] = None) -> Dict[str, type]:
             [m for m, cls in known.items() if not cls.control]
     unknown = [m for m in names if m not in known]
     if unknown:
-        raise ValueError(f'unknown method(s) {unknown}; registered methods: {list(known)} (a '
-                         'method of your own is registered by a module the config lists in '
-                         'custom_imports)')
+        raise UserError(f'unknown method(s) {unknown}; registered methods: {list(known)} (a '
+                        'method of your own is registered by a module the config lists in '
+                        'custom_imports)')
     return {m: known[m] for m in names}
 
 

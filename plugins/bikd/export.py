@@ -10,14 +10,10 @@ from .fileio import failures_named, save_json
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     """The meta-architecture of ``config`` with the weights of a runner ``checkpoint`` (the
     members are built, and take their weights from the checkpoint alone)."""
-    from mmengine.registry import MODELS, init_default_scope
+    from .engine import build_model, load_config
 
-    from .engine import load_config, setup_engine
-
-    setup_engine()  # (runner checkpoints hold mmengine's objects: allowed to load from here)
     cfg = load_config(config, overrides)
-    init_default_scope(cfg.get('default_scope', 'bikd'))
-    model = MODELS.build(dict(cfg.model))
+    model = build_model(cfg)  # (it also lets runner checkpoints, with mmengine's objects, load)
     check_checkpoint_fits(model, checkpoint, given_as='--checkpoint',
                           hint=f'Is it a checkpoint of a run of {config}?')
     model.take_weights(checkpoint)

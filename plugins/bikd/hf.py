@@ -25,6 +25,7 @@ import os
 from typing import Any, Dict, Optional, Tuple
 
 from .checkpoint import load_into
+from .errors import UserError
 from .fileio import atomic_dir, save_json
 
 INSTALL_HINT = 'install it with `pip install transformers` (make test does)'
@@ -53,12 +54,12 @@ def call_hub(what: str, owner: str, source: str, fn, *args, trust_remote_code: b
         return fn(source, *args, trust_remote_code=trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         if _is_remote_code_refusal(e) and not trust_remote_code:
-            raise ValueError(f'member {owner!r}: {source} runs its own code (its config names it '
-                             'in auto_map); set trust_remote_code: true to run it, only for a '
-                             'model you trust') from e
+            raise UserError(f'member {owner!r}: {source} runs its own code (its config names it '
+                            'in auto_map); set trust_remote_code: true to run it, only for a '
+                            'model you trust') from e
         if os.path.isdir(source) or not isinstance(e, OSError):
-            raise ValueError(f'member {owner!r}: cannot read the {what} of {source} '
-                             f'({type(e).__name__}: {str(e).splitlines()[0]})') from e
+            raise UserError(f'member {owner!r}: cannot read the {what} of {source} '
+                            f'({type(e).__name__}: {str(e).splitlines()[0]})') from e
         raise FileNotFoundError(
             f'member {owner!r}: {source} is neither a local folder nor a model the Hugging Face '
             f'hub cache holds, and the hub cannot be reached ({str(e).splitlines()[0][:200]}); '
@@ -78,6 +79,9 @@ class TransformersModel:
     #: the ``transformers`` auto class the task builds (``AutoModelForImageClassification``)
     auto_class = ''
     export_format = 'transformers (save_pretrained folder)'
+    #: ``model`` (a hub id or a save_pretrained folder) names the architecture and, with
+    #: ``pretrained``, the weights: recorded with the folder's digest
+    weight_arguments = ('model', 'checkpoint', 'pretrained', 'trust_checkpoint')
 
     def build_transformers_model(self, model: str, config_overrides: Optional[dict] = None,
                                  trust_remote_code: bool = False,
@@ -99,10 +103,10 @@ class TransformersModel:
             self.model = auto.from_config(config, trust_remote_code=self.trust_remote_code)
         except ValueError as e:
             if _is_remote_code_refusal(e):
-                raise ValueError(f'member {self.name!r}: {model} runs its own code; set '
-                                 'trust_remote_code: true to run it') from e
-            raise ValueError(f'member {self.name!r}: {model} is a {type(config).__name__}, which '
-                             f'{self.auto_class} does not build ({str(e).splitlines()[0]})') from e
+                raise UserError(f'member {self.name!r}: {model} runs its own code; set '
+                                'trust_remote_code: true to run it') from e
+            raise UserError(f'member {self.name!r}: {model} is a {type(config).__name__}, which '
+                            f'{self.auto_class} does not build ({str(e).splitlines()[0]})') from e
         self.image_processor = self._image_processor(self.model_id)
         return self.model
 
@@ -148,7 +152,7 @@ class TransformersModel:
                      f'({type(self.model).__name__}); is it for another architecture?']
             lines += [f'  {title}: {", ".join(keys[:10])}' for title, keys in problems.items()
                       if keys]
-            raise RuntimeError('\n'.join(lines))
+            raise UserError('\n'.join(lines))
         load_into(self.model, loaded.state_dict(), source, owner=self.name)
         return mismatched
 

@@ -22,7 +22,7 @@ random generators' state of its first (dropout, drop-path, point sampling), and 
 that do not train (frozen teachers) run once, without gradient.
 
 Under DDP the step bypasses the wrapper's forward, so it reduces each member's gradients
-itself after the member's backward (:class:`bikd.engine.lean_ddp.LeanDistributedDataParallel`).
+itself after the member's backward (:class:`bikd.engine.lean_ddp.BiKDDistributedDataParallel`).
 A meta-architecture runs it through :meth:`bikd.meta_arch.MultiMemberMetaArch.lean_step`.
 """
 import dataclasses
@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 from torch.profiler import record_function
+from .errors import UserError
 
 
 def trains(module: nn.Module) -> bool:
@@ -78,7 +79,7 @@ def lean_train_step(model, data: Any, optim_wrapper,
     ``reduce_gradients(member)`` is called after each trained member's backward (a DDP
     wrapper's gradient all-reduce)."""
     if not hasattr(optim_wrapper, 'update_params_in_parts'):
-        raise TypeError(f'model.lean=true needs an optimiser wrapper of the bikd scope '
+        raise UserError(f'model.lean=true needs an optimiser wrapper of the bikd scope '
                         f'(optim_wrapper.type: BiKDOptimWrapper or BiKDAmpOptimWrapper under '
                         f'default_scope bikd), got {type(optim_wrapper).__name__}')
     with optim_wrapper.optim_context(model):
@@ -125,5 +126,5 @@ def lean_train_step(model, data: Any, optim_wrapper,
         set_generator_state(after, device)
 
     # 3. one step (dropped, without any backward, if the loss is not finite)
-    optim_wrapper.update_params_in_parts(total, parts())
+    optim_wrapper.update_params_in_parts(total, parts(), nonfinite=losses.nonfinite_terms())
     return log_vars

@@ -8,12 +8,13 @@ from typing import Sequence
 
 import torch
 from torch import Tensor
+from .errors import UserError
 
 
 def positive_temperature(temperature: float) -> float:
     """``temperature`` as a float; a clear error if it is not positive."""
     if temperature <= 0:
-        raise ValueError(f'temperature must be positive, got {temperature}')
+        raise UserError(f'temperature must be positive, got {temperature}')
     return float(temperature)
 
 

@@ -14,17 +14,28 @@ Build, then load (as detectron2's ``build_model`` + ``DetectionCheckpointer`` an
 weights are taken by one explicit step, :meth:`Member.take_weights`, which whoever builds it
 calls (:meth:`bikd.meta_arch.MultiMemberMetaArch.take_weights` for every member of a run).
 """
+import json
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
 from . import compat
-from .checkpoint import download_weights, load_into, load_weights_file
+from .checkpoint import download_weights, load_into, load_weights_file, weights_digest
+from .errors import UserError
 from .fileio import save_json, save_torch
+
+
+def plain(value: Any) -> Any:
+    """Config values as JSON-like plain data (mmengine's ConfigDict and tuples unwrapped)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
 
 
 @dataclass
@@ -33,10 +44,13 @@ class MemberOutput:
 
     Attributes:
         loss: ``[N]`` per-sample task loss; its mean is the member's task loss (Eq. 5 / 13).
-        logits: ``[N, C, *spatial]``, what is distilled through
-            :func:`bikd.losses.distillation_loss` (softmax over axis 1): class logits, or
-            log-probabilities over axis 1 (a saliency map as a distribution over pixels),
-            which the softmax leaves unchanged.
+        logits: ``[N, C, *spatial]``, the scores whose softmax over axis 1 is the distribution
+            distilled through :func:`bikd.losses.distillation_loss`. What they are depends on
+            the task: a classifier's class logits; for dense members, log-probabilities (the
+            softmax of log-probabilities is the distribution itself): a segmenter's per-pixel
+            class log-probabilities (``[N, C, H, W]``), a saliency member's map as
+            log-probabilities over its pixels (``[N, H * W]``: the pixels are the axis). The name is
+            the distillation term's argument, not a promise of unnormalised scores.
         confidence: ``[N]`` softmax probability of the ground-truth class, for the
             ``confidence`` partition (Eq. 3 / 11); ``None`` where the task has no such score.
         partition_loss: ``[N]`` per-sample loss compared across members by the ``loss``
@@ -100,13 +114,17 @@ class Member(nn.Module):
 
     #: what the exported weights are, for the JSON beside them
     export_format = 'state dict'
+    #: the constructor arguments that say where the weights come from rather than what the
+    #: member computes: the run's fingerprint records them with a digest of every local file
+    #: or folder they name (a subclass with another weights file adds its argument)
+    weight_arguments: Tuple[str, ...] = ('checkpoint', 'pretrained', 'trust_checkpoint')
 
     def __init__(self, name: str, pretrained: bool = True, checkpoint: Optional[str] = None,
                  trust_checkpoint: bool = False):
         super().__init__()
         if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name == 'ensemble':
-            raise ValueError(f'invalid member name {name!r}: use letters, digits and "_.-" '
-                             '(starting with a letter or digit), and not "ensemble"')
+            raise UserError(f'invalid member name {name!r}: use letters, digits and "_.-" '
+                            '(starting with a letter or digit), and not "ensemble"')
         self.name = name
         self.pretrained = bool(pretrained)
         self.checkpoint = checkpoint or None
@@ -115,6 +133,30 @@ class Member(nn.Module):
         #: while weights asked for (``checkpoint`` or ``pretrained``) are still to be taken
         self.weights_from: Optional[str] = None if (self.checkpoint or self.pretrained) \
             else RANDOM
+
+    # ------------------------------------------------------------------ what it is
+    @classmethod
+    def fingerprint(cls, cfg: Dict[str, Any], random_init: bool = False) -> Dict[str, Any]:
+        """What a member built from ``cfg`` (its config dict) is, for the run's fingerprint
+        (:mod:`bikd.engine.fingerprint`): its name and type, its architecture (every argument
+        of ``cfg`` but its ``weight_arguments``, as given) and the weights it starts from
+        (those arguments, each naming a local file or folder with its digest; ``random_init``
+        when the run takes no weights)."""
+        cfg = plain(cfg)
+        weights: Dict[str, Any] = {}
+        if random_init:
+            weights['source'] = 'random_init'
+        else:
+            for key in cls.weight_arguments:
+                if key in cfg:
+                    weights[key] = cfg[key]
+                    digest = weights_digest(cfg[key])
+                    if digest is not None:
+                        weights[f'{key}_sha256'] = digest
+        return dict(name=cfg.get('name'), type=cfg.get('type'),
+                    architecture={k: v for k, v in sorted(cfg.items())
+                                  if k not in cls.weight_arguments + ('name', 'type')},
+                    weights=weights)
 
     # ------------------------------------------------------------------ the task interface
     @property
@@ -200,6 +242,15 @@ class Member(nn.Module):
     def export_files(self, directory: str, stem: str) -> Dict[str, Any]:
         """Write further files beside the weights; return their entries for the JSON."""
         return {}
+
+    def load_export(self, directory: str, stem: str) -> None:
+        """Load what :meth:`export` wrote as ``<stem>`` in ``directory``: the weights its JSON
+        names as ``checkpoint`` (a member whose export has further weight files loads those
+        too)."""
+        path = os.path.join(directory, f'{stem}.json')
+        with open(path) as f:
+            info = json.load(f)
+        self.load_checkpoint(os.path.join(directory, info['checkpoint']))
 
     def export(self, directory: str, stem: str) -> Dict[str, Any]:
         """Write the member in its native format: ``<stem>.pth`` (what ``checkpoint`` loads

@@ -18,14 +18,16 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from .errors import UserError
 from .experiment import ExperimentRun, MethodNotApplicable, member_names
 from .lean import lean_train_step, trains
 from .losses import distillation_loss, positive_temperature
 from .member import RANDOM, Member, MemberOutput
+from .member import plain
 from .metrics import MemberPredictions
 from .partition import TIE_RULES, select_teachers, teacher_share
-from .registry import MEMBERS, META_ARCH, accepted_arguments
-from .step import StepOutput, report_nonfinite_terms
+from .registry import MEMBERS, META_ARCH, accepted_arguments, argument_defaults
+from .step import StepOutput
 
 PARTITIONS = ('confidence', 'loss')
 #: where the members of a model built with ``random_init`` have their weights from
@@ -56,14 +58,22 @@ def build_member(cfg: Union[dict, Member]) -> Member:
             raise TypeError(f'{type(cfg).__name__} is not a bikd Member')
         return cfg
     cfg = dict(cfg)
-    if 'type' not in cfg:
-        raise KeyError(f'member config {cfg} has no "type"')
-    if MEMBERS.get(cfg['type']) is None:
-        known = ', '.join(sorted(MEMBERS.module_dict))
-        raise KeyError(f'unknown member type {cfg["type"]!r}; registered member types: '
-                       f'{known or "none (is the task package in custom_imports?)"}')
+    member_class(cfg)
     with DefaultScope.overwrite_default_scope('bikd'):
         return MEMBERS.build(cfg)
+
+
+def member_class(cfg: dict) -> type:
+    """The class a member config builds (for a registered factory, the class it builds);
+    an unknown or missing ``type`` is an error that lists the registered ones."""
+    if 'type' not in cfg:
+        raise UserError(f'member config {dict(cfg)} has no "type"')
+    built = MEMBERS.get(cfg['type'])
+    if built is None:
+        known = ', '.join(sorted(MEMBERS.module_dict))
+        raise UserError(f'unknown member type {cfg["type"]!r}; registered member types: '
+                        f'{known or "none (is the task package in custom_imports?)"}')
+    return getattr(built, 'builds', built)
 
 
 class MultiMemberMetaArch(BaseModel):
@@ -102,24 +112,30 @@ class MultiMemberMetaArch(BaseModel):
     control = 'independent'
     #: whether the logged teacher shares decided who taught (False: only logged)
     partition_teaches = True
+    #: the constructor arguments that change what a run of this method computes: the run's
+    #: fingerprint records their values (defaults filled in) and a resume that changes one is
+    #: refused (:mod:`bikd.engine.fingerprint`). Each method declares its own; ``lean`` and
+    #: ``channels_last`` change nothing but speed and memory, and the members say for
+    #: themselves what they are (:meth:`bikd.Member.fingerprint`).
+    result_arguments: Tuple[str, ...] = ()
 
     def __init__(self, members: Sequence[Union[dict, Member]], random_init: bool = False,
                  data_preprocessor: Optional[dict] = None, init_cfg: Optional[dict] = None,
                  channels_last: bool = False, lean: bool = False):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         if len(members) < self.min_members:
-            raise ValueError(f'{type(self).__name__} needs at least {self.min_members} members, '
-                             f'got {len(members)}')
+            raise UserError(f'{type(self).__name__} needs at least {self.min_members} members, '
+                            f'got {len(members)}')
         built = [build_member(m) for m in members]
         names = [m.name for m in built]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f'member names must be unique, {duplicates} appear more than once; '
-                             'give members a distinct name=...')
+            raise UserError(f'member names must be unique, {duplicates} appear more than once; '
+                            'give members a distinct name=...')
         classes = {m.name: m.num_classes for m in built}
         if len(set(classes.values())) > 1:
-            raise ValueError(f'members disagree on the number of classes: {classes}; all members '
-                             'of a run must predict the same label space')
+            raise UserError(f'members disagree on the number of classes: {classes}; all members '
+                            'of a run must predict the same label space')
         self.members = nn.ModuleList(built)
         self.channels_last = bool(channels_last)
         if self.channels_last:  # the convolutions' weights, as the batch (prepare_inputs)
@@ -170,6 +186,23 @@ class MultiMemberMetaArch(BaseModel):
                 "mmengine's Runner.train do), or set random_init=true to train from random "
                 'weights')
 
+    # ------------------------------------------------------------------ what a run is
+    @classmethod
+    def fingerprint(cls, model: dict) -> Dict[str, Any]:
+        """What a run of this method with the model config ``model`` is: the method, the
+        values of its :attr:`result_arguments` (their defaults where the config gives none)
+        and each member's :meth:`~bikd.Member.fingerprint`."""
+        defaults = argument_defaults(cls)
+        out: Dict[str, Any] = dict(method=cls.__name__)
+        for key in cls.result_arguments:
+            out[key] = plain(model.get(key, defaults.get(key)))
+        random_init = bool(model.get('random_init', False))
+        out['members'] = [
+            member_class(m).fingerprint(dict(m, name=m.get('name', f'member {i}')), random_init)
+            if isinstance(m, dict) else dict(name=m.name, type=type(m).__name__)
+            for i, m in enumerate(model.get('members') or [])]
+        return out
+
     # ------------------------------------------------------------------ experiments
     @classmethod
     def run_model(cls, model: dict, **arguments) -> dict:
@@ -194,17 +227,24 @@ class MultiMemberMetaArch(BaseModel):
     # ------------------------------------------------------------------ training
     def parse_losses(self, losses: StepOutput) -> Tuple[Tensor, Dict[str, Tensor]]:
         """The total loss and the logged values of a step. Terms that are not finite are left
-        out of the log and reported to the optimiser wrapper, which drops or raises the step."""
+        out of the log (the step output says which: :meth:`StepOutput.nonfinite_terms`)."""
         total = losses.total()
         log_vars = losses.log_vars()
-        terms = losses.loss_terms()
-        finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()]).tolist()
-        bad = {k: float(v.detach().float().mean()) for (k, v), ok in zip(terms.items(), finite)
-               if not ok}
-        report_nonfinite_terms(bad)
+        bad = losses.nonfinite_terms()
         if bad:
             log_vars = {k: v for k, v in log_vars.items() if k not in bad and k != 'loss'}
         return total, log_vars
+
+    def update(self, losses: StepOutput, optim_wrapper) -> Dict[str, Tensor]:
+        """One step of the weights from a step's losses; returns the logged values. The
+        optimiser wrapper decides whether the step is taken; the suite's wrappers are told
+        which terms were not finite, to name them when they drop the step or stop."""
+        total, log_vars = self.parse_losses(losses)
+        if hasattr(optim_wrapper, 'update_params_in_parts'):  # the suite's step policy
+            optim_wrapper.update_params(total, nonfinite=losses.nonfinite_terms())
+        else:
+            optim_wrapper.update_params(total)
+        return log_vars
 
     def init_weights(self):
         """mmengine's Runner calls this before ``load_from`` / resume: the members take their
@@ -227,7 +267,11 @@ class MultiMemberMetaArch(BaseModel):
             return {}
         if self.lean:
             return self.lean_step(data, optim_wrapper)
-        return super().train_step(data, optim_wrapper)
+        with optim_wrapper.optim_context(self):
+            data = self.data_preprocessor(data, True)
+            losses = self(**data, mode='loss') if isinstance(data, dict) else \
+                self(*data, mode='loss')
+        return self.update(losses, optim_wrapper)
 
     def lean_step(self, data: Any, optim_wrapper,
                   reduce_gradients: Optional[Callable[[nn.Module], None]] = None
@@ -271,7 +315,7 @@ class MultiMemberMetaArch(BaseModel):
                 warnings.warn('model.lean=true, but the training step came through '
                               "forward(mode='loss') (a model wrapper that does not know lean "
                               'mode): this step is the ordinary one. Under DDP use '
-                              'model_wrapper_cfg.type=LeanDistributedDataParallel.',
+                              'model_wrapper_cfg.type=bikd.BiKDDistributedDataParallel.',
                               RuntimeWarning)
             return self.loss(inputs, data_samples)
         if mode == 'predict':
@@ -329,9 +373,9 @@ def check_partition(members: Sequence[Member], partition: str, ties: str) -> Non
     """The partition's arguments, and a warning where ``partition='loss'`` would compare
     losses the members define differently."""
     if partition not in PARTITIONS:
-        raise ValueError(f'partition must be one of {PARTITIONS}, got {partition!r}')
+        raise UserError(f'partition must be one of {PARTITIONS}, got {partition!r}')
     if ties not in TIE_RULES:
-        raise ValueError(f'ties must be one of {TIE_RULES}, got {ties!r}')
+        raise UserError(f'ties must be one of {TIE_RULES}, got {ties!r}')
     kinds = {m.name: m.partition_loss_kind for m in members}
     if partition == 'loss' and len(set(kinds.values())) > 1:
         warnings.warn(f'partition="loss" compares per-sample losses that the members define '
@@ -347,8 +391,8 @@ def choose_teachers(members: Sequence[Member], outputs: Sequence[MemberOutput], 
     if partition == 'confidence':
         missing = [m.name for m, o in zip(members, outputs) if o.confidence is None]
         if missing:
-            raise ValueError(f'members {missing} give no ground-truth confidence; use '
-                             "partition='loss' for this task")
+            raise UserError(f'members {missing} give no ground-truth confidence; use '
+                            "partition='loss' for this task")
         return select_teachers(torch.stack([o.confidence for o in outputs]), True, ties)
     losses = [o.loss if o.partition_loss is None else o.partition_loss for o in outputs]
     return select_teachers(torch.stack([x.detach() for x in losses]), False, ties)
@@ -366,6 +410,8 @@ class PartitionedMetaArch(MultiMemberMetaArch):
             later member teaches, as Eq. 3 / 6 say for two members; the default) or
             ``'skip'`` (nobody teaches it, as the authors' three- and four-model scripts do).
     """
+
+    result_arguments = ('partition', 'ties')
 
     def __init__(self, members: Sequence[Union[dict, Member]], partition: str = 'confidence',
                  ties: str = 'later', **kwargs):
@@ -408,6 +454,8 @@ class BiKDMetaArch(PartitionedMetaArch):
     batch each member taught (:mod:`bikd.step`).
     """
     method = 'bikd'
+    result_arguments = PartitionedMetaArch.result_arguments + (
+        'temperature', 'detach_teacher', 'detach_student')
 
     def __init__(self, members: Sequence[Union[dict, Member]], temperature: float = 1.0,
                  detach_teacher: bool = True, detach_student: bool = False, **kwargs):

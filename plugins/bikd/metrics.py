@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from mmengine.evaluator import BaseMetric
 from torch import Tensor
+from .errors import UserError
 
 
 def _device_type(inputs: Any) -> str:
@@ -187,8 +188,8 @@ def memberwise_metric(evaluator) -> MemberwiseMetric:
     for metric in getattr(evaluator, 'metrics', []):
         if isinstance(metric, MemberwiseMetric):
             return metric
-    raise RuntimeError('the validation evaluator has no member-wise metric (a bikd '
-                       'MemberwiseMetric such as ClassificationEvaluator)')
+    raise UserError('the validation evaluator has no member-wise metric (a bikd '
+                    'MemberwiseMetric such as ClassificationEvaluator)')
 
 
 def recovered(before: float, after: float, ensemble: float) -> float:

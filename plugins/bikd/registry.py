@@ -31,7 +31,7 @@ METRICS = Registry('metric', parent=mme.METRICS, scope='bikd')
 #: The suite's engine: hooks, runner, optimiser and model wrappers.
 HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd',
                  locations=['bikd.engine.hooks', 'bikd.engine.random_state',
-                            'bikd.engine.fingerprint', 'bikd.engine.best'])
+                            'bikd.engine.run_state', 'bikd.engine.best'])
 RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd', locations=['bikd.engine.runner'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd',
                           locations=['bikd.engine.optim'])
@@ -57,16 +57,24 @@ SCOPE_CHILDREN = {name: Registry(name, parent=root, scope='bikd') for name, root
     ('vis_backend', mme.VISBACKENDS))}
 
 
-def accepted_arguments(cls) -> set:
-    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up the class
-    hierarchy until a constructor without it (``torch.nn.Module``'s own ``**kwargs`` take
-    nothing a config could give)."""
-    names = set()
+def argument_defaults(cls) -> dict:
+    """The keyword arguments ``cls(...)`` accepts, with their defaults (``inspect``'s
+    ``Parameter.empty`` where there is none), following ``**kwargs`` up the class hierarchy
+    until a constructor without it (``torch.nn.Module``'s own ``**kwargs`` take nothing a
+    config could give). A subclass's default wins over its base's."""
+    found = {}
     for klass in cls.__mro__:
         if klass in (object, torch.nn.Module) or '__init__' not in vars(klass):
             continue
         params = inspect.signature(klass.__init__).parameters.values()
-        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        for p in params:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != 'self':
+                found.setdefault(p.name, p.default)
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
-    return names - {'self'}
+    return found
+
+
+def accepted_arguments(cls) -> set:
+    """The keyword arguments ``cls(...)`` accepts (:func:`argument_defaults`' names)."""
+    return set(argument_defaults(cls))

@@ -9,7 +9,7 @@ and reads them with :func:`logged`, so any member name works and no key is found
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional
 
-from mmengine.logging import MessageHub
+import torch
 from torch import Tensor
 
 #: kinds of logged values -> key prefix. A member's name follows the "/" (names have none).
@@ -58,6 +58,19 @@ class StepOutput:
             raise ValueError('a training step produced no loss term')
         return sum(terms)
 
+    def nonfinite_terms(self) -> Dict[str, float]:
+        """The loss terms that are NaN or infinite (log key -> their mean value), none when
+        the step is sound: what the optimiser wrapper names when it drops the step or stops
+        (:mod:`bikd.engine.optim`)."""
+        terms = self.loss_terms()
+        if not terms:
+            return {}
+        finite = torch.stack([torch.isfinite(v.detach()).all() for v in terms.values()])
+        if bool(finite.all()):
+            return {}
+        return {k: float(v.detach().float().mean())
+                for (k, v), ok in zip(terms.items(), finite.tolist()) if not ok}
+
     def log_vars(self) -> Dict[str, Tensor]:
         """Every value as a detached 0-dim tensor, by log key; ``loss`` (the total) first."""
         out = {TOTAL: self.total().detach()}
@@ -65,21 +78,6 @@ class StepOutput:
         out.update({log_key(TEACHER_SHARE, name): v.detach() if isinstance(v, Tensor) else v
                     for name, v in self.teacher_share.items()})
         return out
-
-
-#: runtime information (mmengine's MessageHub) through which a meta-architecture tells the
-#: optimiser wrapper which loss terms of the current step are not finite
-NONFINITE_INFO = 'bikd_nonfinite_terms'
-
-
-def report_nonfinite_terms(terms: Dict[str, float]) -> None:
-    """Record the current step's non-finite loss terms (log key -> value), or none."""
-    MessageHub.get_current_instance().update_info(NONFINITE_INFO, dict(terms), resumed=False)
-
-
-def nonfinite_terms() -> Dict[str, float]:
-    """The current step's non-finite loss terms, as reported by the meta-architecture."""
-    return dict(MessageHub.get_current_instance().get_info(NONFINITE_INFO, None) or {})
 
 
 def describe_term(key: str) -> str:

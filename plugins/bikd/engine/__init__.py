@@ -1,17 +1,19 @@
-"""Engine glue on mmengine: configs, the runner and the tools' command lines, hooks, optimiser
-wrappers and the suite's explicit changes to mmengine (:func:`setup_engine`, called by the
-entry points)."""
+"""Engine glue on mmengine: configs, the runner that owns a run and the tools' command lines,
+hooks, the run state, optimiser wrappers and the suite's explicit changes to mmengine
+(:func:`setup_engine`, called by :func:`build_model` and the runner)."""
 from .best import BestMembersHook
+from .build import build_model
 from .config import load_config
-from .fingerprint import RunFingerprintHook
 from .hooks import AtomicCheckpointHook, BiKDSummaryHook, LabelSpaceCheckHook
-from .lean_ddp import LeanDistributedDataParallel
+from .lean_ddp import BiKDDistributedDataParallel, LeanDistributedDataParallel
 from .optim import BiKDAmpOptimWrapper, BiKDOptimWrapper
 from .patches import allow_mmengine_checkpoints, setup_engine, use_atomic_local_writes
 from .random_state import RandomStateHook
+from .run_state import RunState, RunStateHook
 from .runner import BiKDRunner, build_runner
 
-__all__ = ['AtomicCheckpointHook', 'BestMembersHook', 'BiKDAmpOptimWrapper', 'BiKDOptimWrapper',
-           'BiKDRunner', 'BiKDSummaryHook', 'LabelSpaceCheckHook', 'LeanDistributedDataParallel',
-           'RandomStateHook', 'RunFingerprintHook', 'allow_mmengine_checkpoints', 'build_runner', 'load_config',
-           'setup_engine', 'use_atomic_local_writes']
+__all__ = ['AtomicCheckpointHook', 'BestMembersHook', 'BiKDAmpOptimWrapper',
+           'BiKDDistributedDataParallel', 'BiKDOptimWrapper', 'BiKDRunner', 'BiKDSummaryHook',
+           'LabelSpaceCheckHook', 'LeanDistributedDataParallel', 'RandomStateHook', 'RunState',
+           'RunStateHook', 'allow_mmengine_checkpoints', 'build_model', 'build_runner',
+           'load_config', 'setup_engine', 'use_atomic_local_writes']

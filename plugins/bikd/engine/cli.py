@@ -6,33 +6,27 @@ mmengine's Runner.
 Multi-process runs also come from ``torchrun`` (its environment is detected; see the README's
 cluster recipe). Every tool that reads a config takes it the same way (:func:`config_parser`):
 ``--config-file`` and trailing ``key=value`` overrides. An error in the user's input (config,
-data, checkpoint, flag) or in the run's surroundings (a disk that cannot be written) is one
-line and exit status 2 (:func:`run_tool`), and a run that could not start leaves nothing in
-its work_dir.
+data, checkpoint, flag: :class:`~bikd.errors.UserError`) or in the run's surroundings (a
+file that cannot be read or written) is one line and exit status 2 (:func:`run_tool`), and a
+run that could not start leaves nothing in its work_dir; any other error is a bug and shows
+its traceback. This module decides nothing about a run: what it starts from, resumes or loads
+is the runner's (:class:`~bikd.engine.runner.BiKDRunner`).
 """
 import argparse
-import logging
 import os
 import os.path as osp
-import shutil
 import sys
 from typing import Callable, List, Optional
 
-from ..checkpoint import (check_checkpoint_fits, check_readable, checkpoint_iteration,
-                          find_last_checkpoint, remove_stale_temporary_files)
-from ..fileio import SaveError, save_json
-from ..metrics import memberwise_metric
-from ..summary import build_evaluation, format_evaluation
+from ..errors import UserError, error_message
 from .config import load_config
-from .fingerprint import check_same_run
-from .launch import launch, rendezvous, setup_distributed
+from .launch import launch, rendezvous
 from .optim import AMP_DTYPES
-from .patches import setup_engine
-from .runner import RunStopped, build_runner, default_work_dir, unwrap
+from .runner import BiKDRunner
 
-#: errors of the user's input (config, data, checkpoints, flags) or of the run's surroundings
-#: (files that cannot be read or written): one message, exit status 2
-USER_ERRORS = (OSError, KeyError, ValueError, RunStopped)
+#: what a tool reports in one line (exit status 2): errors in the user's input, and files that
+#: cannot be read or written (named in the message); anything else is a bug (a traceback)
+USER_ERRORS = (UserError, OSError)
 OVERRIDES_EPILOG = ('Trailing key=value pairs override the config, e.g. '
                     'train_cfg.max_epochs=2 model.members.0.pretrained=false work_dir=out/run1')
 #: ``--resume`` (strict: a checkpoint must be there) and ``--resume auto`` (resume when one is)
@@ -91,164 +85,29 @@ def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
 
 
 def setup(args):
-    """Config from the command line: overrides, work_dir, launcher, what to resume (and that
-    it is the same run). Returns the config and notes for the run's log."""
+    """The config of a command line: the file, its overrides and the flags that are config
+    keys (``--resume``, ``--amp``, ``--channels-last``, ``--lean``)."""
     cfg = load_config(args.config_file, args.opts)
+    if getattr(args, 'resume', None):
+        cfg.resume = args.resume
     if getattr(args, 'amp', None):
         cfg.optim_wrapper.update(type='BiKDAmpOptimWrapper', dtype=AMP_DTYPES[args.amp])
     if getattr(args, 'channels_last', False):
         cfg.model.channels_last = True
     if getattr(args, 'lean', False):
         cfg.model.lean = True
-    if not cfg.get('work_dir'):
-        cfg.work_dir = default_work_dir(args.config_file)
-    check_work_dir(cfg.work_dir)
-    cfg.launcher = setup_distributed(cfg)
-    main_process = int(os.environ.get('RANK', '0')) == 0
-    if main_process and osp.isdir(cfg.work_dir):
-        removed = remove_stale_temporary_files(cfg.work_dir)
-        if removed:
-            print(f'removed {len(removed)} temporary file(s) that an interrupted save left in '
-                  f'{cfg.work_dir}', flush=True)
-    notes = []
-    mode = getattr(args, 'resume', None)  # with --eval-only: evaluate the last checkpoint
-    resume = bool(mode) and not args.eval_only
-    if mode and not cfg.get('load_from'):
-        last, note = find_last_checkpoint(cfg.work_dir)
-        if last is None and mode == 'auto':
-            notes.append(f'--resume auto: nothing to resume in {osp.abspath(cfg.work_dir)} '
-                         f'({note}): starting afresh' if resume else
-                         f'--resume auto: no checkpoint in {osp.abspath(cfg.work_dir)}: '
-                         'evaluating the members as configured')
-            resume = False
-        elif last is None:
-            raise FileNotFoundError(f'--resume: nothing to resume in {osp.abspath(cfg.work_dir)} '
-                                    f'({note}). Is the work_dir right (work_dir=... or the '
-                                    'config\'s name)? Without --resume the run starts afresh; '
-                                    '--resume auto resumes only where there is something to.')
-        else:
-            notes.append(f'--resume{" auto" if mode == "auto" else ""}: '
-                         f'{note or "continuing from " + last}')
-            cfg.load_from = last
-    contents = check_readable(cfg.load_from) if cfg.get('load_from') else None
-    allow_changed = bool(cfg.pop('resume_changed', False))
-    if resume:
-        meta = (contents or {}).get('meta')
-        note = check_same_run(cfg, meta if isinstance(meta, dict) else None, cfg.load_from,
-                              allow_changed)
-        if note:
-            notes.append(note)
-    cfg.resume = resume
-    skips = cfg.pop('skip_bad_samples', None)
-    if skips is not None and not args.eval_only:
-        if not isinstance(skips, int) or isinstance(skips, bool) or skips < 0:
-            raise ValueError(f'skip_bad_samples={skips!r}: give how many unreadable training '
-                             'samples the run may skip (an integer, 0 or more)')
-        cfg.train_dataloader.dataset = dict(type='SkipBadSamples', max_skips=skips,
-                                            dataset=cfg.train_dataloader.dataset)
-    return cfg, notes
-
-
-def check_work_dir(work_dir: str) -> None:
-    """The work_dir is a writable folder or can be made one, else an error that says why,
-    before anything is built or written (a folder made to find out is removed again)."""
-    path = osp.abspath(work_dir)
-    if osp.isdir(path):
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise PermissionError(f'work_dir {path} is not writable; choose another with '
-                                  'work_dir=...')
-        return
-    if osp.exists(path):
-        raise FileExistsError(f'work_dir {path} is a file, not a folder; choose another with '
-                              'work_dir=...')
-    missing, parent = [], path
-    while not osp.exists(parent):
-        missing.append(parent)
-        parent = osp.dirname(parent)
-    if not osp.isdir(parent):
-        raise NotADirectoryError(f'work_dir {path} cannot be made: {parent} is a file, not a '
-                                 'folder; choose another with work_dir=...')
-    try:
-        os.makedirs(path)
-    except OSError as e:
-        raise PermissionError(f'work_dir {path} cannot be made in {parent}: '
-                              f'{e.strerror or e}; choose another with work_dir=...') from e
-    for folder in missing:  # deepest first: made only to find out
-        os.rmdir(folder)
+    return cfg
 
 
 def main(args) -> Optional[dict]:
-    """Train, or with ``--eval-only`` evaluate every member and the ensemble. An error before
-    training starts removes what this start wrote in the work_dir (its log folder; the
-    work_dir itself when this start made it)."""
-    setup_engine()
-    cfg, notes = setup(args)
-    allow_partial = bool(cfg.pop('load_partial', False))
-    existed = osp.isdir(cfg.work_dir)
-    runner = build_runner(cfg)
-    try:
-        for note in notes:  # what --resume did, in the terminal and the log file
-            if 'resume_changed' in note:
-                runner.logger.warning(note)
-            else:
-                runner.logger.info(note)
-        model = unwrap(runner.model)
-        checkpoint = cfg.get('load_from')
-        if checkpoint and not cfg.get('resume'):
-            check_checkpoint_fits(model, checkpoint, allow_partial)
-        # build, then load: the members' own weights, unless the checkpoint holds them all
-        sources = model.take_weights(checkpoint if checkpoint and not allow_partial else None)
-    except USER_ERRORS:
-        _remove_what_this_start_wrote(runner, existed)
-        raise
-    for name, source in sources.items():
-        runner.logger.info(f'member {name}: weights from {source}')
+    """Train, or with ``--eval-only`` evaluate every member and the ensemble: the config, the
+    runner (which chooses what to start from, checks and loads it:
+    :class:`~bikd.engine.runner.BiKDRunner`), then train or evaluate."""
+    runner = BiKDRunner.from_cfg(setup(args))
     if args.eval_only:
-        metrics = runner.val()
-        iteration = checkpoint_iteration(checkpoint) if checkpoint else None
-        evaluated = (f'the checkpoint {checkpoint}' + (
-            f' (iteration {iteration})' if iteration is not None else '')
-            if checkpoint else 'the initial members (their configured weights)')
-        summary = build_evaluation(metrics, model.member_names,
-                                   memberwise_metric(runner.val_evaluator).primary_metric,
-                                   evaluated, type(model).__name__, checkpoint, iteration)
-        if runner.rank == 0:
-            save_json(summary, osp.join(runner.work_dir, 'eval.json'))
-            print(format_evaluation(summary))
-        return summary
-    try:
-        runner.train()
-    except USER_ERRORS as e:
-        # (not runner.iter: that builds the train loop again when building it failed)
-        iteration = runner.message_hub.get_info('iter', 0)
-        if iteration == 0:  # nothing trained: the start failed (data, evaluator, ...)
-            _remove_what_this_start_wrote(runner, existed)
-        if iteration == 0 or isinstance(e, (RunStopped, SaveError)) or \
-                not isinstance(e, OSError):
-            raise
-        # a file of the data that cannot be read (named in the message), found mid-run
-        last, _ = find_last_checkpoint(cfg.work_dir)
-        kept = f'its last complete checkpoint {last} is intact' if last else \
-            'no checkpoint was saved before'
-        raise RunStopped(f'{error_message(e)}; the run stopped at iteration {iteration} and '
-                         f'{kept}. Fix or remove the file and continue with --resume auto, or '
-                         'let the run skip such training samples with skip_bad_samples=N') from e
+        return runner.evaluate()
+    runner.train()
     return None
-
-
-def _remove_what_this_start_wrote(runner, work_dir_existed: bool) -> None:
-    """A start that failed before training leaves the work_dir as it found it."""
-    for handler in list(runner.logger.handlers):  # the log file is in the folder removed
-        if isinstance(handler, logging.FileHandler):
-            handler.close()
-            runner.logger.removeHandler(handler)
-    if runner.rank != 0:
-        return
-    if not work_dir_existed:
-        shutil.rmtree(runner.work_dir, ignore_errors=True)
-    elif osp.isdir(runner.log_dir) and osp.dirname(osp.abspath(runner.log_dir)) == \
-            osp.abspath(runner.work_dir):
-        shutil.rmtree(runner.log_dir, ignore_errors=True)
 
 
 def _where_relative_paths_go(config_file: str) -> str:
@@ -264,20 +123,11 @@ def _where_relative_paths_go(config_file: str) -> str:
             f'the config belongs to {root}: run from there or give absolute paths)')
 
 
-def error_message(error: BaseException) -> str:
-    """The message of an error for its one line: a ``KeyError``'s without quotes, and of an
-    error that a data loader worker raised, the original error's last line (not the worker's
-    traceback)."""
-    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    if 'Original Traceback' in message:  # re-raised by torch's DataLoader from a worker
-        last = [line for line in message.strip().splitlines() if line.strip()][-1]
-        message = last.split(': ', 1)[1] if ': ' in last else last
-    return message
-
-
 def run_tool(run: Callable[[], object], config_file: str = '', debug: bool = False) -> None:
-    """Run a tool's body; an error of the user's input or of the run's surroundings ends it
-    with one line on stderr and exit status 2 (``debug``: the traceback instead)."""
+    """Run a tool's body. An error in the user's input (:class:`~bikd.errors.UserError`) or a
+    file it cannot read or write (``OSError``) ends it with one line on stderr and exit status
+    2 (``debug``: the traceback instead); anything else is a bug and shows its traceback (exit
+    status 1)."""
     try:
         run()
     except USER_ERRORS as e:

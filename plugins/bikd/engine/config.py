@@ -20,6 +20,7 @@ from mmengine.config import Config
 from mmengine.registry import DefaultScope
 from mmengine.utils import import_modules_from_strings
 
+from ..errors import UserError
 from ..registry import accepted_arguments
 
 YAML_SUFFIXES = ('.yaml', '.yml')
@@ -50,9 +51,9 @@ def check_config_path(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f'config file not found: {path}')
     if not path.endswith(YAML_SUFFIXES + OTHER_SUFFIXES):
-        raise ValueError(f'config file {path}: {os.path.splitext(path)[1] or "no suffix"} is '
-                         f'not a config\'s suffix ({", ".join(YAML_SUFFIXES + OTHER_SUFFIXES)}); '
-                         'is it misspelt?')
+        raise UserError(f'config file {path}: {os.path.splitext(path)[1] or "no suffix"} is '
+                        f'not a config\'s suffix ({", ".join(YAML_SUFFIXES + OTHER_SUFFIXES)}); '
+                        'is it misspelt?')
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -61,18 +62,18 @@ def _read_yaml(path: str) -> Dict[str, Any]:
         try:
             data = yaml.load(f, Loader=ConfigLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as e:
-            raise ValueError(f'cannot parse config {path}: {e}') from e
+            raise UserError(f'cannot parse config {path}: {e}') from e
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f'config {path} must hold a mapping at the top level')
+        raise UserError(f'config {path} must hold a mapping at the top level')
     return data
 
 
 def _load_dict(path: str, stack: Sequence[str] = ()) -> Dict[str, Any]:
     path = os.path.abspath(path)
     if path in stack:
-        raise ValueError(f'circular _base_ chain: {" -> ".join(list(stack) + [path])}')
+        raise UserError(f'circular _base_ chain: {" -> ".join(list(stack) + [path])}')
     if not path.endswith(YAML_SUFFIXES):
         check_config_path(path)
         return Config.fromfile(path, import_custom_modules=False).to_dict()
@@ -108,9 +109,9 @@ def merge_into(child: Dict[str, Any], base: Dict[str, Any]) -> Dict[str, Any]:
         elif isinstance(out[key], dict):
             out[key] = merge_into(value, out[key])
         else:
-            raise ValueError(f'config key {key!r}: a mapping cannot merge into the '
-                             f'{type(out[key]).__name__} of its _base_; add {DELETE_KEY}: true '
-                             'to replace it')
+            raise UserError(f'config key {key!r}: a mapping cannot merge into the '
+                            f'{type(out[key]).__name__} of its _base_; add {DELETE_KEY}: true '
+                            'to replace it')
     return out
 
 
@@ -127,7 +128,7 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
         if '=' not in pair:
             hint = ' (flags such as this one come before the key=value overrides)' \
                 if pair.startswith('-') else ''
-            raise ValueError(f'override {pair!r} is not of the form key=value{hint}')
+            raise UserError(f'override {pair!r} is not of the form key=value{hint}')
         key, value = pair.split('=', 1)
         out[key.strip()] = yaml.load(value, Loader=ConfigLoader) if value.strip() else None
     return out
@@ -196,9 +197,9 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
     index, e.g. ``model.members.0.pretrained=false``) and import its ``custom_imports``."""
     data = _load_dict(path)
     if not isinstance(data.get('model'), dict):
-        raise ValueError(f'config {path} ' + ('is empty' if not data else 'defines no model') +
-                         '; an experiment config names at least the model and its members (see '
-                         'configs/ for examples)')
+        raise UserError(f'config {path} ' + ('is empty' if not data else 'defines no model') +
+                        '; an experiment config names at least the model and its members (see '
+                        'configs/ for examples)')
     cfg = Config(data, filename=os.path.abspath(path))
     if overrides:
         parsed = parse_overrides(overrides)
@@ -244,8 +245,9 @@ TOP_LEVEL_KEYS = frozenset({
     'method_recipes'})
 
 
-class ConfigKeyError(KeyError):
-    """A config key that nothing reads (printed without KeyError's quotes)."""
+class ConfigKeyError(UserError, KeyError):
+    """A config key that nothing reads, or a value of the wrong kind (printed without
+    KeyError's quotes)."""
 
     def __str__(self) -> str:
         return str(self.args[0])

@@ -4,21 +4,21 @@ or a full disk cannot leave half-written."""
 import os
 import os.path as osp
 import re
-import shutil
-import tempfile
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 
 from ..data import SkipBadSamples
-from ..fileio import atomic_path, save_json, write_bytes
+from ..errors import UserError
+from ..fileio import atomic_path, save_json, save_text
 from ..metrics import memberwise_metric
 from ..registry import HOOKS
 from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
 from .best import find_best_hook
+from .run_state import run_state_of
 from .runner import save_failed, unwrap
 
 
@@ -35,7 +35,7 @@ def check_label_space(model, loaders: Dict[str, object]) -> None:
         if classes is None or len(classes) == predicted:
             continue
         where = getattr(dataset, 'root', None) or getattr(dataset, 'data_root', '') or split
-        raise ValueError(
+        raise UserError(
             f'the {split} data ({where}) has {len(classes)} classes, the members predict '
             f'{predicted} ({", ".join(m.name for m in members)}): a class folder too many or '
             'too few, or members built for another label space. Classes: '
@@ -71,40 +71,32 @@ class BiKDSummaryHook(Hook):
     after goes to ``per_sample_{before,after}.npz`` and the flips against every initial member
     into the summary.
 
-    Its state travels in the checkpoints, so a resumed run reports against the same "before".
+    What it accumulates lives in the run state (:class:`~bikd.engine.run_state.RunState`:
+    the evaluation before training, every evaluation during it, the teacher shares), which
+    travels in the checkpoints, so a resumed run reports against the same "before" and lists
+    the same evaluations.
     """
     priority = 'LOW'
 
     def __init__(self, filename: str = 'summary.json'):
         self.filename = filename
-        self.before: Optional[Dict[str, float]] = None
-        self.last: Optional[Dict[str, float]] = None
-        self.last_iter = -1
-        self.share_sum: Dict[str, float] = {}
-        self.share_iters = 0
-        self._resumed_state: Optional[dict] = None
+        self._training = False  # evaluations of a training run are recorded, --eval-only's not
 
     def before_train(self, runner) -> None:
-        resumed = self._resumed_state if runner.iter > 0 else None
-        self._resumed_state = None
-        if resumed:
-            # A resumed run reports against the evaluation of its first start.
-            self.before = resumed['before']
-            self.share_sum = dict(resumed['share_sum'])
-            self.share_iters = int(resumed['share_iters'])
-            if isinstance(runner.train_dataloader.dataset, SkipBadSamples):
-                runner.train_dataloader.dataset.skipped = resumed.get('skipped_samples', 0)
-            return
+        self._training = True
+        state = run_state_of(runner)
+        if runner.iter > 0 and state.before is not None:
+            return  # resumed: "before" is the evaluation of the first start
         if runner.val_loop is None:
             runner.logger.warning('no val_dataloader/val_evaluator: no before/after table')
             return
         runner.logger.info('Evaluating every member and the ensemble before training')
-        self.before = dict(runner.val_loop.run())
+        state.before = dict(runner.val_loop.run())
         self._save_outcomes(runner, 'before')
 
     def after_val_epoch(self, runner, metrics=None) -> None:
-        self.last = dict(metrics or {})
-        self.last_iter = runner.iter
+        if self._training and runner.iter > 0:  # (iteration 0: "before")
+            run_state_of(runner).add_evaluation(runner.iter, runner.epoch, dict(metrics or {}))
 
     @staticmethod
     def _outcomes(runner) -> Dict[str, np.ndarray]:
@@ -134,32 +126,28 @@ class BiKDSummaryHook(Hook):
         if getattr(runner.optim_wrapper, 'last_step_skipped', False):
             return  # a step dropped for a non-finite loss taught nobody
         shares = logged(outputs or {}, TEACHER_SHARE)
-        if not shares:
-            return
-        for k, v in shares.items():
-            self.share_sum[k] = self.share_sum.get(k, 0.0) + float(v)
-        self.share_iters += 1
-
-    def teacher_share(self) -> Dict[str, float]:
-        return {k: v / self.share_iters for k, v in self.share_sum.items()} if self.share_iters else {}
+        if shares:
+            run_state_of(runner).add_teacher_share(shares)
 
     def after_train(self, runner) -> None:
-        if self.before is None:
+        state = run_state_of(runner)
+        if state.before is None:
             return
-        if self.last is None or self.last_iter != runner.iter:
+        if state.evaluation_at(runner.iter) is None:
             runner.val_loop.run()
         model = unwrap(runner.model)
         best = find_best_hook(runner)
         summary = build_summary(
-            self.before, self.last, model.member_names,
+            state.before, state.evaluation_at(runner.iter), model.member_names,
             memberwise_metric(runner.val_evaluator).primary_metric,
             method=type(model).__name__,
             extra=dict(iterations=runner.iter, epochs=runner.epoch,
-                       teacher_share=self.teacher_share(),
+                       teacher_share=state.teacher_share(),
                        partition_teaches=model.partition_teaches, work_dir=runner.work_dir,
                        skipped_steps=getattr(runner.optim_wrapper, 'skipped_steps', 0),
                        **self._skipped_samples(runner),
-                       **self._flips(runner, model), **(best.summary() if best else {})))
+                       **self._flips(runner, model), **(best.summary(runner) if best else {}),
+                       evaluations=state.evaluations))
         if is_main_process():
             save_json(summary, osp.join(runner.work_dir, self.filename))
             runner.logger.info('\n' + format_table(summary, f'Result of {summary["method"]}'))
@@ -170,87 +158,75 @@ class BiKDSummaryHook(Hook):
         return dict(skipped_samples=dataset.skipped) if isinstance(dataset, SkipBadSamples) \
             else {}
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint.setdefault('meta', {})['bikd_summary'] = dict(
-            before=self.before, share_sum=self.share_sum, share_iters=self.share_iters,
-            **self._skipped_samples(runner))
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        # Both `resume` and `load_from` come here; only a resumed run (iteration > 0 when
-        # training starts) takes the stored state, see before_train.
-        self._resumed_state = checkpoint.get('meta', {}).get('bikd_summary')
-
-
-class _WorkDirElsewhere:
-    """The runner, with its work_dir moved to a scratch folder made when first asked for
-    (attribute reads go to the runner)."""
-
-    def __init__(self, runner):
-        self._runner, self.scratch = runner, None
-
-    @property
-    def work_dir(self) -> str:
-        if self.scratch is None:  # made only when a save asks for it
-            self.scratch = tempfile.mkdtemp(dir=self._runner.work_dir, prefix='.marker.')
-        return self.scratch
-
-    def __getattr__(self, name):
-        return getattr(self._runner, name)
-
 
 @HOOKS.register_module()
 class AtomicCheckpointHook(CheckpointHook):
     """mmengine's ``CheckpointHook`` (same arguments) whose saves cannot leave a run without a
     complete checkpoint to resume from.
 
-    - The ``last_checkpoint`` marker is replaced, not rewritten: mmengine writes it with a
-      plain ``open`` into the runner's work_dir (a kill or a full disk at that moment left it
-      empty); here the hook runs with the work_dir moved to a scratch folder and the marker it
-      wrote there replaces the real one by a rename. (Checkpoints themselves are atomic through
-      the suite's file backend, :mod:`bikd.engine.patches`.)
-    - ``max_keep_ckpts`` removes old checkpoints after a save has succeeded; mmengine removes
-      the oldest before it saves, so with ``max_keep_ckpts=1`` a failed save left none.
-    - A save that fails (a full disk, a read-only work_dir, a quota) leaves the previous
-      checkpoint, the marker and ``best/`` as they were and stops the run with one line naming
-      the file and the cause (:func:`~bikd.engine.runner.save_failed`; with the config's
-      ``keep_training_on_save_error: true`` it warns and training goes on).
+    It decides when to save as mmengine's does (``interval``, ``by_epoch``, ``save_begin``,
+    ``save_last``) and saves through the runner (whose file backend writes atomically,
+    :mod:`bikd.engine.patches`), then, on the main process:
+
+    - replaces the ``last_checkpoint`` marker by an atomic write (mmengine rewrites it in
+      place: a kill or a full disk at that moment left it empty);
+    - removes the checkpoints beyond ``max_keep_ckpts`` after the save has succeeded (mmengine
+      removes the oldest before it saves, so with ``max_keep_ckpts=1`` a failed save left
+      none).
+
+    A save that fails (a full disk, a read-only work_dir, a quota) leaves the previous
+    checkpoint, the marker and ``best/`` as they were and stops the run with one line naming
+    the file and the cause (:func:`~bikd.engine.runner.save_failed`; with the config's
+    ``keep_training_on_save_error: true`` it warns and training goes on). Each member's best
+    weights are :class:`~bikd.engine.best.BestMembersHook`'s: ``save_best`` is not taken.
     """
 
-    def __init__(self, *args, max_keep_ckpts: int = -1, **kwargs):
+    def __init__(self, *args, max_keep_ckpts: int = -1, save_best=None, **kwargs):
+        if save_best is not None:
+            raise UserError('AtomicCheckpointHook keeps no best checkpoint of its own '
+                            f'(save_best={save_best!r}): each member\'s best weights are '
+                            'kept in <work_dir>/best/ by BestMembersHook')
         super().__init__(*args, max_keep_ckpts=-1, **kwargs)
         self.keep = int(max_keep_ckpts)
 
-    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
-        self._save(runner, lambda moved: super(AtomicCheckpointHook, self).after_train_iter(
-            moved, batch_idx, data_batch, outputs))
-
     def after_train_epoch(self, runner) -> None:
-        self._save(runner, lambda moved: super(AtomicCheckpointHook, self).after_train_epoch(
-            moved))
+        if self.by_epoch and (self.every_n_epochs(runner, self.interval, self.save_begin) or
+                              (self.save_last and self.is_last_train_epoch(runner))):
+            step = runner.epoch + 1
+            self.save(runner, step, dict(epoch=step, iter=runner.iter))
 
-    def _save(self, runner, save) -> None:
-        """``save(runner with its work_dir moved)``: mmengine's hook, which saves when a save
-        is due; then the marker it wrote replaces the real one and old checkpoints go."""
-        before = self.last_ckpt
-        moved = _WorkDirElsewhere(runner)
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        if not self.by_epoch and (
+                self.every_n_train_iters(runner, self.interval, self.save_begin) or
+                (self.save_last and self.is_last_train_iter(runner))):
+            step = runner.iter + 1
+            self.save(runner, step, dict(epoch=runner.epoch, iter=step))
+
+    def save(self, runner, step: int, meta: dict) -> None:
+        """Save the checkpoint of ``step`` (named by ``filename_tmpl``) and, once it is
+        complete, point the marker at it and remove old ones."""
+        name = self.filename_tmpl.format(step)
+        path = osp.join(self.out_dir, name)
+        runner.logger.info(f'Saving checkpoint at {step} '
+                           f'{"epochs" if self.by_epoch else "iterations"}')
         try:
-            save(moved)
-            written = osp.join(moved.scratch, 'last_checkpoint') if moved.scratch else ''
-            if osp.isfile(written):  # the main process writes it
-                with open(written, 'rb') as f:
-                    write_bytes(f.read(), osp.join(runner.work_dir, 'last_checkpoint'))
+            runner.save_checkpoint(self.out_dir, name, self.file_client_args,
+                                   save_optimizer=self.save_optimizer,
+                                   save_param_scheduler=self.save_param_scheduler, meta=meta,
+                                   by_epoch=self.by_epoch, backend_args=self.backend_args,
+                                   **self.args)
+            if is_main_process():
+                save_text(path, osp.join(runner.work_dir, 'last_checkpoint'))
         except OSError as e:
-            self.last_ckpt = before  # mmengine names the file before it writes it
-            runner.message_hub.update_info('last_ckpt', before)
+            before = self.last_ckpt
             kept = (f'the last complete checkpoint {before} and the last_checkpoint marker are '
                     'as they were' if before else 'no checkpoint was saved before')
             save_failed(runner, f'checkpoint not saved at iteration {runner.iter}: {e}; {kept}',
                         e)
             return
-        finally:
-            if moved.scratch:
-                shutil.rmtree(moved.scratch, ignore_errors=True)
-        if self.last_ckpt != before and is_main_process():
+        self.last_ckpt = path
+        runner.message_hub.update_info('last_ckpt', path)
+        if is_main_process():
             self._remove_old_checkpoints()
 
     def _remove_old_checkpoints(self) -> None:

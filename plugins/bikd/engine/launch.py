@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from ..errors import UserError
 
 
 def free_port() -> int:
@@ -33,8 +34,8 @@ def rendezvous(dist_url: str):
         return '127.0.0.1', free_port()
     url = urlparse(dist_url)
     if url.scheme != 'tcp' or not url.hostname or not url.port:
-        raise ValueError(f'--dist-url must be tcp://HOST:PORT (machine 0\'s address and a free '
-                         f'port), got {dist_url!r}')
+        raise UserError(f'--dist-url must be tcp://HOST:PORT (machine 0\'s address and a free '
+                        f'port), got {dist_url!r}')
     return url.hostname, url.port
 
 
@@ -67,11 +68,11 @@ def setup_distributed(cfg) -> str:
     env = dict(cfg.get('env_cfg') or {})
     env['dist_cfg'] = dict(env.get('dist_cfg') or {}, backend='nccl' if cuda else 'gloo')
     cfg.env_cfg = env
-    # the lean step reduces each member's gradients itself (bikd.engine.lean_ddp)
-    lean = bool(cfg.model.get('lean', False))
+    # the suite's wrapper: the step through the model's own update, and the lean step, which
+    # reduces each member's gradients itself (bikd.engine.lean_ddp). Named with its scope:
+    # mmengine's Runner looks the wrapper's class up in its root registry before building it
     wrapper = cfg.get('model_wrapper_cfg') or dict(
-        type='LeanDistributedDataParallel' if lean else 'MMDistributedDataParallel',
-        broadcast_buffers=False,
+        type='bikd.BiKDDistributedDataParallel', broadcast_buffers=False,
         find_unused_parameters=cfg.get('find_unused_parameters', False))
     if not dist.is_initialized():  # (mmengine's Runner then leaves it as it is)
         init_process_group(env['dist_cfg']['backend'], env['dist_cfg'].get('timeout'))

@@ -1,11 +1,12 @@
-"""DDP for the lean training step (``model.lean=true``, :mod:`bikd.lean`).
+"""The suite's DDP wrapper: the ordinary step through the meta-architecture's update, and
+the lean training step (``model.lean=true``, :mod:`bikd.lean`).
 
 mmengine's ``MMDistributedDataParallel`` reduces the gradients in hooks that its own forward
 arms, once per backward; the lean step runs one backward per member outside that forward. This
-wrapper is mmengine's for the ordinary step and, for a model in lean mode, runs the lean step
-and averages each member's gradients over the processes right after the member's backward, in
-buckets. ``tools/train_net.py`` chooses it when the model is lean and the run has several
-processes.
+wrapper takes the ordinary step as mmengine's does (through the model's own update) and, for a
+model in lean mode, runs the lean step and averages each member's gradients over the
+processes right after the member's backward, in buckets. The suite's runner chooses it for
+every run of several processes.
 """
 from typing import Dict, List
 
@@ -53,11 +54,27 @@ def all_reduce_gradients(module: nn.Module, group=None) -> None:
 
 
 @MODEL_WRAPPERS.register_module()
-class LeanDistributedDataParallel(MMDistributedDataParallel):
-    """mmengine's DDP wrapper; the lean step for a model with ``lean=True``."""
+class BiKDDistributedDataParallel(MMDistributedDataParallel):
+    """mmengine's DDP wrapper (same arguments) whose step goes through the meta-architecture's
+    own update (:meth:`bikd.meta_arch.MultiMemberMetaArch.update`, which tells the optimiser
+    wrapper which loss terms were not finite), and the lean step for a model with
+    ``lean=True``. ``tools/train_net.py`` chooses it for every run of several processes."""
 
     def train_step(self, data, optim_wrapper) -> Dict[str, torch.Tensor]:
-        if not getattr(self.module, 'lean', False):
+        module = self.module
+        if getattr(module, 'lean', False):
+            return module.lean_step(data, optim_wrapper, reduce_gradients=lambda m:
+                                    all_reduce_gradients(m, self.process_group))
+        if not hasattr(module, 'update'):  # not a meta-architecture of the suite
             return super().train_step(data, optim_wrapper)
-        return self.module.lean_step(data, optim_wrapper, reduce_gradients=lambda m:
-                                     all_reduce_gradients(m, self.process_group))
+        with optim_wrapper.optim_context(self):
+            data = module.data_preprocessor(data, training=True)
+            losses = self(**data, mode='loss') if isinstance(data, dict) else \
+                self(*data, mode='loss')
+        return module.update(losses, optim_wrapper)
+
+
+#: the earlier name, which configs may still give
+MODEL_WRAPPERS.register_module(name='LeanDistributedDataParallel',
+                               module=BiKDDistributedDataParallel)
+LeanDistributedDataParallel = BiKDDistributedDataParallel

@@ -13,7 +13,8 @@ no weight:
 - ``nonfinite_policy: raise``: training stops at the first such step.
 
 In a distributed run every process takes the same decision (the finiteness is reduced over
-the processes), so all drop a step together. The count travels in the checkpoints. Config::
+the processes), so all drop a step together. The counts travel in the checkpoints (the run
+state, :mod:`bikd.engine.run_state`). Config::
 
     optim_wrapper:
       type: BiKDOptimWrapper        # or BiKDAmpOptimWrapper
@@ -41,13 +42,15 @@ from mmengine.optim import AmpOptimWrapper as _MMEngineAmpOptimWrapper
 from mmengine.optim import OptimWrapper as _MMEngineOptimWrapper
 
 from .. import compat
+from ..errors import UserError
 from ..registry import OPTIM_WRAPPERS
-from ..step import describe_term, nonfinite_terms
+from ..step import describe_term
 
 AMP_DTYPES = {'fp16': 'float16', 'float16': 'float16', 'bf16': 'bfloat16',
               'bfloat16': 'bfloat16'}
 NONFINITE_POLICIES = ('skip', 'raise')
-_STATE_KEY = 'bikd_nonfinite_steps'
+#: where checkpoints of earlier versions kept the counts of dropped steps
+_LEGACY_KEY = 'bikd_nonfinite_steps'
 
 
 def _accelerator() -> bool:
@@ -84,35 +87,40 @@ class StepPolicy:
 
     def set_policy(self, nonfinite_policy: str, max_nonfinite_in_a_row: int) -> None:
         if nonfinite_policy not in NONFINITE_POLICIES:
-            raise ValueError(f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got '
-                             f'{nonfinite_policy!r}')
+            raise UserError(f'nonfinite_policy must be one of {NONFINITE_POLICIES}, got '
+                            f'{nonfinite_policy!r}')
         if int(max_nonfinite_in_a_row) < 1:
-            raise ValueError(f'max_nonfinite_in_a_row must be >= 1, got {max_nonfinite_in_a_row}')
+            raise UserError(f'max_nonfinite_in_a_row must be >= 1, got {max_nonfinite_in_a_row}')
         self.nonfinite_policy = nonfinite_policy
         self.max_nonfinite_in_a_row = int(max_nonfinite_in_a_row)
         self.skipped_steps = 0
         self.skipped_in_a_row = 0
         self.last_step_skipped = False
 
-    def _step_allowed(self, loss: torch.Tensor) -> bool:
+    def _step_allowed(self, loss: torch.Tensor, nonfinite: Optional[Dict[str, float]]) -> bool:
         """The policy's decision on a step whose loss is ``loss``: ``True`` to take it; else
-        the step is dropped (or training stops) here."""
+        the step is dropped (or training stops) here. ``nonfinite``: the loss terms the
+        model's step output found not finite (log key -> value), named in the messages."""
         bad = not bool(torch.isfinite(loss.detach()).all())
         if _any_process(bad, loss.device):
-            self._drop_step(loss)
+            self._drop_step(loss, nonfinite or {})
             return False
         self.skipped_in_a_row = 0
         self.last_step_skipped = False
         return True
 
     def update_params(self, loss: torch.Tensor, step_kwargs: Optional[Dict] = None,
-                      zero_kwargs: Optional[Dict] = None) -> None:
-        if self._step_allowed(loss):
+                      zero_kwargs: Optional[Dict] = None,
+                      nonfinite: Optional[Dict[str, float]] = None) -> None:
+        """mmengine's ``update_params``, taken only where the policy allows; ``nonfinite``:
+        the step output's non-finite terms (:meth:`bikd.step.StepOutput.nonfinite_terms`)."""
+        if self._step_allowed(loss, nonfinite):
             super().update_params(loss, step_kwargs, zero_kwargs)
 
     def update_params_in_parts(self, total: torch.Tensor, parts: Iterable[torch.Tensor],
                                step_kwargs: Optional[Dict] = None,
-                               zero_kwargs: Optional[Dict] = None) -> None:
+                               zero_kwargs: Optional[Dict] = None,
+                               nonfinite: Optional[Dict[str, float]] = None) -> None:
         """One step whose gradient is the sum of the gradients of ``parts``: the lean
         training step (:mod:`bikd.lean`), which computes the loss member by member.
 
@@ -121,7 +129,7 @@ class StepPolicy:
         back-propagated before the next is drawn, so that the caller can free one part's
         activations before the next part's forward. As :meth:`update_params` for gradient
         accumulation and clipping (the parts make one step)."""
-        if not self._step_allowed(total):
+        if not self._step_allowed(total, nonfinite):
             return
         for loss in parts:
             self.backward_part(self.scale_loss(loss))
@@ -135,8 +143,7 @@ class StepPolicy:
         """Back-propagate one part of a step's loss (no step counted)."""
         loss.backward()
 
-    def _drop_step(self, loss: torch.Tensor) -> None:
-        terms = nonfinite_terms()
+    def _drop_step(self, loss: torch.Tensor, terms: Dict[str, float]) -> None:
         it = MessageHub.get_current_instance().get_info('iter', None)
         culprits = ', '.join(describe_term(k) for k in terms) or (
             'a loss on another process' if bool(torch.isfinite(loss.detach()).all())
@@ -164,18 +171,10 @@ class StepPolicy:
                   f'updated ({self.skipped_in_a_row} in a row, {self.skipped_steps} in all)',
                   logger='current', level=logging.WARNING)
 
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state[_STATE_KEY] = dict(skipped=self.skipped_steps, in_a_row=self.skipped_in_a_row)
-        return state
-
     def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        counts = state_dict.pop(_STATE_KEY, None)
-        if counts:
-            self.skipped_steps = int(counts['skipped'])
-            self.skipped_in_a_row = int(counts['in_a_row'])
-        super().load_state_dict(state_dict)
+        # the counts travel in the run state (bikd.engine.run_state); checkpoints of earlier
+        # versions kept them here, and the run state reads them from there
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != _LEGACY_KEY})
 
 
 @OPTIM_WRAPPERS.register_module()
@@ -201,8 +200,8 @@ class BiKDAmpOptimWrapper(StepPolicy, _MMEngineAmpOptimWrapper):
                  nonfinite_policy: str = 'skip', max_nonfinite_in_a_row: int = 5, **kwargs):
         if isinstance(dtype, str):
             if dtype not in AMP_DTYPES:
-                raise ValueError(f'optim_wrapper.dtype must be one of {sorted(AMP_DTYPES)}, '
-                                 f'got {dtype!r}')
+                raise UserError(f'optim_wrapper.dtype must be one of {sorted(AMP_DTYPES)}, '
+                                f'got {dtype!r}')
             dtype = AMP_DTYPES[dtype]
         if _accelerator():
             super().__init__(loss_scale=loss_scale, dtype=dtype, use_fsdp=use_fsdp,
@@ -210,8 +209,8 @@ class BiKDAmpOptimWrapper(StepPolicy, _MMEngineAmpOptimWrapper):
                              max_nonfinite_in_a_row=max_nonfinite_in_a_row, **kwargs)
             return
         if dtype not in (None, 'bfloat16', torch.bfloat16):
-            raise ValueError(f'mixed precision on CPU supports bfloat16 only, got dtype={dtype}; '
-                             'set optim_wrapper.dtype=bfloat16 (or train on a GPU for float16)')
+            raise UserError(f'mixed precision on CPU supports bfloat16 only, got dtype={dtype}; '
+                            'set optim_wrapper.dtype=bfloat16 (or train on a GPU for float16)')
         # mmengine's AMP wrapper refuses a CPU; set up as its base wrapper instead, then as a
         # disabled scaler: scale() returns the loss, step() steps, the state is empty.
         self.set_policy(nonfinite_policy, max_nonfinite_in_a_row)

@@ -1,9 +1,10 @@
 """The suite's changes to mmengine, applied explicitly by the engine's entry points.
 
-``setup_engine()`` is called by ``tools/train_net.py`` (:func:`bikd.engine.cli.main`), by
-export (:func:`bikd.export.load_trained`) and by the benchmark; code that drives mmengine's
-Runner itself with the suite's configs calls it once before building the runner. Importing
-``bikd`` changes nothing in mmengine. It does two things, both idempotent:
+``setup_engine()`` is called by every way of making a model or a run of the suite:
+:func:`bikd.build_model` and the suite's runner (:meth:`bikd.engine.BiKDRunner.from_cfg`, also
+reached through mmengine's ``RUNNERS.build``); code that drives mmengine's own ``Runner`` with
+the suite's configs calls it once first. Importing ``bikd`` changes nothing in mmengine. It
+does two things, both idempotent:
 
 * **Resume under torch >= 2.6.** mmengine's checkpoints hold a few of its own objects (the
   message hub's history buffers) and numpy scalars and arrays; ``torch.load(weights_only=True)``
@@ -14,9 +15,10 @@ Runner itself with the suite's configs calls it once before building the runner.
   allowed object); those methods are registered again on import, so checkpoints written from
   then on leave them out (``HistoryBuffer.__setstate__`` restores them when absent).
 * **Atomic writes.** mmengine's local file backend (the prefix-less paths every local run uses)
-  is replaced by :class:`AtomicLocalBackend`: checkpoints, the ``last_checkpoint`` marker and
-  every other ``put`` go to a temporary file in the same folder, are flushed to disk and
-  renamed over the target, so a run killed during a save leaves the previous one intact.
+  is replaced by :class:`AtomicLocalBackend`: checkpoints and every other ``put`` go through
+  the suite's atomic writer (:mod:`bikd.fileio`: a temporary file in the same folder, flushed
+  to disk and renamed over the target), so a run killed during a save leaves the previous one
+  intact and a failed write names its file and cause.
 """
 import numpy as np
 import torch

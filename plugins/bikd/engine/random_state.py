@@ -1,7 +1,7 @@
 """Resumed runs that continue the random streams where they stopped.
 
-:class:`RandomStateHook` stores the random generators' states (torch CPU and CUDA, numpy,
-Python) in every checkpoint and restores them when training continues from it, so that a
+:class:`RandomStateHook` restores the random generators' states (torch CPU and CUDA, numpy,
+Python) that a checkpoint's run state holds when training continues from it, so that a
 resumed run draws the same augmentations, dropout masks and point samples as an uninterrupted
 one. Evaluation runs on a forked random state and leaves training's stream untouched, so it
 does not matter whether a run was evaluated before it was killed.
@@ -44,11 +44,13 @@ def set_random_state(state: dict) -> None:
 
 @HOOKS.register_module()
 class RandomStateHook(Hook):
-    """Random states in checkpoints, restored on resume; evaluation on a forked state.
+    """Random states restored on resume; evaluation on a forked state.
 
-    The states are put back at the last moment before training draws from them again: at the
-    start of the resumed epoch (epoch-based loops, before the data loader is iterated) or of
-    the resumed iteration (iteration-based loops).
+    The states saved with a checkpoint are the run state's
+    (:class:`bikd.engine.run_state.RunState`); on resume they are put back at the last moment
+    before training draws from them again: at the start of the resumed epoch (epoch-based
+    loops, before the data loader is iterated) or of the resumed iteration (iteration-based
+    loops). The suite's runner registers this hook in every run.
     """
     priority = 'VERY_HIGH'
 
@@ -56,20 +58,15 @@ class RandomStateHook(Hook):
         self._pending: Optional[dict] = None
         self._saved_for_val: Optional[dict] = None
 
-    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
-        checkpoint['random_state'] = get_random_state()
-
-    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
-        self._pending = checkpoint.get('random_state')
-
     def _restore(self) -> None:
         if self._pending is not None:
             set_random_state(self._pending)
             self._pending = None
 
     def before_train(self, runner) -> None:
-        if runner.iter == 0:  # load_from (weights only): nothing to continue
-            self._pending = None
+        from .run_state import run_state_of
+        # a resumed run continues the saved streams; a fresh one (load_from too) starts anew
+        self._pending = run_state_of(runner).random if runner.iter > 0 else None
 
     def before_train_epoch(self, runner) -> None:
         if isinstance(runner.train_loop, EpochBasedTrainLoop):
