@@ -17,7 +17,7 @@ def experiment(digits_root, tmp_path_factory):
     out = tmp_path_factory.mktemp('experiment')
     proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
                     *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
-                    'train_cfg.val_interval=1', *KLDP_RECIPE)
+                    'train_cfg.val_interval=1', 'train_dataloader.batch_size=128', *KLDP_RECIPE)
     return out, proc.stdout
 
 
@@ -63,7 +63,8 @@ def test_report_numbers_are_the_runs_numbers(experiment):
 def test_finished_runs_are_reused_only_with_the_same_config(experiment, digits_root):
     out, _ = experiment
     args = ['run_experiment.py', '--config-file', CONFIG, '--output-dir', out, '--methods',
-            'dml', *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
+            'dml', *digits_overrides(digits_root, out / 'ignored'),
+            'train_dataloader.batch_size=128', 'train_cfg.max_epochs=1',
             'train_cfg.val_interval=1']
     assert 'dml: done before' in run_tool(*args).stdout
     # a changed schedule is not "done": the earlier run is kept aside, the new one runs
@@ -172,7 +173,7 @@ def test_kldp_trains_with_its_own_recipe_unless_asked_for_the_same(experiment, d
     proc = run_tool('run_experiment.py', '--config-file', CONFIG, '--output-dir', out,
                     '--methods', 'kldp', '--same-recipe',
                     *digits_overrides(digits_root, out / 'ignored'), 'train_cfg.max_epochs=1',
-                    'train_cfg.val_interval=1', *KLDP_RECIPE)
+                    'train_cfg.val_interval=1', 'train_dataloader.batch_size=128', *KLDP_RECIPE)
     assert 'kldp_resnet: the config changed' in proc.stdout
     assert "type='Adam'" in (out / 'configs' / 'kldp_resnet.py').read_text()
     assert "kldp: the config's" in (out / 'report.md').read_text()
@@ -186,7 +187,7 @@ def test_seeds_give_a_paired_difference_with_its_t_interval(digits_root, tmp_pat
     out = tmp_path / 'seeds'
     args = ['run_experiment.py', '--config-file', CONFIG, '--output-dir', out, '--methods',
             'bikd,independent', '--seeds', '3', *digits_overrides(digits_root, out / 'ignored'),
-            'train_cfg.max_epochs=1', 'train_cfg.val_interval=1']
+            'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'train_dataloader.batch_size=128']
     proc = run_tool(*args)
     assert sorted(os.listdir(out / 'runs')) == sorted(
         f'{m}.seed{s}' for m in ('bikd', 'independent') for s in (0, 1, 2))

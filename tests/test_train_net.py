@@ -200,7 +200,7 @@ def test_training_in_two_processes_uses_the_suites_ddp_wrapper(digits_root, tmp_
     work = tmp_path / 'ddp'
     run_tool('train_net.py', '--config-file', CONFIG, '--num-gpus', 2,
              *digits_overrides(digits_root, str(work)), 'train_cfg.max_epochs=1',
-             'train_cfg.val_interval=1')
+             'train_cfg.val_interval=1', env=dict(OMP_NUM_THREADS='1'))  # (2 processes, 2 cores)
     summary = read_summary(work)
     assert summary['iterations'] == 20  # 1,258 images, batch 32 per process, 2 processes
     assert summary['skipped_steps'] == 0

@@ -27,6 +27,19 @@ and run again.
 Several ``--config-file`` (the same members plus one more each time, Table 6) give one
 report folder per config and ``kway.md`` / ``kway.csv`` / ``kway.png``: each member's delta
 per method as members are added.
+
+A grid (a paper table: configs x methods x seeds with the paper's numbers, :mod:`bikd.grid`)::
+
+    python tools/run_experiment.py --grid configs/tables/table2.yaml --launcher slurm \
+        --partition P --gpus-per-node 8 --time 24:00:00 [--wait]
+    python tools/run_experiment.py --grid FILE --status | --collect
+    python tools/run_experiment.py --grid configs/tables/digits.yaml        # here
+
+Each run is a job (:mod:`bikd.jobs`, through submitit) in its own work_dir with ``--resume
+auto``, requeueable on Slurm; submitting again submits only what is missing or failed. The
+table (``work_dirs/grids/<grid>/table.md``, ``.csv``, ``.json``, ``.png``) has each member's
+mean ± sd over seeds, each method against its control paired by seed, the paper's number
+beside, and marks the cells not finished.
 """
 import copy
 import csv
@@ -35,6 +48,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -42,6 +56,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bikd.errors import UserError  # noqa: E402
 from bikd.experiment import (against_controls, aggregate, collect, columns,  # noqa: E402
                              plan_runs, select_methods)
 from bikd.summary import metric_digits  # noqa: E402
@@ -192,69 +207,119 @@ def _write_csv(rows: List[dict], path: str) -> None:
         writer.writerows(rows)
 
 
-def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
-               same_recipe: bool = False, seeds: Optional[List[int]] = None):
-    """Every run of ``methods`` (default: every registered method) on ``config`` (reusing
-    finished ones), once per seed of ``seeds`` (default: the config's), and its report in
-    ``out``; returns the report's rows (averaged over seeds), the member names and the run
-    order. A method's runs take the config's ``method_recipes.<method>`` (its own optimiser or
-    schedule), unless ``same_recipe``."""
+@dataclass
+class ConfigPlan:
+    """The runs of one config in an experiment: each planned run once per seed, its config
+    written to ``<out>/configs/<run>.py`` and its work_dir ``<out>/runs/<run>``."""
+    config: str
+    stem: str
+    out: str
+    classes: Dict[str, type]
+    planned: Dict[str, object]  # base run name -> bikd.experiment.ExperimentRun
+    names: List[str]
+    seeds: Optional[List[int]]
+    runs: Dict[str, object] = field(default_factory=dict)
+    seed_of: Dict[str, Optional[int]] = field(default_factory=dict)
+    base_of: Dict[str, str] = field(default_factory=dict)
+    recipe_of: Dict[str, str] = field(default_factory=dict)
+    left_out: Dict[str, str] = field(default_factory=dict)
+
+    def work(self, run: str) -> str:
+        return os.path.join(self.out, 'runs', run)
+
+    def config_path(self, run: str) -> str:
+        return os.path.join(self.out, 'configs', f'{run}.py')
+
+    def summary(self, run: str) -> str:
+        return os.path.join(self.work(run), 'summary.json')
+
+    def done(self, run: str) -> bool:
+        return os.path.isfile(self.summary(run))
+
+
+def plan_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
+                same_recipe: bool = False, seeds: Optional[List[int]] = None) -> ConfigPlan:
+    """Every run of ``methods`` (default: every registered method) on ``config``, once per
+    seed of ``seeds`` (default: the config's), each written as a config of its own. A run's
+    work_dir that another config ran in is moved aside. A method's runs take the config's
+    ``method_recipes.<method>`` (its own optimiser or schedule), unless ``same_recipe``."""
     from bikd.engine import load_config
-    from bikd.fileio import save_json, save_text
+    from bikd.fileio import save_text
     from bikd.meta_arch import member_names
 
     stem = os.path.splitext(os.path.basename(config))[0]
     cfg = load_config(config, opts)  # imports custom_imports: methods of the user's own
     classes = method_classes(methods)
     planned_runs, left_out = plan_runs(cfg.model.to_dict(), classes)
-    for method, why in left_out.items():
-        print(f'{method} left out: {why}', flush=True)
-    names = member_names(cfg.model)
+    plan = ConfigPlan(os.path.abspath(config), stem, out, classes, planned_runs,
+                      member_names(cfg.model), seeds, left_out=left_out)
     recipes = {} if same_recipe else (cfg.get('method_recipes') or {})
     # one run per (planned run, seed); with several seeds the names carry the seed
-    runs, seed_of, base_of = {}, {}, {}
     for seed in seeds or [None]:
         for base, planned in planned_runs.items():
             name = base if seeds is None or len(seeds) == 1 else f'{base}.seed{seed}'
-            runs[name], seed_of[name], base_of[name] = planned, seed, base
-    summaries, recipe_of = {}, {}
-    for i, (run, planned) in enumerate(runs.items(), start=1):
-        work = os.path.join(out, 'runs', run)
-        summary_path = os.path.join(work, 'summary.json')
+            plan.runs[name], plan.seed_of[name], plan.base_of[name] = planned, seed, base
+    for run, planned in plan.runs.items():
         run_cfg = cfg.copy()
         run_cfg.pop('method_recipes', None)  # the experiment's business, not the run's
         recipe = recipes.get(planned.method)
         if recipe:
             run_cfg.merge_from_dict(copy.deepcopy(recipe.to_dict()))
-        recipe_of[planned.method] = 'its own (method_recipes.' + planned.method + ')' \
+        plan.recipe_of[planned.method] = 'its own (method_recipes.' + planned.method + ')' \
             if recipe else 'the config\'s'
-        if seed_of[run] is not None:  # data order, augmentation, dropout; the same members
-            run_cfg.merge_from_dict({'randomness.seed': seed_of[run]})
+        if plan.seed_of[run] is not None:  # data order, augmentation, dropout; same members
+            run_cfg.merge_from_dict({'randomness.seed': plan.seed_of[run]})
         run_cfg.model = planned.model
-        run_cfg.work_dir = work
-        path = os.path.join(out, 'configs', f'{run}.py')
-        text = run_cfg.pretty_text
-        same = os.path.isfile(path) and open(path).read() == text
-        if os.path.isfile(summary_path) and same:
-            print(f'[{stem} {i}/{len(runs)}] {run}: done before ({summary_path})', flush=True)
-        else:
-            if os.path.isdir(work) and not same:  # another config ran here: keep it aside
-                stale = f'{work}.stale-{time.strftime("%Y%m%d_%H%M%S")}'
-                os.replace(work, stale)
-                print(f'{run}: the config changed; the earlier run moved to {stale}')
-            save_text(text, path)
-            print(f'\n[{stem} {i}/{len(runs)}] {run}: tools/train_net.py --config-file {path}',
-                  flush=True)
-            subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
-                            '--config-file', path], check=True)
-        with open(summary_path) as f:
-            summaries[run] = json.load(f)
+        run_cfg.work_dir = plan.work(run)
+        path, text = plan.config_path(run), run_cfg.pretty_text
+        if os.path.isfile(path) and open(path).read() == text:
+            continue
+        if os.path.isdir(plan.work(run)):  # another config ran here: keep it aside
+            stale = f'{plan.work(run)}.stale-{time.strftime("%Y%m%d_%H%M%S")}'
+            os.replace(plan.work(run), stale)
+            print(f'{run}: the config changed; the earlier run moved to {stale}')
+        save_text(text, path)
+    return plan
 
-    per_seed = collect(summaries, runs, seed_of, base_of)
+
+def run_locally(plan: ConfigPlan) -> None:
+    """Every run of ``plan`` not done yet, one after another, through tools/train_net.py."""
+    for method, why in plan.left_out.items():
+        print(f'{method} left out: {why}', flush=True)
+    for i, run in enumerate(plan.runs, start=1):
+        if plan.done(run):
+            print(f'[{plan.stem} {i}/{len(plan.runs)}] {run}: done before '
+                  f'({plan.summary(run)})', flush=True)
+            continue
+        path = plan.config_path(run)
+        print(f'\n[{plan.stem} {i}/{len(plan.runs)}] {run}: tools/train_net.py --config-file '
+              f'{path}', flush=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
+                        '--config-file', path], check=True)
+
+
+def summaries_of(plan: ConfigPlan) -> Dict[str, dict]:
+    """The summaries of the runs of ``plan`` that are done."""
+    out = {}
+    for run in plan.runs:
+        if plan.done(run):
+            with open(plan.summary(run)) as f:
+                out[run] = json.load(f)
+    return out
+
+
+def report_config(plan: ConfigPlan, quiet: bool = False):
+    """The report of a config whose runs are all done (report.md, .csv, .json, plots in its
+    folder); returns the report's rows (averaged over seeds), the member names and the run
+    order."""
+    from bikd.fileio import save_json, save_text
+
+    summaries, runs, out = summaries_of(plan), plan.runs, plan.out
+    per_seed = collect(summaries, runs, plan.seed_of, plan.base_of)
     rows = aggregate(per_seed)
-    order = list(planned_runs)
-    report = markdown(rows, names, order, f'{stem}: {", ".join(classes)}')
-    comparison, paired = against_controls(per_seed, order, classes)
+    order = list(plan.planned)
+    report = markdown(rows, plan.names, order, f'{plan.stem}: {", ".join(plan.classes)}')
+    comparison, paired = against_controls(per_seed, order, plan.classes)
     if comparison:
         report += '\n' + '\n'.join(['```'] + comparison + ['```']) + '\n'
     bikd_run = next((r for r in runs if runs[r].method == 'bikd'), '')
@@ -262,19 +327,29 @@ def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[s
     if bikd_run and os.path.isfile(os.path.join(out, 'runs', bikd_run, 'per_sample_before.npz')):
         with np.load(os.path.join(out, 'runs', bikd_run, 'per_sample_before.npz')) as data:
             before = {k: data[k] for k in data.files}
-    report += '\n'.join(predicted(rows, names, before, order)) + '\n'
+    report += '\n'.join(predicted(rows, plan.names, before, order)) + '\n'
     report += '\nOptimiser and schedule of each method: ' + ', '.join(
-        f'{m}: {r}' for m, r in recipe_of.items()) + '.\n'
+        f'{m}: {r}' for m, r in plan.recipe_of.items()) + '.\n'
     save_text(report, os.path.join(out, 'report.md'))
     _write_csv(per_seed, os.path.join(out, 'report.csv'))
-    save_json(dict(config=os.path.abspath(config), runs=order, seeds=seeds, rows=per_seed,
-                   mean_rows=rows, work_dirs={r: os.path.join(out, 'runs', r) for r in runs},
-                   against_controls=comparison, paired=paired, recipes=recipe_of),
+    save_json(dict(config=plan.config, runs=order, seeds=plan.seeds, rows=per_seed,
+                   mean_rows=rows, work_dirs={r: plan.work(r) for r in runs},
+                   against_controls=comparison, paired=paired, recipes=plan.recipe_of),
               os.path.join(out, 'report.json'))
-    plots(rows, names, order, os.path.join(out, 'runs', bikd_run) if bikd_run else '', out)
-    print('\n' + report)
-    print(f'report: {out}/report.md, report.csv, deltas.png')
-    return rows, names, order
+    plots(rows, plan.names, order, plan.work(bikd_run) if bikd_run else '', out)
+    if not quiet:
+        print('\n' + report)
+        print(f'report: {out}/report.md, report.csv, deltas.png')
+    return rows, plan.names, order
+
+
+def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
+               same_recipe: bool = False, seeds: Optional[List[int]] = None):
+    """Every run of ``methods`` on ``config`` (reusing finished ones), once per seed, and its
+    report in ``out`` (:func:`plan_config`, :func:`run_locally`, :func:`report_config`)."""
+    plan = plan_config(config, methods, out, opts, same_recipe, seeds)
+    run_locally(plan)
+    return report_config(plan)
 
 
 def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
@@ -336,9 +411,175 @@ def parse_seeds(text: str, config: str, opts: List[str]) -> Optional[List[int]]:
     return list(range(base, base + int(text)))
 
 
+# ----------------------------------------------------------------------------- grids
+def grid_plans(grid, out: str, opts: List[str], same_recipe: bool) -> Dict[str, ConfigPlan]:
+    """Each cell's plan (its runs: methods x seeds), in ``<out>/<cell>``."""
+    return {cell.name: plan_config(cell.config, grid.methods, os.path.join(out, cell.name),
+                                   [*grid.overrides, *cell.overrides, *opts], same_recipe,
+                                   grid.seeds)
+            for cell in grid.cells}
+
+
+def grid_status(plans: Dict[str, ConfigPlan], book) -> List[tuple]:
+    """(cell, run, seed, state, detail) of every run of a grid."""
+    from bikd.jobs import run_status
+    return [(cell, run, plan.seed_of[run],
+             *run_status(plan.work(run), book.get(f'{cell}/{run}')))
+            for cell, plan in plans.items() for run in plan.runs]
+
+
+def print_status(rows: List[tuple]) -> None:
+    counts: Dict[str, int] = {}
+    width = max(len(f'{c} {r}') for c, r, *_ in rows)
+    for cell, run, seed, state, detail in rows:
+        counts[state] = counts.get(state, 0) + 1
+        print(f'{cell + " " + run:<{width}}  {state:<13} {detail}', flush=True)
+    print(', '.join(f'{n} {state}' for state, n in counts.items()), flush=True)
+
+
+def submit_grid(grid, plans: Dict[str, ConfigPlan], book, args, out: str) -> List[tuple]:
+    """Submit every run that is not done, queued or running (a failed one again); with the
+    local launcher, run them here one after another. Returns the jobs submitted."""
+    from bikd.jobs import TrainJob, make_executor, parse_time
+    executor = make_executor(args.launcher, os.path.join(out, 'logs', '%j'), args.partition,
+                             args.nodes, args.gpus_per_node, args.cpus_per_task,
+                             parse_time(args.time), args.mem, args.account)
+    submitted = []
+    for cell, run, _, state, _ in grid_status(plans, book):
+        if state not in ('not submitted', 'failed'):
+            continue
+        plan = plans[cell]
+        if args.launcher == 'slurm':
+            executor.update_parameters(job_name=f'bikd-{grid.name}-{cell}-{run}')
+        job = executor.submit(TrainJob(plan.config_path(run), os.getcwd(), args.nodes,
+                                       args.gpus_per_node))
+        book.record(f'{cell}/{run}', args.launcher, job.job_id,
+                    os.path.join(out, 'logs', '%j'))
+        how = 'submitted' if state == 'not submitted' else 'failed before, submitted again'
+        print(f'{cell} {run}: {how} as {args.launcher} job {job.job_id}', flush=True)
+        submitted.append((cell, run, job))
+        if args.launcher == 'local':  # one at a time: this machine's cores
+            try:
+                job.result()
+            except Exception as e:  # noqa: BLE001 - reported by the status view
+                print(f'{cell} {run}: failed ({type(e).__name__})', flush=True)
+    return submitted
+
+
+def follow(plans, book, interval: float) -> List[tuple]:
+    """Print the status whenever it changes, until no run is pending or running."""
+    last = None
+    while True:
+        rows = grid_status(plans, book)
+        states = [(c, r, s) for c, r, _, s, _ in rows]
+        if states != last:
+            print(time.strftime('%H:%M:%S'), flush=True)
+            print_status(rows)
+            last = states
+        if not any(s in ('pending', 'running') for _, _, _, s, _ in rows):
+            return rows
+        time.sleep(interval)
+
+
+def collect_grid(grid, plans: Dict[str, ConfigPlan], out: str) -> str:
+    """The grid's table (``table.md``, ``.csv``, ``.json``, ``table.png``; one set per metric
+    when the grid names several), and each finished cell's own report."""
+    from bikd.fileio import save_json, save_text
+    from bikd.grid import grid_table, plot_grid
+    controls = {m: cls.control for m, cls in method_classes(grid.methods).items()}
+    metrics = grid.metrics or [None]
+    texts, everything = [], []
+    for k, metric in enumerate(metrics):
+        cells = {}
+        for cell, plan in plans.items():
+            summaries = summaries_of(plan)
+            known = {m for s in summaries.values() for m in s['members'][plan.names[0]]['before']}
+            if metric and summaries and metric not in known:
+                raise UserError(f'grid {grid.path}: metric {metric!r} is not reported by '
+                                f'{cell} (its metrics: {sorted(known)})')
+            rows = collect(summaries, plan.runs, plan.seed_of, plan.base_of, metric)
+            counts = {}
+            for run, planned in plan.runs.items():
+                c = counts.setdefault(planned.method, dict(done=0, planned=0))
+                c['planned'] += 1
+                c['done'] += plan.done(run)
+            cells[cell] = dict(rows=rows, members=plan.names, runs=counts)
+            if k == 0 and all(plan.done(r) for r in plan.runs):
+                report_config(plan, quiet=True)
+        text, records = grid_table(grid, cells, controls, metric)
+        suffix = f'_{metric}' if len(metrics) > 1 else ''
+        save_text(text, os.path.join(out, f'table{suffix}.md'))
+        _write_csv([dict(r, values=json.dumps(r.get('values')),
+                         difference=json.dumps(r.get('difference'))) for r in records],
+                   os.path.join(out, f'table{suffix}.csv'))
+        plot_grid(grid, records, os.path.join(out, f'table{suffix}.png'))
+        texts.append(text)
+        everything += records
+    save_json(dict(grid=grid.path, title=grid.title, records=everything),
+              os.path.join(out, 'table.json'))
+    return '\n'.join(texts)
+
+
+def grid_main(args) -> int:
+    """``--grid``: plan, submit (or run here), follow, collect; ``--status``, ``--collect``."""
+    from bikd.grid import load_grid
+    from bikd.jobs import JobBook
+    grid = load_grid(args.grid)
+    out = os.path.abspath(args.output_dir or os.path.join('work_dirs', 'grids', grid.name))
+    plans = grid_plans(grid, out, args.opts, args.same_recipe)
+    book = JobBook(os.path.join(out, 'jobs.json'))
+    n = sum(len(p.runs) for p in plans.values())
+    print(f'{grid.title}: {len(plans)} config(s) x {len(grid.methods)} method(s) x '
+          f'{len(grid.seeds)} seed(s): {n} runs in {out}', flush=True)
+    if args.status:
+        print_status(grid_status(plans, book))
+        return 0
+    if not args.collect:
+        submit_grid(grid, plans, book, args, out)
+        if args.launcher == 'slurm' and not args.wait:
+            print(f'submitted; follow with --status, collect with --collect (or wait with '
+                  f'--wait): python tools/run_experiment.py --grid {args.grid} --status',
+                  flush=True)
+            return 0
+        rows = follow(plans, book, args.poll)
+        failed = [r for r in rows if r[3] == 'failed']
+        if failed:
+            print(f'{len(failed)} run(s) failed; fix what they say and submit the grid again '
+                  '(only what is missing or failed is submitted)', flush=True)
+    text = collect_grid(grid, plans, out)
+    print('\n' + text)
+    print(f'table: {out}/table.md, table.csv, table.json, table.png')
+    return 0
+
+
 def main(argv=None):
-    from bikd.engine.cli import config_parser
-    parser = config_parser(__doc__, many=True)
+    from bikd.engine.cli import config_parser, run_tool
+    parser = config_parser(__doc__, many=True, required=False)  # (--grid names its configs)
+    grid = parser.add_argument_group('grids: a paper table on a cluster or on this machine')
+    grid.add_argument('--grid', metavar='FILE',
+                      help='a grid of configs x methods x seeds (configs/tables/*.yaml): each '
+                           'run a job in its own work_dir with --resume auto')
+    grid.add_argument('--launcher', choices=['slurm', 'local'], default='local',
+                      help='slurm: submit through submitit (requeueable jobs); local: run here, '
+                           'one after another (default)')
+    grid.add_argument('--status', action='store_true',
+                      help='print each run of the grid: done, running, pending, failed (with '
+                           'its last error line), not submitted')
+    grid.add_argument('--collect', action='store_true',
+                      help='write the table of what is done (unfinished cells are marked)')
+    grid.add_argument('--wait', action='store_true',
+                      help='with slurm: follow the jobs until they end, then collect')
+    grid.add_argument('--poll', type=float, default=30.0, help='seconds between looks (--wait)')
+    grid.add_argument('--partition', help='Slurm partition')
+    grid.add_argument('--account', help='Slurm account')
+    grid.add_argument('--nodes', type=int, default=1, help='machines per run')
+    grid.add_argument('--gpus-per-node', type=int, default=0,
+                      help='processes per machine, one per GPU (0: one process on CPU)')
+    grid.add_argument('--cpus-per-task', type=int, help='CPUs per machine of a run')
+    grid.add_argument('--mem', help='memory per machine, as Slurm takes it (e.g. 64G)')
+    grid.add_argument('--time', default='24:00:00',
+                      help='time limit of a job ([D-]HH:MM[:SS] or minutes); a job stopped '
+                           'by it is requeued and resumes')
     parser.add_argument('--methods', default='',
                         help='comma-separated methods (default: every registered method: '
                              'bikd,kldp,kd,dml,independent and any the config registers)')
@@ -351,6 +592,13 @@ def main(argv=None):
                         help="every method with the config's optimiser and schedule, also those "
                              'the config gives a recipe of their own (method_recipes)')
     args = parser.parse_args(argv)
+    if bool(args.grid) == bool(args.config_file):
+        parser.error('give --config-file FILE (an experiment) or --grid FILE (a grid), one')
+    if args.grid:
+        if args.methods or args.seeds:
+            parser.error('--methods and --seeds are the grid file\'s (methods:, seeds:)')
+        run_tool(lambda: grid_main(args), args.grid)
+        return 0
     methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
     seeds = parse_seeds(args.seeds, args.config_file[0], args.opts)
     stems = [os.path.splitext(os.path.basename(c))[0] for c in args.config_file]

@@ -102,18 +102,20 @@ def plan_runs(model: dict, methods: Dict[str, type]
 
 
 def collect(summaries: Dict[str, dict], runs: Dict[str, object],
-            seeds: Dict[str, Optional[int]], bases: Dict[str, str]) -> List[dict]:
+            seeds: Dict[str, Optional[int]], bases: Dict[str, str],
+            metric: Optional[str] = None) -> List[dict]:
     """One row per (member, run, seed) in which the member learned; ``run`` is the run's name
-    without its seed."""
+    without its seed. ``metric``: the one reported (default: each summary's primary one)."""
     rows = []
     for name, s in summaries.items():
-        metric = s['primary_metric']
+        shown = metric or s['primary_metric']
         for m in runs[name].trains:
             r = s['members'][m]
             row = dict(member=m, method=runs[name].method, run=bases[name], seed=seeds[name],
-                       metric=metric, before=r['before'][metric], after=r['after'][metric],
-                       delta=r['delta'][metric], recovered=r.get('recovered'),
-                       ensemble_before=s['ensemble']['before'].get(metric))
+                       metric=shown, before=r['before'][shown], after=r['after'][shown],
+                       delta=r['delta'][shown],
+                       recovered=r.get('recovered') if shown == s['primary_metric'] else None,
+                       ensemble_before=s['ensemble']['before'].get(shown))
             for j, f in s.get('flips', {}).get(m, {}).items():
                 who = 'self' if j == m else j
                 row[f'positive_flips_vs_{who}'] = f['positive']
@@ -153,6 +155,12 @@ def paired_difference(diffs: List[float], confidence: float = 0.95) -> dict:
         return dict(n=n, mean=mean, sd=None, low=None, high=None,
                     verdict='one seed: no interval (run more with --seeds)')
     sd = float(np.std(diffs, ddof=1))
+    if sd <= 1e-9 * max(1.0, abs(mean)):  # the same difference on every seed (up to
+        # rounding): no spread to measure noise with
+        return dict(n=n, mean=mean, sd=sd, low=mean, high=mean,
+                    verdict=f'the same on all {n} seeds: no spread to measure noise with '
+                            '(a metric that moves in steps, e.g. one image of the split; run '
+                            'more seeds)')
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / np.sqrt(n)
     low, high = mean - half, mean + half
     verdict = 'better' if low > 0 else 'worse' if high < 0 else 'no measurable difference'

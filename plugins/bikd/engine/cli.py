@@ -33,13 +33,14 @@ OVERRIDES_EPILOG = ('Trailing key=value pairs override the config, e.g. '
 RESUME_MODES = ('strict', 'auto')
 
 
-def config_parser(description: str, many: bool = False) -> argparse.ArgumentParser:
+def config_parser(description: str, many: bool = False,
+                  required: bool = True) -> argparse.ArgumentParser:
     """The parser every config-reading tool starts from: ``--config-file FILE`` (repeatable
-    with ``many``) and, last on the line, ``key=value`` overrides (``args.opts``). A tool adds
-    its own flags."""
+    with ``many``; optional where the tool has another way to name its configs) and, last on
+    the line, ``key=value`` overrides (``args.opts``). A tool adds its own flags."""
     parser = argparse.ArgumentParser(description=description, epilog=OVERRIDES_EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--config-file', required=True, metavar='FILE',
+    parser.add_argument('--config-file', required=required, metavar='FILE',
                         action='append' if many else 'store',
                         help='YAML config' + (' (repeatable)' if many else ''))
     parser.add_argument('opts', nargs=argparse.REMAINDER, metavar='key=value',
@@ -181,3 +182,7 @@ def run_cli(argv: Optional[List[str]] = None) -> None:
                      'same on every machine)')
     launch(guarded_main, args.num_gpus, args, num_machines=args.num_machines,
            machine_rank=args.machine_rank, dist_url=args.dist_url)
+
+
+if __name__ == '__main__':  # python -m bikd.engine.cli: train_net, from wherever bikd is installed
+    run_cli()

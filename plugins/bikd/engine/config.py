@@ -237,10 +237,12 @@ TOP_LEVEL_KEYS = frozenset({
     'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
     'efficient_conv_bn_eval', 'custom_imports', 'runner_type',
-    # tools/train_net.py: load_from may hold only part of the model's weights; --resume of a
+    # the suite's runner: load_from may hold only part of the model's weights; --resume of a
     # run whose config changed; a failed checkpoint save warns instead of stopping the run;
-    # up to N unreadable training samples are skipped
+    # up to N unreadable training samples are skipped; the batch of a step over all
+    # processes, kept (or the learning rate scaled) whatever the number of processes
     'load_partial', 'resume_changed', 'keep_training_on_save_error', 'skip_bad_samples',
+    'global_batch_size', 'global_batch_policy',
     # tools/run_experiment.py: a method's own optimiser or schedule (method -> config keys)
     'method_recipes'})
 

@@ -192,6 +192,45 @@ def choose_start(work_dir: str, resume=False, load_from: Optional[str] = None,
 LOG_FILE_ONLY = 'bikd_log_file_only'
 
 
+#: what the config's global_batch_policy may say
+GLOBAL_BATCH_POLICIES = ('keep', 'scale_lr')
+
+
+def global_batch(cfg, world_size: int) -> str:
+    """Keep the config's ``global_batch_size`` (the batch of one step over all processes,
+    e.g. the paper's 128) whatever the number of processes: ``global_batch_policy: keep``
+    (the default) sets each process's batch to the global one divided by the processes (an
+    error when it does not divide), ``scale_lr`` keeps the per-process batch and scales the
+    learning rate by the batch it makes as mmengine's ``auto_scale_lr`` does (linear scaling).
+    Returns the note for the log ('' when the config gives no global batch)."""
+    total = cfg.pop('global_batch_size', None)
+    policy = cfg.pop('global_batch_policy', 'keep')
+    if total is None:
+        return ''
+    if policy not in GLOBAL_BATCH_POLICIES:
+        raise UserError(f'global_batch_policy={policy!r}: give one of {GLOBAL_BATCH_POLICIES}')
+    if not isinstance(total, int) or isinstance(total, bool) or total < 1:
+        raise UserError(f'global_batch_size={total!r}: give the batch of a step over all '
+                        'processes, a positive integer')
+    loader = cfg.get('train_dataloader')
+    if not loader:
+        return ''
+    if policy == 'scale_lr':
+        cfg.auto_scale_lr = dict(enable=True, base_batch_size=total)
+        return (f'global batch: {world_size} process(es) x {loader.batch_size} = '
+                f'{world_size * loader.batch_size} per step, against the config\'s {total}: '
+                'the learning rate is scaled by their ratio (global_batch_policy=scale_lr; '
+                'mmengine logs the scaled rate)')
+    if total % world_size:
+        raise UserError(f'global_batch_size={total} does not divide among {world_size} '
+                        'processes: choose a number of processes that divides it, or '
+                        'global_batch_policy=scale_lr to keep the per-process batch and scale '
+                        'the learning rate')
+    loader.batch_size = total // world_size
+    return (f'global batch {total} = {world_size} process(es) x {loader.batch_size} '
+            '(global_batch_size; the learning rate is the config\'s)')
+
+
 class _KeepDumpsInTheLogFile(logging.Filter):
     """Keeps mmengine's environment and config dumps (about 250 lines), and records marked
     :data:`LOG_FILE_ONLY`, off the terminal; the log file in the work_dir still has them."""
@@ -245,6 +284,7 @@ class BiKDRunner(Runner):
                                                     dataset=cfg.train_dataloader.dataset)
         if not cfg.get('work_dir'):
             cfg.work_dir = default_work_dir(cfg.filename or 'run')
+        batch_note = global_batch(cfg, int(os.environ.get('WORLD_SIZE', '1')))
         cfg.launcher = setup_distributed(cfg)
         main = get_rank() == 0
         if main:  # the process that writes (the others would race it making the folder)
@@ -268,6 +308,8 @@ class BiKDRunner(Runner):
             raise
         runner.options = options
         runner._start_record = (work_dir, existed, before)
+        if batch_note:
+            runner.logger.info(batch_note)
         return runner
 
     def build_model(self, model):

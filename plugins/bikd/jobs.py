@@ -1,0 +1,216 @@
+"""Training runs as jobs: on a Slurm cluster or on this machine, through submitit (the
+launcher detectron2's, DINOv2's and Mask2Former's users know).
+
+- :class:`TrainJob` is what a job runs: ``train_net`` on one run's config with ``--resume
+  auto`` (on every node: torchrun with one process per GPU). Slurm may stop and requeue it
+  (preemption, ``scontrol requeue``, a time limit: :meth:`TrainJob.checkpoint` asks submitit
+  to requeue it); each start continues from the run's last checkpoint.
+- :func:`make_executor` makes submitit's executor for ``--launcher slurm`` (jobs submitted
+  requeueable) or ``--launcher local``.
+- :class:`JobBook` records which job runs which run (``jobs.json``, written atomically), and
+  :func:`run_status` tells a run's state (done, running, pending, failed with the last error
+  line of its log, not submitted) from its work_dir, the scheduler and submitit's files. It
+  reads no accounting database (``sacct``), which many clusters (and a one-node test
+  cluster) do not keep: only ``squeue`` and submitit's result files.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+from .errors import UserError
+from .fileio import save_json
+
+LAUNCHERS = ('slurm', 'local')
+
+
+@dataclass
+class TrainJob:
+    """One training run as a job (submitit pickles it and runs it on the node).
+
+    Attributes:
+        config: the run's config file.
+        cwd: the folder the run's relative paths are read from (the submitting one).
+        nodes: machines of the run.
+        gpus_per_node: processes per machine (one per GPU); 0: one process on CPU.
+    """
+    config: str
+    cwd: str
+    nodes: int = 1
+    gpus_per_node: int = 0
+
+    def command(self, head: str = '', job_id: str = '') -> List[str]:
+        """The command this job runs on its node (``head``: the first node's host name)."""
+        train = ['-m', 'bikd.engine.cli', '--config-file', self.config, '--resume', 'auto']
+        procs = max(1, int(self.gpus_per_node))
+        if self.nodes == 1 and procs == 1:
+            return [sys.executable, *train]
+        if self.nodes == 1:
+            return [sys.executable, *train[:2], '--num-gpus', str(procs), *train[2:]]
+        port = 29500 + int(job_id or 0) % 1000  # the same after a requeue
+        return [sys.executable, '-m', 'torch.distributed.run', '--nnodes', str(self.nodes),
+                '--nproc-per-node', str(procs), '--rdzv-backend', 'c10d', '--rdzv-endpoint',
+                f'{head}:{port}', '--rdzv-id', str(job_id or 'bikd'), *train]
+
+    def __call__(self) -> str:
+        head, job_id = '', ''
+        try:
+            import submitit
+            env = submitit.JobEnvironment()
+            head, job_id = env.hostnames[0], str(env.job_id)
+        except (ImportError, RuntimeError):  # not inside a submitit job
+            pass
+        cmd = self.command(head, job_id)
+        print('running:', ' '.join(cmd), flush=True)
+        proc = subprocess.run(cmd, cwd=self.cwd)
+        if proc.returncode != 0:
+            raise RuntimeError(f'train_net exited with status {proc.returncode} on '
+                               f'{self.config} (its log: the lines above)')
+        return self.config
+
+    def checkpoint(self):
+        """Requeue on preemption or a time limit: the next start resumes (``--resume auto``)."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(self)
+
+
+def parse_time(text: str) -> int:
+    """``--time`` (Slurm's ``[D-]HH:MM[:SS]`` or minutes) in minutes."""
+    try:
+        if ':' not in text and '-' not in text:
+            return int(text)
+        days, _, rest = text.rpartition('-')
+        parts = [int(p) for p in rest.split(':')]
+        hours, minutes = parts[0], parts[1] if len(parts) > 1 else 0
+        return (int(days) if days else 0) * 1440 + hours * 60 + minutes + \
+            (1 if len(parts) > 2 and parts[2] else 0)
+    except ValueError:
+        raise UserError(f'--time {text!r}: give minutes or [D-]HH:MM[:SS], e.g. 24:00:00') \
+            from None
+
+
+def make_executor(launcher: str, folder: str, partition: Optional[str] = None,
+                  nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: Optional[int] = None,
+                  time_min: int = 1440, mem: Optional[str] = None,
+                  account: Optional[str] = None):
+    """submitit's executor for ``launcher``: Slurm jobs submitted requeueable (``--requeue``),
+    one task per node; or this machine's processes."""
+    if launcher not in LAUNCHERS:
+        raise UserError(f'--launcher must be one of {LAUNCHERS}, got {launcher!r}')
+    import submitit
+    if launcher == 'local':
+        if nodes != 1:
+            raise UserError(f'--launcher local runs on this machine: --nodes 1, got {nodes}')
+        executor = submitit.LocalExecutor(folder=folder)
+        executor.update_parameters(timeout_min=time_min, gpus_per_node=gpus_per_node)
+        return executor
+    executor = submitit.SlurmExecutor(folder=folder)
+    params = dict(nodes=nodes, ntasks_per_node=1, time=time_min,
+                  additional_parameters=dict(requeue=True))
+    if partition:
+        params['partition'] = partition
+    if gpus_per_node:
+        params['gpus_per_node'] = gpus_per_node
+    if cpus_per_task:
+        params['cpus_per_task'] = cpus_per_task
+    if mem:
+        params['mem'] = mem
+    if account:
+        params['account'] = account
+    executor.update_parameters(**params)
+    return executor
+
+
+class JobBook:
+    """``jobs.json`` of a grid: run key -> the job that runs it (launcher, id, submitit's
+    folder, when), written atomically after every submission."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.jobs: Dict[str, dict] = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                self.jobs = json.load(f)
+
+    def record(self, key: str, launcher: str, job_id: str, folder: str) -> None:
+        self.jobs[key] = dict(launcher=launcher, job_id=str(job_id), folder=folder,
+                              submitted=time.strftime('%Y-%m-%d %H:%M:%S'))
+        save_json(self.jobs, self.path)
+
+    def get(self, key: str) -> Optional[dict]:
+        return self.jobs.get(key)
+
+
+def _squeue_state(job_id: str) -> Optional[str]:
+    """The job's state in Slurm's queue (PENDING, RUNNING, ...), ``None`` when it is not
+    queued (finished) or Slurm cannot be asked."""
+    try:
+        out = subprocess.run(['squeue', '-h', '-j', job_id, '-o', '%T'], capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    state = out.stdout.strip().splitlines()
+    return state[0] if out.returncode == 0 and state else None
+
+
+def _job_files(record: dict) -> Tuple[str, str, str]:
+    """submitit's result, stdout and stderr files of a recorded job (its first task)."""
+    from submitit.core.utils import JobPaths
+    paths = JobPaths(record['folder'], job_id=record['job_id'], task_id=0)
+    return str(paths.result_pickle), str(paths.stdout), str(paths.stderr)
+
+
+def last_error_line(*logs: str) -> str:
+    """The last ``error: ...`` line of a job's logs (train_net's one-line errors), else the
+    last line of a traceback, else ''."""
+    lines: List[str] = []
+    for log in logs:
+        if os.path.isfile(log):
+            with open(log, errors='replace') as f:
+                lines += [line.rstrip() for line in f if line.strip()]
+    errors = [line for line in lines if line.startswith('error: ')]
+    if errors:
+        return errors[-1]
+    tail = [line for line in lines if not line.startswith((' ', '\t', 'Traceback'))]
+    exceptions = [line for line in tail if ': ' in line and line.split(':')[0].endswith(
+        ('Error', 'Exception', 'Interrupt'))]
+    return exceptions[-1] if exceptions else (tail[-1] if tail else '')
+
+
+def run_status(work_dir: str, record: Optional[dict]) -> Tuple[str, str]:
+    """``(state, detail)`` of a run: ``done`` (its summary.json is written), ``running`` /
+    ``pending`` (queued: Slurm's state, or a local job's process alive), ``failed`` (its job
+    ended without the summary: the last error line of its log), ``not submitted``."""
+    if os.path.isfile(os.path.join(work_dir, 'summary.json')):
+        return 'done', os.path.join(work_dir, 'summary.json')
+    if record is None:
+        return 'not submitted', ''
+    result, stdout, stderr = _job_files(record)
+    if record['launcher'] == 'slurm':
+        state = _squeue_state(record['job_id'])
+        if state is not None:
+            return ('pending' if state in ('PENDING', 'REQUEUED', 'REQUEUE_HOLD',
+                                           'CONFIGURING') else 'running'), \
+                f'Slurm job {record["job_id"]}: {state}'
+    elif not os.path.isfile(result) and _local_alive(record):
+        return 'running', f'local job {record["job_id"]}'
+    why = last_error_line(stderr, stdout) or ('its job ended without a result (killed, or '
+                                              'cancelled?)')
+    return 'failed', f'job {record["job_id"]}: {why} (log: {stderr})'
+
+
+def _local_alive(record: dict) -> bool:
+    try:
+        os.kill(int(record['job_id']), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+__all__ = ['JobBook', 'LAUNCHERS', 'TrainJob', 'last_error_line', 'make_executor',
+           'parse_time', 'run_status']

@@ -1,0 +1,304 @@
+"""Grids of pairs x methods x seeds (tools/run_experiment.py --grid): the shipped paper tables
+name real configs, members and methods; a digits grid runs here and on a real one-node Slurm
+cluster (Debian's slurm-wlm and munge, started and stopped by these tests on this machine),
+where a failed job is reported with its error and submitted again, and a requeued job
+resumes to the weights of an uninterrupted run. The global batch size is kept whatever the
+number of processes."""
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import ROOT, digits_overrides
+
+RUN_EXPERIMENT = os.path.join(ROOT, 'tools', 'run_experiment.py')
+TABLES = sorted(glob.glob(os.path.join(ROOT, 'configs', 'tables', '*.yaml')))
+LIMIT = 900
+
+
+def env(**more):
+    return {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **more}
+
+
+def tool(*args, expect_ok=True, **more):
+    proc = subprocess.run([sys.executable, RUN_EXPERIMENT, *map(str, args)], cwd=ROOT,
+                          env=env(**more), text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=LIMIT)
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-4000:]
+    return proc.stdout
+
+
+def write_grid(path, cells, methods=('bikd', 'independent'), seeds=(0, ), overrides=()):
+    import yaml
+    path.write_text(yaml.safe_dump(dict(title='a digits grid', methods=list(methods),
+                                        seeds=list(seeds), overrides=list(overrides),
+                                        cells=cells), sort_keys=False))
+    return path
+
+
+def quick(digits_root, *more):
+    """Digits runs of one epoch of 10 steps, random members (the work_dir is the grid's)."""
+    return [o for o in digits_overrides(digits_root, 'unused') if not o.startswith('work_dir')] \
+        + ['train_dataloader.batch_size=128', 'train_cfg.max_epochs=1',
+           'train_cfg.val_interval=1', *more]
+
+
+# ----------------------------------------------------------------------------- the tables
+@pytest.mark.parametrize('path', TABLES, ids=os.path.basename)
+def test_each_paper_table_names_real_configs_members_and_methods(path):
+    from bikd.engine import load_config
+    from bikd.experiment import member_names, registered_methods
+    from bikd.grid import load_grid
+    grid = load_grid(path)
+    assert set(grid.methods) <= set(registered_methods())
+    for cell in grid.cells:
+        names = member_names(load_config(cell.config, cell.overrides).model)
+        for method, numbers in cell.paper.items():
+            assert set(numbers) <= set(names), (cell.name, method, names)
+            for value in numbers.values():  # one number, or one per metric of the grid
+                assert not isinstance(value, dict) or set(value) == set(grid.metrics), cell.name
+
+
+def test_a_grid_with_a_misspelt_key_is_named(tmp_path):
+    from bikd.errors import UserError
+    from bikd.grid import load_grid
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('methods: [bikd]\nseed: [0]\ncells: [{config: configs/digits/'
+                   'resnet_convnext_bikd.yaml}]\n')
+    with pytest.raises(UserError, match=r"unknown key\(s\) \['seed'\]"):
+        load_grid(str(bad))
+    out = tool('--grid', bad, expect_ok=False)
+    assert "error: grid" in out and "unknown key(s) ['seed']" in out and 'Traceback' not in out
+
+
+def test_seeds_that_all_give_the_same_difference_get_no_verdict():
+    """A metric that moves in steps (one image of a small split) can give every seed the
+    same difference: the interval then has no width, which measures no noise."""
+    from bikd.experiment import paired_difference
+    same = paired_difference([0.1855, 0.1855 + 1e-15])
+    assert same['low'] == same['high'] and 'the same on all 2 seeds' in same['verdict']
+    assert paired_difference([0.2, 0.21, 0.22])['verdict'] == 'better'
+
+
+def test_the_global_batch_is_kept_whatever_the_processes():
+    from bikd.engine import load_config
+    from bikd.engine.runner import global_batch
+    from bikd.errors import UserError
+    config = os.path.join(ROOT, 'configs/imagenet/vitb_vitt_bikd.yaml')
+    cfg = load_config(config, import_modules=False)
+    assert 'x 16' in global_batch(cfg, 8) and cfg.train_dataloader.batch_size == 16
+    cfg = load_config(config, import_modules=False)
+    global_batch(cfg, 1)
+    assert cfg.train_dataloader.batch_size == 128  # one process: the paper's batch
+    cfg = load_config(config, ['global_batch_policy=scale_lr'], import_modules=False)
+    assert 'scaled' in global_batch(cfg, 8)  # mmengine's linear scaling from the base batch
+    assert cfg.train_dataloader.batch_size == 128
+    assert cfg.auto_scale_lr == dict(enable=True, base_batch_size=128)
+    with pytest.raises(UserError, match='does not divide among 3 processes'):
+        global_batch(load_config(config, import_modules=False), 3)
+
+
+# ----------------------------------------------------------------------------- here
+def test_a_local_grid_runs_and_collects_with_the_paper_column_empty_where_it_has_none(
+        digits_root, tmp_path):
+    grid = write_grid(tmp_path / 'local.yaml', [dict(
+        config=os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'),
+        paper={'bikd': {'convnext': 0.5}})], methods=('bikd', ), overrides=quick(digits_root))
+    out = tmp_path / 'out'
+    first = tool('--grid', grid, '--output-dir', out)
+    assert first.count('submitted as local job') == 1 and '1 done' in first
+    table = (out / 'table.md').read_text()
+    assert table in first  # printed
+    rows = {cells[1]: cells for cells in (
+        [c.strip() for c in line.strip().strip('|').split('|')] for line in table.splitlines()
+        if line.startswith('| resnet_convnext_bikd'))}
+    assert set(rows) == {'resnet', 'convnext'}
+    assert rows['convnext'][3] == '0.5' and rows['resnet'][3] == ''  # the paper's, or empty
+    summary = json.loads((out / 'resnet_convnext_bikd/runs/bikd/summary.json').read_text())
+    measured = summary['members']['convnext']['delta']['top1']
+    assert rows['convnext'][2] == f'{measured:+.2f} (1)'
+    assert (out / 'table.png').is_file() and (out / 'resnet_convnext_bikd/report.md').is_file()
+    # again: nothing is submitted (everything is done), the table is collected again
+    again = tool('--grid', grid, '--output-dir', out)
+    assert 'submitted' not in again and (out / 'table.md').read_text() in again
+    status = tool('--grid', grid, '--output-dir', out, '--status')
+    assert status.count(' done ') == 1 and '1 done' in status
+
+
+# ----------------------------------------------------------------------------- on Slurm
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+SLURM_CONF = '''ClusterName=bikdtest
+SlurmctldHost=localhost
+SlurmctldPort={ctld}
+SlurmdPort={slurmd}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={socket}
+CredType=cred/munge
+StateSaveLocation={dir}/state
+SlurmdSpoolDir={dir}/spool
+SlurmctldPidFile={dir}/slurmctld.pid
+SlurmdPidFile={dir}/slurmd.pid
+SlurmctldLogFile={dir}/slurmctld.log
+SlurmdLogFile={dir}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SchedulerType=sched/builtin
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+JobCompType=jobcomp/none
+ReturnToService=2
+MpiDefault=none
+NodeName=bikdnode NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=1000 State=UNKNOWN
+PartitionName=debug Nodes=bikdnode Default=YES MaxTime=INFINITE State=UP
+'''
+
+
+@pytest.fixture(scope='module')
+def slurm(tmp_path_factory):
+    """A one-node Slurm cluster on this machine (slurmctld + slurmd on free ports, its own
+    munged), for the tests of this module; stopped after them."""
+    needed = ['munged', 'slurmctld', 'slurmd', 'sbatch', 'squeue', 'scontrol', 'sinfo']
+    missing = [b for b in needed if not shutil.which(b) and not os.path.exists(f'/usr/sbin/{b}')]
+    if missing:
+        pytest.skip(f'Slurm is not installed here ({", ".join(missing)} missing; Debian: '
+                    'apt-get install slurm-wlm munge, which .ci/run does)')
+    if os.geteuid() != 0:
+        pytest.skip('a test Slurm cluster runs its daemons as root (.ci/run runs as root)')
+    d = tmp_path_factory.mktemp('slurm')
+    for sub in ('state', 'spool'):
+        (d / sub).mkdir()
+    key, sock = d / 'munge.key', d / 'munge.socket'
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+
+    def sbin(name):  # (the daemons are in /usr/sbin, which a user's PATH may lack)
+        return shutil.which(name) or f'/usr/sbin/{name}'
+
+    subprocess.run([sbin('munged'), '--force', f'--key-file={key}', f'--socket={sock}',
+                    f'--pid-file={d}/munged.pid', f'--log-file={d}/munged.log',
+                    f'--seed-file={d}/munged.seed'], check=True, capture_output=True)
+    conf = d / 'slurm.conf'
+    conf.write_text(SLURM_CONF.format(ctld=free_port(), slurmd=free_port(), socket=sock, dir=d,
+                                      host=socket.gethostname().split('.')[0],
+                                      cpus=os.cpu_count()))
+    old = os.environ.get('SLURM_CONF')
+    os.environ['SLURM_CONF'] = str(conf)
+    try:
+        subprocess.run([sbin('slurmctld'), '-f', str(conf)], check=True, capture_output=True)
+        subprocess.run([sbin('slurmd'), '-f', str(conf), '-N', 'bikdnode'], check=True,
+                       capture_output=True)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            state = subprocess.run(['sinfo', '-h', '-o', '%T'], capture_output=True,
+                                   text=True).stdout.strip()
+            if state == 'idle':
+                break
+            time.sleep(1)
+        else:
+            logs = ''.join((d / f).read_text()[-1500:] for f in ('slurmctld.log', 'slurmd.log')
+                           if (d / f).exists())
+            pytest.fail(f'the test Slurm cluster did not come up (sinfo: {state!r}):\n{logs}')
+        yield d
+    finally:
+        subprocess.run(['scancel', '--user', 'root'], capture_output=True)
+        subprocess.run(['scontrol', 'shutdown'], capture_output=True)
+        for pid_file in ('slurmd.pid', 'slurmctld.pid', 'munged.pid'):
+            try:
+                os.kill(int((d / pid_file).read_text().split()[0]), 15)
+            except (OSError, ValueError):
+                pass
+        if old is None:
+            os.environ.pop('SLURM_CONF', None)
+        else:
+            os.environ['SLURM_CONF'] = old
+
+
+def test_a_grid_on_slurm_finishes_reports_a_failed_job_and_submits_only_it_again(
+        slurm, digits_root, tmp_path):
+    """2 configs x 2 methods x 2 seeds. The second config's data is not there at first: its
+    jobs fail, the status says why, the first table marks its cell as not finished; once the
+    data is there, the second submit runs only those jobs."""
+    late = tmp_path / 'late_digits'
+    grid = write_grid(tmp_path / 'slurm.yaml', [
+        dict(config=os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')),
+        dict(config=os.path.join(ROOT, 'configs/digits/resnet_convnext_regnet_bikd.yaml'),
+             overrides=[f'train_dataloader.dataset.data_root={late}',
+                        f'val_dataloader.dataset.data_root={late}'])],
+        seeds=(0, 1), overrides=quick(digits_root))
+    out = tmp_path / 'out'
+    first = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
+                 '--poll', 2)
+    assert first.count('submitted as slurm job') == 8
+    assert '4 done, 4 failed' in first and '4 run(s) failed' in first
+    status = tool('--grid', grid, '--output-dir', out, '--status')
+    failed = [line for line in status.splitlines() if ' failed ' in line]
+    assert len(failed) == 4 and all('resnet_convnext_regnet_bikd' in line and
+                                    f'error: dataset folder not found: {late}' in line
+                                    for line in failed), status
+    table = (out / 'table.md').read_text()
+    assert table.count('[not finished: 0/2 runs done]') == 6  # 3 members x 2 methods
+    shutil.copytree(digits_root, late)
+    second = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
+                  '--poll', 2)
+    assert second.count('failed before, submitted again') == 4
+    assert 'submitted as slurm job' not in second and '8 done' in second
+    table = (out / 'table.md').read_text()
+    assert '[not finished' not in table and table.count('| resnet_convnext_regnet_bikd |') == 3
+    assert all(line.count('(2)') == 2 for line in table.splitlines()
+               if line.startswith('| resnet_'))  # both methods, both seeds, every member
+
+
+def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(slurm, digits_root,
+                                                                       tmp_path):
+    grid = write_grid(tmp_path / 'requeue.yaml', [dict(
+        config=os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'))],
+        methods=('bikd', ), overrides=quick(digits_root, 'train_cfg.max_epochs=3'))
+    out = tmp_path / 'out'
+    submitted = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm')
+    job = submitted.split('submitted as slurm job ')[1].split()[0]
+    work = out / 'resnet_convnext_bikd' / 'runs' / 'bikd'
+    deadline = time.time() + LIMIT
+    while not (work / 'epoch_1.pth').is_file():  # requeue it once epoch 1 is saved
+        assert time.time() < deadline, tool('--grid', grid, '--output-dir', out, '--status')
+        time.sleep(0.5)
+    subprocess.run(['scontrol', 'requeue', job], check=True)
+    # Slurm holds a requeued job for two minutes before it may start again; an administrator
+    # (here the test) lets it start at once
+    while 'PENDING' not in subprocess.run(['squeue', '-h', '-j', job, '-o', '%T'],
+                                          capture_output=True, text=True).stdout:
+        assert time.time() < deadline
+        time.sleep(0.5)
+    subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], check=True)
+    followed = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
+                    '--poll', 2)
+    assert '1 done' in followed and 'submitted' not in followed
+    log = ''.join(p.read_text() for p in (out / 'logs').glob(f'{job}/*.out'))
+    assert '--resume auto: continuing from' in log  # the second start resumed
+    # the uninterrupted run: the same config, here
+    whole = tmp_path / 'whole'
+    subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'), '--config-file',
+                    out / 'resnet_convnext_bikd' / 'configs' / 'bikd.py', f'work_dir={whole}'],
+                   cwd=ROOT, env=env(), check=True, capture_output=True, timeout=LIMIT)
+    a = torch.load(whole / 'epoch_3.pth', map_location='cpu', weights_only=True)
+    b = torch.load(work / 'epoch_3.pth', map_location='cpu', weights_only=True)
+    differ = [k for k, v in a['state_dict'].items() if not torch.equal(v, b['state_dict'][k])]
+    assert not differ, differ[:5]
+    for x, y in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert all(torch.equal(x[k], y[k]) for k in x)
