@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bikd.hf import TransformersModel, require_transformers
+from bikd.hf import ImagePreprocessing, TransformersModel, require_transformers
 from bikd.member import MemberOutput
 from bikd.registry import MEMBERS
 
@@ -23,27 +23,30 @@ UNSUPPORTED = {'oneformer': 'takes a task prompt and, in training, text queries 
                             'MaskFormer need none)'}
 
 
-def resized_size(hw: Sequence[int], size) -> Tuple[int, int]:
-    """The size an image of ``hw`` gets from an image processor's ``size``: ``height`` x
-    ``width``, or its shortest edge scaled to ``shortest_edge`` with the longest at most
-    ``longest_edge`` (aspect kept)."""
-    get = (lambda k: size.get(k)) if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    if get('height') and get('width'):
-        return int(get('height')), int(get('width'))
-    h, w = hw
-    scale = get('shortest_edge') / min(h, w) if get('shortest_edge') else 1.0
-    if get('longest_edge'):
-        scale = min(scale, get('longest_edge') / max(h, w))
-    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
-
-
 @MEMBERS.register_module()
 class TransformersSegmentationMember(TransformersModel, SegmentationMember):
     """A ``transformers`` segmenter as a member, for semantic segmentation.
 
     It takes the suite's segmentation batches (mmseg's pipeline: BGR ``uint8`` images and
-    ``SegDataSample``), in RGB and normalised with its image processor's mean and std; in
-    evaluation each image is first resized as its image processor does (``test_resize``).
+    ``SegDataSample``) and feeds its model what its image processor makes of each image (in
+    RGB, the order the processors take): in evaluation every step and option of the
+    processor's class (resize by its size rules and filter, DPT's ``keep_aspect_ratio``,
+    ``ensure_multiple_of`` and centred padding to ``size_divisor``, (Mask)Former's
+    ``size_divisor`` and ``pad_size``, centre crop, rescale, normalisation, MobileViT's BGR
+    order and no normalisation), as the processor's torchvision backend computes them, so the
+    model's input equals the processor's ``pixel_values`` for the image (see
+    :class:`bikd.hf.ImagePreprocessing`; a processor it cannot reproduce is refused in one
+    line naming the option). In training, and with ``test_resize: false``, only the steps on
+    values apply: the data pipeline's crops are the model's input size. Images of a batch are
+    padded bottom/right to the largest (zeros after normalisation, as the processors pad).
+
+    Labels are the data's. A processor with ``do_reduce_labels`` (the model's class k is the
+    annotation's k + 1, 0 no class) needs labels reduced so by the data pipeline (mmseg's
+    ``LoadAnnotations`` with ``reduce_zero_label: true``, as the ADE20K configs have it): a
+    batch whose samples say they are not is refused in one line, as training and evaluation
+    would otherwise count the model's classes against other labels. The processors'
+    ``ignore_index`` and ``num_labels`` concern annotation maps: ``ignore_index`` here is the
+    data's.
 
     - **Semantic models** (``AutoModelForSemanticSegmentation``: SegFormer, UperNet, BEiT, DPT,
       MobileViT): per-image task loss, the model's own loss on that image: the pixel
@@ -57,8 +60,10 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
       its semantic inference at mask resolution.
 
     Prediction: per-pixel probabilities at each image's original size, from the model
-    processor's own ``post_process_semantic_segmentation`` (the scores it takes its argmax of:
-    softmax for the semantic models, normalised over the classes for the universal ones).
+    processor's own ``post_process_semantic_segmentation`` of the image's region of the
+    batch's output (the scores it takes its argmax of: softmax for the semantic models,
+    normalised over the classes for the universal ones): the processor's pipeline, image by
+    image.
 
     Args:
         model: a hub id (``nvidia/segformer-b0-finetuned-ade-512-512``) or a
@@ -68,7 +73,8 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
             gets a new head.
         checkpoint, pretrained, trust_remote_code, config_overrides: see
             :class:`~classification_bikd.transformers_member.TransformersClassifierMember`.
-        test_resize: resize images in evaluation as the image processor does.
+        test_resize: resize, crop and pad images in evaluation as the image processor
+            does.
         ignore_index: the label of ignored pixels in the data (mmseg's 255).
         distribution, distill_stride, partition_loss, trust_checkpoint: see
             :class:`~mask2former_bikd.segmentation_member.SegmentationMember`.
@@ -90,17 +96,12 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
         if self.image_processor is None:
             raise UserError(f'member {self.name!r}: {model} ships no image processor '
                             'configuration (preprocessor_config.json), which gives its '
-                            'normalisation and its post-processing')
+                            'preprocessing and its post-processing; save the model\'s image '
+                            'processor into the folder (processor.save_pretrained(folder))')
         self.task_loss_kind = f'transformers_{self.kind}'
         self.ignore_index = int(ignore_index)
         self.test_resize = bool(test_resize)
-        processor = self.image_processor
-        scale = float(getattr(processor, 'rescale_factor', 1 / 255)) \
-            if getattr(processor, 'do_rescale', True) else 1.0
-        self.register_buffer('mean', torch.tensor(processor.image_mean).view(3, 1, 1) / scale,
-                             persistent=False)
-        self.register_buffer('std', torch.tensor(processor.image_std).view(3, 1, 1) / scale,
-                             persistent=False)
+        self.pixels = ImagePreprocessing(self.image_processor, self.name)
 
     def _build(self, model: str, overrides: dict, trust_remote_code: bool) -> str:
         """The network, by the first auto class that builds the model's configuration."""
@@ -127,25 +128,35 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
     # ----------------------------------------------------------------------------- batches
     def pixel_values(self, inputs: Any, samples: Sequence[Any], training: bool
                      ) -> Tuple[Tensor, List[Tuple[int, int]]]:
-        """The batch as the model takes it: RGB, normalised, (in evaluation) resized as the
-        processor does, padded bottom/right to the largest image; and each image's size."""
-        images = list(inputs)
+        """The batch as the model takes it: each image in RGB through its image processor's
+        steps (in evaluation with ``test_resize`` all of them, else those on values), padded
+        bottom/right to the largest; and each image's size as the processor made it."""
+        geometry = not training and self.test_resize
         out, sizes = [], []
-        for image in images:
-            x = image[[2, 1, 0]].float() if image.shape[0] == 3 else image.float()
-            if not training and self.test_resize:
-                size = resized_size(x.shape[-2:], self.image_processor.size)
-                if size != tuple(x.shape[-2:]):
-                    x = F.interpolate(x[None], size=size, mode='bilinear', align_corners=False,
-                                      antialias=True)[0]
-            out.append((x - self.mean) / self.std)
+        for image in inputs:
+            x = image[[2, 1, 0]] if image.shape[0] == 3 else image  # mmseg's BGR -> RGB
+            x = self.pixels(x[None], geometry=geometry)[0]
+            out.append(x)
             sizes.append(tuple(x.shape[-2:]))
         h, w = (max(s[d] for s in sizes) for d in (0, 1))
         batch = torch.stack([F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])) for x in out])
         return batch, sizes
 
+    def check_labels(self, samples: Sequence[Any]) -> None:
+        """Refuse samples whose labels are not in the model's label space as its processor
+        says it is (``do_reduce_labels`` and data not reduced: see the class's description)."""
+        if self.pixels.reduces_labels and any(
+                getattr(s, 'metainfo', {}).get('reduce_zero_label') is False for s in samples):
+            raise UserError(
+                f'member {self.name!r}: its image processor reduces labels '
+                '(do_reduce_labels: true: the model\'s class k is the annotation\'s k + 1, 0 '
+                'is no class), but the data\'s annotations are not reduced (reduce_zero_label: '
+                'false); set reduce_zero_label: true in the LoadAnnotations of the training and '
+                'evaluation pipelines')
+
     def labels(self, samples: Sequence[Any], padded_hw: Sequence[int]) -> Tensor:
         """``LongTensor [N, H, W]``: each image's labels, padded with the ignore label."""
+        self.check_labels(samples)
         gts = [s.gt_sem_seg.data[0].long() for s in samples]
         out = torch.full((len(gts), *padded_hw), self.ignore_index, dtype=torch.long,
                          device=gts[0].device)
@@ -216,6 +227,7 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
         """Per-pixel class probabilities ``[N, C, H, W]`` at each image's original size (the
         processor's post-processing of each image's valid region), padded to the largest."""
         transformers = require_transformers()
+        self.check_labels(data_samples)
         x, sizes = self.pixel_values(inputs, data_samples, training=False)
         out = self.model(pixel_values=x)
         probs = []
@@ -241,4 +253,5 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
         return self.pad_stack(probs)
 
     def describe(self, stem: str) -> Dict[str, Any]:
-        return dict(num_classes=self.num_classes, kind=self.kind)
+        return dict(num_classes=self.num_classes, kind=self.kind,
+                    image_processor=self.pixels.describe())

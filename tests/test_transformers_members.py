@@ -162,6 +162,10 @@ def test_a_hub_id_that_cannot_be_had_says_to_pass_a_folder(monkeypatch):
     import classification_bikd  # noqa: F401
     from bikd.meta_arch import build_member
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    # the hub library reads the variable once, at import: without its constant set too, the
+    # test waited for the network's time-outs (23 s)
+    import huggingface_hub.constants
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', True)
     with pytest.raises(FileNotFoundError, match='pass the path of a folder written by '
                                                 'save_pretrained'):
         build_member(hf_classifier('nosuch-org/nosuch-model-xyz'))
