@@ -149,6 +149,19 @@ def check_panoptic_png(record: dict, json_file: str) -> None:
                         f'record in {json_file} does not list (segments_info)')
 
 
+def training_dicts(dicts: List[dict], filter_empty: bool) -> List[dict]:
+    """The images a training set keeps, as detectron2's ``build_detection_train_loader``
+    (``get_detection_dataset_dicts(filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)``),
+    which Mask2Former's ``train_net.py`` uses for every mapper: datasets of instance
+    annotations (``annotations``: COCO, ADE20K instance) lose the images with none that is not
+    crowd; panoptic and semantic datasets (``segments_info``, ``sem_seg_file_name``) keep every
+    image, also one without segments (its targets are empty)."""
+    if filter_empty and dicts and 'annotations' in dicts[0]:
+        from detectron2.data.build import filter_images_with_only_crowd_annotations
+        return filter_images_with_only_crowd_annotations(dicts)
+    return list(dicts)
+
+
 @DATASETS.register_module()
 class Detectron2Dataset(Dataset):
     """A dataset as detectron2 registers it, each sample mapped by Mask2Former's dataset mapper.
@@ -168,6 +181,11 @@ class Detectron2Dataset(Dataset):
         mapper: ``panoptic``, ``instance`` or ``semantic`` (Mask2Former's training mappers),
             or ``test`` (detectron2's ``DatasetMapper`` in evaluation: resize only).
         check_annotations: check every panoptic PNG against its JSON record as it is read.
+
+    A training set (any mapper but ``test``) keeps the images detectron2's training loader
+    keeps (:func:`training_dicts`, after the config's ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``):
+    instance datasets drop the images whose annotations are all crowd (or absent); panoptic
+    ones keep every image.
     """
 
     #: where its data is, for the run's fingerprint (:func:`bikd.data.dataset_fingerprint`)
@@ -186,13 +204,15 @@ class Detectron2Dataset(Dataset):
         self.check = bool(check_annotations)
         from detectron2.data import MetadataCatalog
         self.meta = MetadataCatalog.get(self.name)
+        cfg = d2.load_d2_config(config, opts)
         dicts = load_dicts(self.name)
-        if mapper != 'test':  # as Mask2Former trains: images without annotations left out
-            dicts = [d for d in dicts if d.get('segments_info') or d.get('annotations')]
+        if mapper != 'test':
+            dicts = training_dicts(dicts, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
         if not dicts:
-            raise UserError(f'dataset {self.name} has no image to train on')
+            raise UserError(f'dataset {self.name} has no image to '
+                            f'{"evaluate" if mapper == "test" else "train"} on')
         self.dicts = dicts
-        self.mapper = self._mapper(d2.load_d2_config(config, opts), mapper)
+        self.mapper = self._mapper(cfg, mapper)
 
     @staticmethod
     def _mapper(cfg, kind: str):

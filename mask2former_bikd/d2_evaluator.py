@@ -27,6 +27,8 @@ KEPT = {'panoptic_seg': ('PQ', 'SQ', 'RQ', 'PQ_th', 'SQ_th', 'RQ_th', 'PQ_st', '
         'segm': ('AP', 'AP50', 'AP75', 'APs', 'APm', 'APl'),
         'sem_seg': ('mIoU', 'fwIoU', 'mACC', 'pACC')}
 TASKS = ('panoptic', 'instance', 'semantic')
+#: each task's key in a detectron2 model's results
+RESULT = {'panoptic': 'panoptic_seg', 'instance': 'instances', 'semantic': 'sem_seg'}
 
 
 @METRICS.register_module()
@@ -76,13 +78,18 @@ class Detectron2Metric(MemberwiseMetric):
         self._evaluators: Dict[str, List[Any]] = {}
         self._output_dirs: List[tempfile.TemporaryDirectory] = []
 
-    def _make(self, model: str) -> List[Any]:
-        """A model's evaluators (reset), made once per evaluation."""
+    def _make(self, model: str, outputs: Optional[Sequence[dict]] = None) -> List[Any]:
+        """A model's evaluators (reset), made once per evaluation: for the tasks whose results
+        the model gives (``outputs``, a batch of its results: a member whose config turns an
+        inference off, ``MODEL.MASK_FORMER.TEST.SEMANTIC_ON False``, is not scored on it, as
+        Mask2Former's ``train_net.py`` builds its evaluators after those flags)."""
         if model not in self._evaluators:
             from detectron2.evaluation import (COCOEvaluator, COCOPanopticEvaluator,
                                                SemSegEvaluator)
             distributed = get_world_size() > 1
             tasks = ('semantic', ) if model == 'ensemble' else self.tasks
+            if outputs:
+                tasks = tuple(t for t in tasks if RESULT[t] in outputs[0])
             made = []
             if 'panoptic' in tasks:
                 out = tempfile.TemporaryDirectory(prefix='bikd-pq-')
@@ -109,7 +116,7 @@ class Detectron2Metric(MemberwiseMetric):
                                for p, x in zip(probs, inputs)]
                 else:
                     outputs = pred.extra
-                for evaluator in self._make(name):
+                for evaluator in self._make(name, outputs):
                     if type(evaluator).__name__ == 'COCOEvaluator' and self.class_map:
                         evaluator.process(inputs, [self._things(o) for o in outputs])
                     else:

@@ -92,8 +92,11 @@ class D2BiKDMetaArch(nn.Module):
     runs meta-architectures (``forward(batched_inputs)``: the loss dict in training, per
     image ``{'sem_seg': ensemble probabilities, 'bikd_members': {name: member's result}}`` in
     evaluation, where a member's result is what the official model gives: ``sem_seg``
-    (probabilities) for semantic models, also ``panoptic_seg`` and ``instances`` for panoptic
-    and instance models).
+    (probabilities) for semantic models, ``panoptic_seg``, ``instances`` and ``sem_seg`` for
+    panoptic and instance models as their configs' ``MODEL.MASK_FORMER.TEST`` flags ask).
+    Each member's task loss in the loss dict is its official training loss (normalised over
+    the batch and the processes, as ``MaskFormer.forward``), so that the control trains each
+    member as Mask2Former's own ``train_net.py`` would.
 
     Built through :func:`bikd.build_model`, reading no weights; :class:`BiKDCheckpointer`
     loads them."""

@@ -1,9 +1,12 @@
 """The official Mask2Former (a detectron2 project, the paper's own models) as a member."""
+import logging
 import os
+import warnings
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
+from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from bikd import compat
@@ -12,6 +15,7 @@ from bikd.metrics import StructuredPrediction
 from bikd.registry import MEMBERS
 
 from . import d2
+from .set_criterion import set_losses
 from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
 from bikd.errors import UserError
 
@@ -81,14 +85,26 @@ class Mask2FormerMember(SegmentationMember):
             (``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, PIL bilinear),
             so that evaluation on images at their original size is the official protocol; an
             image the pipeline already resized that way is left as it is.
+        batched_inference: in evaluation, run a batch's images through the model together.
+            ``False`` (the default): one at a time, as detectron2 evaluates (batch 1),
+            whatever the loader's batch size, so that every result is the official model's.
+            ``True`` is faster on a GPU, but the batch is padded to its largest image, which
+            changes the results of the others (the member warns when it batches).
         distribution, distill_stride, partition_loss, trust_checkpoint: see
             :class:`~mask2former_bikd.segmentation_member.SegmentationMember`.
 
-    Per-image task loss: the official ``SetCriterion`` (Hungarian matching, class loss with
+    Task loss (what trains the member, :attr:`~bikd.member.MemberOutput.objective`): the
+    official training loss of the batch, ``SetCriterion`` (Hungarian matching, class loss with
     the "no object" weight, BCE + Dice mask losses on sampled points, auxiliary losses of every
-    decoder layer, each weighted by the config) on each image's slice of the decoder outputs.
+    decoder layer, each weighted by the config) normalised over the batch and, under DDP, over
+    the processes, as ``MaskFormer.forward`` computes it. Per-image loss (what the partition
+    compares): the same criterion on the image's own queries and masks, normalised by its own
+    number of masks (its official loss at batch 1), from the same matching and sampled points
+    and without any collective (:func:`~mask2former_bikd.set_criterion.set_losses`).
     Distilled: its semantic inference at mask resolution. Prediction: its own inference
-    (``MaskFormer.forward`` in evaluation) at each image's original size.
+    (``MaskFormer.forward`` in evaluation) at each image's original size, one image at a time
+    unless ``batched_inference``; the results are those its config's ``TEST.SEMANTIC_ON`` /
+    ``INSTANCE_ON`` / ``PANOPTIC_ON`` ask for.
 
     It takes the suite's segmentation batches (mmseg's pipeline: BGR ``uint8`` images and
     ``SegDataSample``) and detectron2's (a list of dicts with ``image`` in the config's
@@ -103,7 +119,7 @@ class Mask2FormerMember(SegmentationMember):
                  checkpoint: Optional[str] = None, pretrained: bool = True,
                  distribution: str = 'normalized', distill_stride: int = 4,
                  partition_loss: str = 'task', trust_checkpoint: bool = False,
-                 test_resize: bool = True):
+                 test_resize: bool = True, batched_inference: bool = False):
         super().__init__(name or os.path.splitext(os.path.basename(config))[0], pretrained,
                          checkpoint, trust_checkpoint, distribution, distill_stride,
                          partition_loss)
@@ -111,11 +127,13 @@ class Mask2FormerMember(SegmentationMember):
         self.config_text = cfg.dump()  # as configured, for the export
         cfg.defrost()
         cfg.MODEL.DEVICE = 'cpu'  # the engine moves the member to its device
-        # the semantic inference is what the members distil and the ensemble averages, also
-        # for a panoptic or instance model (its other inferences stay as configured)
-        cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = True
         from detectron2.modeling import build_model
         self.model: nn.Module = build_model(cfg)
+        # the model's results (what detectron2's evaluators score) are the ones its config asks
+        # for; the semantic inference, which the ensemble averages, is computed in evaluation
+        # in any case (predict) and given as a result only where the config asks for it
+        self.semantic_on = bool(cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON)
+        self.batched_inference = bool(batched_inference)
         self.backbone_weights = cfg.MODEL.WEIGHTS
         self.ignore_index = int(cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
         self.input_format = cfg.INPUT.FORMAT
@@ -251,15 +269,7 @@ class Mask2FormerMember(SegmentationMember):
         else:
             gt = [x['sem_seg'].to(device) for x in batch]
             targets = targets_from_sem_seg(gt, padded_hw, self.ignore_index)
-        criterion = self.model.criterion
-        losses = []
-        for i, target in enumerate(targets):
-            mine = {k: v[i:i + 1] for k, v in outputs.items() if k != 'aux_outputs'}
-            mine['aux_outputs'] = [{k: v[i:i + 1] for k, v in aux.items()}
-                                   for aux in outputs.get('aux_outputs', [])]
-            parts = criterion(mine, [target])
-            losses.append(sum(v * criterion.weight_dict[k] for k, v in parts.items()
-                              if k in criterion.weight_dict))
+        per_image, objective = set_losses(self.model.criterion, outputs, targets)
         valid_hw = images.image_sizes[0]
         masks = self.crop_resize(outputs['pred_masks'], padded_hw, valid_hw)
         logits, log_probs = self.distilled(self.mask_classification_scores(
@@ -268,7 +278,9 @@ class Mask2FormerMember(SegmentationMember):
                                device=images.tensor.device)
         for i, g in enumerate(gt):
             padded_gt[i, :g.shape[0], :g.shape[1]] = g
-        return self.member_output(torch.stack(losses), logits, log_probs, padded_gt, valid_hw)
+        out = self.member_output(per_image, logits, log_probs, padded_gt, valid_hw)
+        out.objective = objective
+        return out
 
     # ----------------------------------------------------------------------------- inference
     def predict(self, inputs, data_samples) -> Union[Tensor, StructuredPrediction]:
@@ -276,14 +288,51 @@ class Mask2FormerMember(SegmentationMember):
         semantic inference normalised over the classes), padded to the largest image. A
         panoptic or instance model gives a :class:`~bikd.metrics.StructuredPrediction`: those
         probabilities, and each image's result as the model gives it (``panoptic_seg``,
-        ``instances``, ``sem_seg``) for detectron2's evaluators."""
-        results = self.model(self.batched_inputs(inputs, data_samples, with_labels=False))
+        ``instances``, ``sem_seg``: those its config's ``TEST`` flags ask for) for
+        detectron2's evaluators. The images run one at a time, as detectron2 evaluates, unless
+        ``batched_inference``."""
+        batch = self.batched_inputs(inputs, data_samples, with_labels=False)
+        self.say_how_it_evaluates(len(batch))
+        # the semantic inference is what the ensemble averages: computed whatever the config
+        # says (it changes none of the model's other results), given as a result where it asks
+        self.model.semantic_on = True
+        try:
+            if self.batched_inference:
+                results = self.model(batch)
+            else:  # as detectron2 evaluates: one image at a time, no padding to another's size
+                results = [r for item in batch for r in self.model([item])]
+        finally:
+            self.model.semantic_on = self.semantic_on
         probs = self.pad_stack([
             r['sem_seg'] / r['sem_seg'].sum(0, keepdim=True).clamp(min=PROBABILITY_FLOOR)
             for r in results])
+        if not self.semantic_on:
+            for r in results:
+                del r['sem_seg']
         if any(('panoptic_seg' in r or 'instances' in r) for r in results):
             return StructuredPrediction(probs, list(results))
         return probs
+
+    _said_how = False
+
+    def say_how_it_evaluates(self, batch_size: int) -> None:
+        """Say once how the member evaluates: one image at a time (detectron2's protocol), or
+        batched, with a warning that padding changes the results."""
+        if self._said_how:
+            return
+        if self.batched_inference and batch_size > 1:
+            self._said_how = True
+            warnings.warn(
+                f'member {self.name!r} evaluates {batch_size} images at once '
+                '(batched_inference=True): each batch is padded to its largest image, which '
+                'changes the results of the others, so PQ / AP / mIoU are not the official '
+                'model\'s; detectron2 evaluates one image at a time (batched_inference=False, '
+                'the default)', RuntimeWarning)
+        elif not self.batched_inference:
+            self._said_how = True
+            print_log(f'member {self.name!r} evaluates one image at a time, as detectron2 does '
+                      '(batch 1, whatever the loader\'s batch size; batched_inference=True '
+                      'batches them, with padding)', logger='current', level=logging.INFO)
 
     # ----------------------------------------------------------------------------- export
     def export_payload(self) -> Any:

@@ -176,7 +176,7 @@ class KDMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
 
     def loss_from_outputs(self, outputs: Sequence[MemberOutput], data_samples: Any,
                           decide_on: Optional[Sequence[MemberOutput]] = None) -> StepOutput:
-        out = StepOutput(task_losses={m.name: o.loss.mean()
+        out = StepOutput(task_losses={m.name: o.task_loss()
                                       for i, (m, o) in enumerate(zip(self.members, outputs))
                                       if i != self.teacher_index})
         n = outputs[0].logits.shape[0]
@@ -212,7 +212,7 @@ class DMLMetaArch(MultiMemberMetaArch):
         for j in range(k):  # member j teaches every other member on every sample
             teachers = torch.full((n, ), j, dtype=torch.long, device=logits[0].device)
             total = total + distillation_loss(logits, teachers, self.temperature)
-        return StepOutput(task_losses={m.name: o.loss.mean()
+        return StepOutput(task_losses={m.name: o.task_loss()
                                        for m, o in zip(self.members, outputs)},
                           distill_loss=total / (k - 1))
 

@@ -43,7 +43,8 @@ class MemberOutput:
     """What a member gives the meta-architecture for one training batch.
 
     Attributes:
-        loss: ``[N]`` per-sample task loss; its mean is the member's task loss (Eq. 5 / 13).
+        loss: ``[N]`` per-sample task loss; its mean is the member's task loss (Eq. 5 / 13)
+            unless ``objective`` gives it.
         logits: ``[N, C, *spatial]``, the scores whose softmax over axis 1 is the distribution
             distilled through :func:`bikd.losses.distillation_loss`. What they are depends on
             the task: a classifier's class logits; for dense members, log-probabilities (the
@@ -57,11 +58,22 @@ class MemberOutput:
             partition (Eq. 6), when it should differ from ``loss``: members whose task losses
             are defined differently (a Mask2Former set criterion and a per-pixel
             cross-entropy) need a loss defined alike for all of them. ``None``: ``loss``.
+        objective: scalar, the member's task loss as it is back-propagated, when it is not
+            the mean of ``loss``: a model whose own training loss is normalised over the batch
+            as a whole (Mask2Former's set criterion divides its mask losses by the batch's
+            number of masks) gives that loss here, and per-sample losses that depend on each
+            sample alone in ``loss``. ``None``: ``loss.mean()``.
     """
     loss: Tensor
     logits: Tensor
     confidence: Optional[Tensor] = None
     partition_loss: Optional[Tensor] = None
+    objective: Optional[Tensor] = None
+
+    def task_loss(self) -> Tensor:
+        """The member's task loss in the step's loss: ``objective``, else the mean of
+        ``loss``."""
+        return self.loss.mean() if self.objective is None else self.objective
 
 
 #: where the weights of a member that takes none come from
@@ -234,6 +246,11 @@ class Member(nn.Module):
             compat.set_state_dict_metadata(out, metadata)
         return out
 
+    #: the validation data its reported numbers came from (the dataset's type and transform,
+    #: :func:`bikd.export.evaluation_data`), set by :func:`bikd.export.export_members` for the
+    #: export to record (and to describe its preprocessing by)
+    evaluated_with: Optional[Dict[str, Any]] = None
+
     def describe(self, stem: str) -> Dict[str, Any]:
         """JSON-able facts a user needs to load the export ``<stem>.*`` (input size, how to
         load it)."""
@@ -262,5 +279,7 @@ class Member(nn.Module):
                     checkpoint=os.path.basename(weights))
         info.update(self.export_files(directory, stem))
         info.update(self.describe(stem))
+        if self.evaluated_with:
+            info['evaluated_with'] = self.evaluated_with
         save_json(info, os.path.join(directory, f'{stem}.json'))
         return info

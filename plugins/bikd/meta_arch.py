@@ -362,7 +362,7 @@ class MultiMemberMetaArch(BaseModel):
 
     def task_losses(self, outputs: Sequence[MemberOutput]) -> StepOutput:
         """Every member's mean task loss (the members that learn from their task: all)."""
-        return StepOutput(task_losses={m.name: o.loss.mean()
+        return StepOutput(task_losses={m.name: o.task_loss()
                                        for m, o in zip(self.members, outputs)})
 
     def loss(self, inputs: Any, data_samples: Any) -> StepOutput:
