@@ -54,13 +54,16 @@ def _image_files(folder: str, other_classes: Sequence[str], taken: set) -> List[
 
 
 def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
-                      classes_from: str = 'the configured classes'
+                      classes_from: str = 'the configured classes',
+                      require_every_class: bool = False
                       ) -> Tuple[List[str], List[Tuple[str, int]]]:
     """``root/<class>/**/<image>`` -> (class names, [(path, class index)]).
 
     Labels are the index of the folder's name in ``classes`` (default: the folders' own
     sorted names): a split missing a class keeps every other class's label, and a folder that
-    is not among ``classes`` (named by ``classes_from`` in the error) is refused."""
+    is not among ``classes`` (named by ``classes_from`` in the error) is refused. With
+    ``require_every_class`` (the training split) a class folder without images is refused
+    too: it would be a class that is never trained."""
     found = class_folders(root)
     classes = list(classes) if classes is not None else found
     unknown = [c for c in found if c not in classes]
@@ -68,28 +71,64 @@ def scan_image_folder(root: str, classes: Optional[Sequence[str]] = None,
         raise UserError(f'{root}: class folder(s) {unknown} are not among the {len(classes)} '
                         f'classes of {classes_from}; labels are given by class name, so every '
                         'split must use those names (remove or rename the folders)')
-    samples, taken = [], set()
+    samples, taken, empty = [], set(), []
     real = {c: os.path.realpath(os.path.join(root, c)) for c in found}
     for cls in found:
         others = [r for c, r in real.items() if c != cls]
-        samples += [(path, classes.index(cls))
-                    for path in _image_files(os.path.join(root, cls), others, taken)]
+        mine = _image_files(os.path.join(root, cls), others, taken)
+        samples += [(path, classes.index(cls)) for path in mine]
+        if not mine:
+            empty.append(cls)
     if not samples:
         raise FileNotFoundError(f'no images ({", ".join(IMG_EXTENSIONS)}) under {root}')
+    if empty and require_every_class:
+        raise UserError(f'{root}: class folder(s) {empty} hold no images '
+                        f'({", ".join(IMG_EXTENSIONS)}); each would be a class that is never '
+                        'trained. Add its images, or remove the folder (and give `classes` if '
+                        'the label space must keep it)')
     return classes, samples
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Open an image as 8-bit RGB; an unreadable file raises an error naming it. 16-bit
-    greyscale (``I;16``, as 16-bit PNGs open) is scaled to 8 bits, not clipped at 255."""
+def _wide_to_8bit(img: Image.Image, path: str) -> Image.Image:
+    """A greyscale image of more than 8 bits per pixel as 8 bits, by the range its type
+    means: 16-bit (``I;16``, and PNG's 16-bit greyscale, which Pillow opens as ``I``) scaled
+    from 0..65535; floating point (``F``) from 0..1. Anything else has no range to read it
+    in, and is refused naming the file."""
     try:
-        with Image.open(path) as img:
-            if img.mode.startswith('I;16'):
-                wide = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.round(wide * (255 / 65535)).astype(np.uint8), 'L')
-            return img.convert('RGB')
+        wide = np.asarray(img, dtype=np.float64)
+    except Exception as e:  # noqa: BLE001 - a file cut short fails only when decoded
+        raise unreadable_file(path, e) from e
+    low, high = (float(wide.min()), float(wide.max())) if wide.size else (0.0, 0.0)
+    if img.mode.startswith('I;16') or (img.mode == 'I' and img.format == 'PNG'
+                                       and low >= 0 and high <= 65535):
+        scale = 255 / 65535
+    elif img.mode == 'F' and np.isfinite(wide).all() and low >= 0 and high <= 1:
+        scale = 255.0
+    else:
+        kind = 'floating-point' if img.mode == 'F' else '32-bit integer'
+        expected = 'in 0..1' if img.mode == 'F' else 'of 8 or 16 bits'
+        # a data file the suite cannot read, as one it cannot decode (skip_bad_samples skips it)
+        raise OSError(f'cannot read image file {path}: a {kind} image with values '
+                      f'{low:g}..{high:g}, which has no range to read as 8 bits per channel '
+                      f'(save it {expected}, e.g. as an 8-bit PNG)')
+    return Image.fromarray(np.round(wide * scale).astype(np.uint8), 'L')
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Open an image as 8-bit RGB; an unreadable file raises an error naming it. Greyscale
+    of more than 8 bits is scaled by its type's range (16-bit from 0..65535, floating point
+    from 0..1), not clipped at 255; one with no such range is refused naming the file."""
+    try:
+        img = Image.open(path)
     except Exception as e:  # noqa: BLE001 - PIL raises many types; all mean "cannot read"
         raise unreadable_file(path, e) from e
+    with img:
+        if img.mode.startswith('I') or img.mode == 'F':
+            img = _wide_to_8bit(img, path)  # (its refusal names the file and why)
+        try:
+            return img.convert('RGB')
+        except Exception as e:  # noqa: BLE001 - a file cut short fails only when decoded
+            raise unreadable_file(path, e) from e
 
 
 @DATASETS.register_module()
@@ -132,7 +171,8 @@ class ImageFolderDataset(Dataset):
                 os.path.isdir(os.path.join(data_root, class_split)):
             classes = class_folders(os.path.join(data_root, class_split))
             source = f'the {class_split} split ({os.path.join(data_root, class_split)})'
-        self.classes, self.samples = scan_image_folder(self.root, classes, source)
+        self.classes, self.samples = scan_image_folder(
+            self.root, classes, source, require_every_class=split == class_split)
         kwargs = dict(input_size=224, is_training=split == 'train')
         kwargs.update(transform or {})
         # use_prefetcher=True makes timm end the pipeline with a uint8 array, unnormalised.

@@ -43,6 +43,10 @@ class ClassificationEvaluator(MemberwiseMetric):
         table = np.stack([s[model] for s in stats])
         return {f'top{k}': 100.0 * float(table[:, i].mean()) for i, k in enumerate(self.topk)}
 
+    def metric_step(self, num_samples: int) -> Optional[float]:
+        """One sample of N moves the accuracy by 100 / N points."""
+        return 100.0 / num_samples if num_samples else None
+
     def sample_outcome(self, stats: List[np.ndarray], model: int) -> Optional[np.ndarray]:
         """Top-1 correct per sample."""
         return np.array([s[model][0] for s in stats], dtype=bool)

@@ -173,10 +173,32 @@ class TimmMember(ClassifierMember):
         self.model.load_state_dict(released.state_dict())
         return file or f'timm:{self.model_name}'
 
+    #: what timm's ``pretrained_cfg`` says of the release, not of these weights
+    RELEASE_KEYS = ('url', 'hf_hub_id', 'hf_hub_filename', 'file', 'tag', 'source',
+                    'test_input_size', 'test_crop_pct', 'origin_url', 'paper_ids', 'paper_name',
+                    'notes')
+
     def describe(self, stem: str) -> Dict[str, Any]:
-        """What ``timm.create_model`` needs to load the export, and the preprocessing."""
+        """What ``timm.create_model`` needs to load the export, and the preprocessing the
+        member ran: its ``pretrained_cfg`` (what ``timm.data.resolve_data_config`` reads) says
+        the member's own input size, interpolation, mean and std, and that it resizes the whole
+        image it is given (``crop_pct`` 1), not the release's ImageNet recipe; nor does it name
+        the release's download."""
         cfg = {k: v for k, v in self.model.pretrained_cfg.items()
-               if isinstance(v, (str, int, float, bool, list, tuple, type(None)))}
+               if isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+               and k not in self.RELEASE_KEYS}
+        cfg.update(input_size=[3, *self.input_size], interpolation=self.interpolation,
+                   mean=self.mean.flatten().tolist(), std=self.std.flatten().tolist(),
+                   crop_pct=1.0, crop_mode='center', num_classes=self.num_classes)
+        transform = (self.evaluated_with or {}).get('transform') or {}
+        size = transform.get('input_size')
+        size = [size, size] if isinstance(size, int) else list(size or [])[-2:]
+        if size and [int(s) for s in size] == list(self.input_size):
+            # the dataset's transform gave the member its input size, so it made the pipeline
+            # the member's numbers came from (the member resized nothing)
+            cfg.update(interpolation=transform.get('interpolation', 'bilinear'),
+                       crop_pct=float(transform.get('crop_pct', 0.875)),
+                       crop_mode=transform.get('crop_mode', 'center'))
         return dict(model_name=self.model_name, model_kwargs=self.model_kwargs,
                     **self.preprocessing(), pretrained_cfg=cfg,
                     load=(f'timm.create_model({self.model_name!r}, checkpoint_path='

@@ -6,6 +6,7 @@ running pickle code.
 Nothing here is needed by the rest of the suite: only the official Mask2Former member and the
 detectron2 plug-in import this module.
 """
+import contextlib
 import importlib.util
 import logging
 import os
@@ -74,6 +75,9 @@ def import_mask2former():
     # torch.amp.autocast; the warning is about their code and repeats at every step.
     warnings.filterwarnings('ignore', message=r'`torch\.cuda\.amp\.autocast',
                             category=FutureWarning)
+    # and its Swin backbone imports timm's old module path, which timm now warns about
+    warnings.filterwarnings('ignore', message=r'Importing from timm\.models\.layers',
+                            category=FutureWarning)
     try:
         import mask2former
     except ImportError as e:
@@ -138,10 +142,31 @@ def load_d2_config(config: str, opts: Optional[Sequence[Any]] = None):
         cfg = get_cfg()
         add_deeplab_config(cfg)
         add_maskformer2_config(cfg)
-        cfg.merge_from_file(path, allow_unsafe=trusted)
+        with _quiet_trusted_load(path if trusted else ''):
+            cfg.merge_from_file(path, allow_unsafe=trusted)
     if opts:
         cfg.merge_from_list([str(o) if not isinstance(o, str) else o for o in opts])
     return cfg
+
+
+class _TrustedLoad(logging.Filter):
+    """Drops fvcore's warning that a config is read with ``yaml.unsafe_load``, for a file of
+    the Mask2Former repository (the only files read so, see :func:`load_d2_config`): printed
+    at every read, it told a user of a safe-loading suite that their machine may be at risk."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return 'unsafe_load' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_trusted_load(path: str):
+    logger, quiet = logging.getLogger('fvcore.common.config'), _TrustedLoad()
+    if path:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class _ArraysOnly(pickle.Unpickler):

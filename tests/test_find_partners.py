@@ -33,6 +33,9 @@ def partners(digits_root, tmp_path_factory):
                              input_size=[32, 32], checkpoint=str(tmp / f'{name}.pth')))
     pool.append(dict(type='TimmMember', name='resnet_copy', model_name='resnet10t',
                      num_classes=10, input_size=[32, 32], checkpoint=str(tmp / 'resnet.pth')))
+    # a model of the pool not made yet (as after `make demo`, before the K-way demo)
+    pool.append(dict(type='TimmMember', name='ghost', model_name='resnet10t', num_classes=10,
+                     input_size=[32, 32], checkpoint=str(tmp / 'not_made_yet.pth')))
     (tmp / 'pool.yaml').write_text(yaml.safe_dump(pool))
     out = tmp / 'out'
     data = [f'val_dataloader.dataset.data_root={digits_root}', 'val_dataloader.num_workers=0',
@@ -85,3 +88,23 @@ def test_ready_configs_name_the_chosen_members(partners):
     names = [m.name for m in kway.model.members]
     assert len(names) == 3 and names[0] == 'resnet' and names[1] == rows[0]['candidate']
     assert (out / 'partners.png').stat().st_size > 0 and (out / 'partners.md').is_file()
+
+
+def test_a_pool_model_not_made_yet_is_left_out_saying_so(partners):
+    out, rows, stdout = partners
+    assert f'left out ghost of ' in stdout and 'not_made_yet.pth does not exist here' in stdout
+    assert 'ghost' not in {r['candidate'] for r in rows} and len(rows) == 4
+
+
+@pytest.mark.parametrize('args, message', [
+    (['model.members.0.checkpoint=/nowhere/resnet.pth'], '/nowhere/resnet.pth'),
+    (['val_dataloader.batchsize=4'], "val_dataloader.batchsize is not an argument of "
+                                     "DataLoader; did you mean 'batch_size'?"),
+    (['--target', 'nobody'], "--target 'nobody' is not a member of the config"),
+])
+def test_input_errors_are_one_line_and_exit_status_2(args, message, tmp_path):
+    target = [] if '--target' in args else ['--target', 'resnet']
+    proc = run_tool('find_partners.py', '--config-file', CONFIG, *target, '--output-dir',
+                    tmp_path / 'out', *args, expect_ok=False)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert message in proc.stdout and 'Traceback' not in proc.stdout

@@ -3,6 +3,7 @@ report whose numbers agree with each run's summary.json."""
 import csv
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -37,6 +38,15 @@ def test_every_method_runs_and_the_report_is_written(experiment):
         assert (out / name).stat().st_size > 0, name
     assert '| model | before | bikd | kldp | kd | dml | independent |' in stdout
     assert not (out / 'ignored').exists()  # each run has its own work_dir
+    # the terminal has each run's evaluations in a line each, and the report as text; every
+    # run's whole output is in its log
+    assert stdout.count('before training: resnet/top1 ') == len(runs)
+    assert re.search(r'epoch 1: resnet/top1 \d+\.\d\d  convnext/top1', stdout)
+    for noise in ('Hooks will be executed', 'Epoch(train)', 'System environment', '```'):
+        assert noise not in stdout, noise
+    for run in runs:
+        assert 'Epoch(train)' in (out / 'logs' / f'{run}.log').read_text(), run
+    assert len(stdout.splitlines()) < 200
 
 
 def test_report_numbers_are_the_runs_numbers(experiment):
@@ -147,7 +157,8 @@ def test_a_method_registered_by_the_user_runs_with_no_edit_of_the_tools(digits_r
         report = json.load(f)
     rows = {(r['member'], r['method']): r['delta'] for r in report['rows']}
     (title, *lines) = report['against_controls']
-    assert title == 'halfkl vs independent, change of top1:'
+    assert title == ('halfkl vs independent, change of top1, one seed (a difference that '
+                     'measures no noise; --seeds N gives its interval):')
     for line in lines:
         # the printed difference is that of the printed (rounded) deltas, so it may differ from
         # the exact difference by up to one unit of the last digit
@@ -221,3 +232,66 @@ def test_seeds_give_a_paired_difference_with_its_t_interval(digits_root, tmp_pat
     assert len(set(bikd)) > 1
     assert '± ' in (out / 'report.md').read_text() and (out / 'deltas.png').stat().st_size > 0
     assert 'done before' in run_tool(*args).stdout  # finished seeds are reused
+
+
+def test_input_errors_are_one_line_and_exit_status_2(digits_root, tmp_path):
+    """A misspelt override, an unknown method, bad --seeds, and a run that stops on its
+    input (a missing dataset folder, found by train_net): one line each and exit status 2."""
+    out = tmp_path / 'e'
+    base = ['--config-file', CONFIG, '--output-dir', out]
+    data = digits_overrides(digits_root, out / 'ignored')
+    for flags, overrides, message in (
+            (['--methods', 'bikd'], ['train_cfg.max_epoch=1'],
+             "train_cfg.max_epoch is not an argument of EpochBasedTrainLoop"),
+            (['--methods', 'bikdd'], [], 'bikdd'),
+            (['--seeds', 'three'], [], "--seeds 'three': give a number of seeds"),
+            (['--methods', 'independent'], ['val_dataloader.dataset.data_root=/nowhere'],
+             'run independent stopped on the error above')):
+        proc = run_tool('run_experiment.py', *base, *flags, *data, *overrides, expect_ok=False)
+        assert proc.returncode == 2, proc.stdout[-3000:]
+        assert message in proc.stdout and 'Traceback' not in proc.stdout, proc.stdout[-3000:]
+
+
+def test_plots_say_what_they_show_and_keep_every_label_readable(tmp_path, monkeypatch):
+    """deltas.png: the table's precision on the bars, a title that names the experiment and
+    the seeds inside the figure, the legend off the bars; task_losses.png: the distillation
+    loss (a hundredth of the task losses here) on an axis of its own, the run named."""
+    import sys
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib.figure import Figure
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    import run_experiment
+
+    saved = {}
+    monkeypatch.setattr(Figure, 'savefig',
+                        lambda fig, path, **kw: saved.__setitem__(os.path.basename(path), fig))
+    rows = [dict(member=m, method=method, run=method, metric='top1', before=before,
+                 after=before + d, delta=d, n=3, delta_sd=0.2)
+            for m, before in (('resnet', 97.59), ('convnext', 92.95))
+            for method, d in (('bikd', 0.9333), ('independent', 0.8042))]
+    work = tmp_path / 'runs' / 'bikd.seed0'
+    (work / '20260101_000000' / 'vis_data').mkdir(parents=True)
+    (work / '20260101_000000' / 'vis_data' / 'scalars.json').write_text('\n'.join(
+        json.dumps({'iter': i, 'loss': 14.2, 'task_loss/resnet': 14.0, 'task_loss/convnext': 12.0,
+                    'distill_loss': 0.1, 'teacher_share/resnet': 0.6,
+                    'teacher_share/convnext': 0.4}) for i in (5, 10, 15)))
+    run_experiment.plots(rows, ['resnet', 'convnext'], ['bikd', 'independent'], str(work),
+                         str(tmp_path), 'resnet_convnext_bikd')
+    fig = saved['deltas.png']
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    title = ax.title.get_text()
+    assert 'resnet_convnext_bikd' in title and '3 seeds' in title
+    inside = fig.bbox
+    box = ax.title.get_window_extent()
+    assert inside.x0 <= box.x0 and box.x1 <= inside.x1  # not cut off on either side
+    labels = sorted(t.get_text() for t in ax.texts)
+    assert labels == ['+0.80', '+0.80', '+0.93', '+0.93']  # as the table prints them
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the bars, not over them
+    losses = saved['task_losses.png']
+    task_ax, distill_ax = losses.axes
+    assert [line.get_label() for line in task_ax.lines] == ['resnet', 'convnext']
+    assert [line.get_label() for line in distill_ax.lines] == ['distill_loss']
+    assert 'bikd.seed0' in task_ax.title.get_text()

@@ -36,7 +36,7 @@ class ResidentMemoryProbe(Hook):
 def test_1000_iterations_with_evaluation_and_checkpoints_keep_memory_flat(digits_root,
                                                                           tmp_path):
     cfg = load_config(CONFIG, digits_overrides(digits_root, str(tmp_path)) +
-                      ['train_dataloader.batch_size=8'])
+                      ['train_dataloader.batch_size=4'])
     second = copy.deepcopy(cfg.model.members[0])
     second['name'] = 'resnet_b'
     cfg.model.members = [cfg.model.members[0], second]  # two small members: a quick step

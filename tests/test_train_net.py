@@ -57,11 +57,13 @@ def test_train_writes_checkpoint_and_summary(one_epoch_run):
     assert 'Result of BiKDMetaArch' in out
     assert re.search(r'resnet\s+\d+\.\d\d\s+\d+\.\d\d\s+[+-]\d+\.\d\d', out)
     assert 'ensemble (initial members)' in out
-    # the environment and config dumps go to the log file, not the terminal
+    # the environment, config and hook-order dumps go to the log file, not the terminal
     assert 'System environment' not in out and 'Config:\n' not in out
+    assert 'Hooks will be executed' not in out
     logs = [os.path.join(d, f) for d, _, files in os.walk(work) for f in files
             if f.endswith('.log')]
     assert logs and 'System environment' in open(logs[0]).read()
+    assert 'Hooks will be executed' in open(logs[0]).read()
     # per-member task losses, the distillation loss and teacher shares are logged
     for key in ('task_loss/resnet', 'task_loss/convnext', 'distill_loss', 'teacher_share/resnet'):
         assert key in out, key
@@ -175,6 +177,25 @@ def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_r
             torch.tensor(info['std']).view(1, 3, 1, 1)
         with torch.no_grad():
             assert torch.allclose(net(x), member.logits(images), atol=1e-5), member.name
+        # the notes describe the preprocessing the numbers came from (the config's validation
+        # transform: bilinear to 32 px, no crop), not timm's ImageNet recipe and download
+        cfg = info['pretrained_cfg']
+        assert 'url' not in cfg and 'hf_hub_id' not in cfg
+        assert info['evaluated_with']['transform'] == {
+            'input_size': 32, 'is_training': False, 'crop_pct': 1.0,
+            'interpolation': 'bilinear'}
+        data_cfg = timm.data.resolve_data_config(pretrained_cfg=cfg)
+        assert (tuple(data_cfg['input_size']), data_cfg['interpolation'], data_cfg['crop_pct']) == \
+            ((3, 32, 32), 'bilinear', 1.0)
+        # following them with timm's own transform gives what the run evaluated
+        from PIL import Image
+        from classification_bikd import ImageFolderDataset
+        val = ImageFolderDataset(digits_root, 'val', transform=info['evaluated_with']['transform'])
+        path = val.samples[0][0]
+        followed = timm.data.create_transform(**data_cfg)(Image.open(path).convert('RGB'))
+        with torch.no_grad():
+            assert torch.allclose(net(followed[None]), member.logits(val[0]['inputs'][None]),
+                                  atol=1e-4), member.name
 
 
 def test_evaluation_in_two_processes_matches_one(digits_root, tmp_path, one_epoch_run):

@@ -113,6 +113,7 @@ def main(argv=None):
     configs = task.get('configs', args.task)  # the K-way task shares the digits' members
     checkpoints = f'checkpoints/{configs}'
 
+    from bikd.follow import run_python
     from bikd.summary import format_metrics, format_table
 
     try:
@@ -130,16 +131,24 @@ def main(argv=None):
             continue
         cfg = f'configs/{configs}/pretrain_{m}.yaml'
         work = f'{out}/pretrain_{m}'
-        run(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data])
+        if run_python(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data],
+                      os.path.join(ROOT, out, 'logs', f'pretrain_{m}.log'),
+                      f'\npretraining member {m}: tools/train_net.py --config-file {cfg}',
+                      cwd=ROOT):
+            return 1
         run(['tools/export_members.py', '--config-file', cfg, '--output-dir', checkpoints,
              f'work_dir={work}'])
 
     cmd = ['tools/run_experiment.py', '--methods', 'bikd,independent', '--output-dir', out]
     if task.get('seeds'):
         cmd += ['--seeds', str(task['seeds'])]
+    if task.get('metrics'):  # each reported metric against the control, not only the first
+        cmd += ['--metrics', ','.join(task['metrics'])]
     for cfg in task['experiment']:
         cmd += ['--config-file', cfg]
-    run(cmd + data)  # the configs start from the members in checkpoints/<task>/
+    # the configs start from the members in checkpoints/<task>/; a demo run keeps its last
+    # checkpoint only (what export and --resume need), not the one before it as well
+    run(cmd + data + ['default_hooks.checkpoint.max_keep_ckpts=1'])
     if len(task['experiment']) == 1:
         with open(os.path.join(ROOT, out, 'report.json')) as f:
             report = json.load(f)
@@ -155,8 +164,7 @@ def main(argv=None):
             if task.get('metrics'):
                 print(format_metrics(summary, task['metrics']))
             print()
-        print('\n'.join(report['against_controls']))
-        print(f'plot: {out}/deltas.png')
+        print(f'the comparison with the control is above; plot: {out}/deltas.png')
     print(f'demo finished in {time.time() - start:.0f} s')
     return 0
 

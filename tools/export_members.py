@@ -18,7 +18,7 @@ from bikd.checkpoint import find_last_checkpoint
 from bikd.engine import load_config
 from bikd.engine.cli import config_parser, run_tool
 from bikd.engine.runner import default_work_dir
-from bikd.export import export_members, load_trained
+from bikd.export import evaluation_data, export_members, load_trained
 
 
 def export(args) -> None:
@@ -40,7 +40,8 @@ def export(args) -> None:
         source = f'best {metric} of {osp.abspath(work_dir)}: ' + ', '.join(
             f'{name} iteration {it}' for name, it in iterations.items())
     out_dir = args.output_dir or osp.join(work_dir, 'export')
-    for info in export_members(model, out_dir, source=source):
+    for info in export_members(model, out_dir, source=source,
+                               evaluated_with=evaluation_data(cfg)):
         print(f'{info["member"]}: {osp.join(out_dir, info.get("checkpoint", ""))}')
     print(f'exported {len(model.members)} member(s) ({source}) to {out_dir}')
 

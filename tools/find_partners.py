@@ -50,6 +50,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+from bikd.errors import UserError  # noqa: E402 (after the path above)
+
+
 def hf_candidate(spec: str, target: dict) -> dict:
     """A Hugging Face transformers candidate, ``ID_OR_FOLDER[=CHECKPOINT]``, for the target's
     task (a segmentation target gets a segmenter) and label space."""
@@ -75,17 +78,25 @@ def candidate_configs(cfg, target: str, pool: str, timm_names: List[str],
     members = [m.to_dict() if hasattr(m, 'to_dict') else dict(m) for m in cfg.model.members]
     names = [m.get('name') for m in members]
     if target not in names:
-        raise SystemExit(f'--target {target!r} is not a member of the config; its members: '
-                         f'{names}')
+        raise UserError(f'--target {target!r} is not a member of the config; its members: '
+                        f'{names}')
     chosen = members[names.index(target)]
     others = [m for m in members if m.get('name') != target]
     if pool:
         with open(pool) as f:
             listed = yaml.safe_load(f) or []
         if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
-            raise SystemExit(f'{pool}: expected a YAML list of member configs (each a mapping '
-                             'with type: ...)')
-        others += listed
+            raise UserError(f'{pool}: expected a YAML list of member configs (each a mapping '
+                            'with type: ...)')
+        for m in listed:  # a pool lists models that may not all have been made yet
+            checkpoint = m.get('checkpoint')
+            if isinstance(checkpoint, str) and '://' not in checkpoint and \
+                    not os.path.exists(checkpoint):
+                print(f'left out {m.get("name") or m.get("type")} of {pool}: its checkpoint '
+                      f'{checkpoint} does not exist here (the top of {pool} says what makes '
+                      'it)', flush=True)
+            else:
+                others.append(m)
     for spec in timm_names:
         name, _, checkpoint = spec.partition('=')
         cand = dict(type='TimmMember', model_name=name, name=name.split('.')[0].replace('/', '_'))
@@ -94,8 +105,8 @@ def candidate_configs(cfg, target: str, pool: str, timm_names: List[str],
         others.append(cand)
     others += [hf_candidate(spec, chosen) for spec in hf_names]
     if not others:
-        raise SystemExit('no candidates: give --pool, --timm, --hf, or a config with other '
-                         'members')
+        raise UserError('no candidates: give --pool, --timm, --hf, or a config with other '
+                        'members')
     seen = {target}
     for m in others:  # names must be unique: suffix repeats
         base = m.get('name') or m.get('model_name', m['type']).split('.')[0]
@@ -235,8 +246,16 @@ def main(argv=None):
                                                          '(target included)')
     parser.add_argument('--split', choices=['val', 'test'], default='val')
     parser.add_argument('--output-dir')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error in the input, not only its message')
     args = parser.parse_args(argv)
+    from bikd.engine.cli import run_tool
+    run_tool(lambda: find_partners(args), args.config_file, args.debug)
+    return 0
 
+
+def find_partners(args) -> None:
+    """The tool's work, for :func:`main` (which reports input errors in one line)."""
     from mmengine.registry import METRICS
     from mmengine.runner import Runner
 
@@ -259,7 +278,8 @@ def main(argv=None):
     loader_cfg = cfg.get(f'{args.split}_dataloader')
     evaluator_cfg = cfg.get(f'{args.split}_evaluator')
     if loader_cfg is None or evaluator_cfg is None:
-        raise SystemExit(f'the config has no {args.split}_dataloader / {args.split}_evaluator')
+        raise UserError(f'{args.config_file} has no {args.split}_dataloader / '
+                        f'{args.split}_evaluator')
     loader = Runner.build_dataloader(loader_cfg, seed=0)
     evaluator = METRICS.build(evaluator_cfg)
     evaluator.dataset_meta = getattr(loader.dataset, 'metainfo', None)
@@ -310,7 +330,6 @@ def main(argv=None):
     plot(rows, args.target, os.path.join(out, 'partners.png'))
     print('\n' + text)
     print(f'written to {out}: partners.md, partners.csv, partners.png, per_sample.npz')
-    return 0
 
 
 if __name__ == '__main__':

@@ -45,11 +45,10 @@ import copy
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -57,6 +56,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bikd.errors import UserError  # noqa: E402
+from bikd.follow import run_python  # noqa: E402
 from bikd.experiment import (against_controls, aggregate, collect, columns,  # noqa: E402
                              plan_runs, select_methods)
 from bikd.summary import metric_digits  # noqa: E402
@@ -68,7 +68,7 @@ def method_classes(names: Optional[List[str]] = None) -> Dict[str, type]:
     try:
         return select_methods(names)
     except ValueError as e:
-        raise SystemExit(str(e)) from None
+        raise UserError(str(e)) from None
 
 
 def predicted(rows: List[dict], names: List[str], before_outcomes: Dict[str, np.ndarray],
@@ -129,6 +129,11 @@ def markdown(rows: List[dict], names: List[str], runs: List[str], title: str) ->
         lines += _table(['model'] + [label for label, _ in cols], [
             [m] + [_fmt(c[m]['recovered'], 1) if m in c else 'frozen' for _, c in cols]
             for m in names])
+        withheld = {r['member']: r['recovered_withheld'] for r in rows
+                    if r.get('recovered_withheld')}
+        if withheld:
+            lines += ['', '"-": left out, the gap is too small for a share of it to mean '
+                      'anything: ' + '; '.join(f'{m}: {why}' for m, why in withheld.items())]
     if any('positive_flips_vs_self' in r for r in rows):
         lines += ['', 'Flips against the member\'s own initial self, % of the samples '
                   '(positive: wrong -> right / negative: right -> wrong); report.csv has them '
@@ -151,49 +156,65 @@ def _scalars(work_dir: str) -> List[dict]:
     return [r for r in records if 'loss' in r]
 
 
-def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, out: str) -> None:
+def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, out: str,
+          title: str = '') -> None:
+    """``deltas.png`` (each member's change per method, as the report's table gives it) and,
+    from the Bi-KD run's log, ``teacher_share.png`` and ``task_losses.png``; each says which
+    runs it shows (``title``: the experiment) and over how many seeds."""
+    import textwrap
+
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
 
     cols = columns(rows, runs)
-    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(names) * len(cols), 3.6))
+    digits = metric_digits(r['before'] for r in rows)
+    seeds = max(r.get('n', 1) for r in rows)
+    fig, ax = plt.subplots(figsize=(max(5.0, 2 + 0.7 * len(names) * len(cols)), 3.8))
     width = 0.8 / len(cols)
     for i, (label, cells) in enumerate(cols):
         xs = [k + i * width for k, m in enumerate(names) if m in cells]
         errors = [cells[m].get('delta_sd', 0.0) for m in names if m in cells]
         bars = ax.bar(xs, [cells[m]['delta'] for m in names if m in cells], width, label=label,
                       yerr=errors if any(errors) else None, capsize=3)
-        ax.bar_label(bars, fmt='%+.3g', fontsize=7)
+        ax.bar_label(bars, fmt=f'%+.{digits}f', fontsize=7)  # as the table prints them
     ax.axhline(0, color='black', lw=0.8)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names)
-    ax.set_ylabel(f'delta {rows[0]["metric"]}')
-    ax.legend(fontsize=8)
-    ax.set_title('change of each member, per method'
-                 + (' (mean ± sd over seeds)' if any(r.get('n', 1) > 1 for r in rows) else ''))
+    ax.set_ylabel(f'change of {rows[0]["metric"]}')
+    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(textwrap.fill(f'{title}: change of each member, per method, '
+                               + (f'mean ± sd over {seeds} seeds' if seeds > 1 else 'one seed'),
+                               60), fontsize=9)
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'deltas.png'), dpi=120)
     plt.close(fig)
     if not bikd_dir or not os.path.isdir(bikd_dir):
         return
     records = _scalars(bikd_dir)
+    run = os.path.basename(os.path.normpath(bikd_dir))
     from bikd.step import DISTILL_LOSS, TASK_LOSS, TEACHER_SHARE, log_key
-    for keys, ylabel, name in (([log_key(TEACHER_SHARE, m) for m in names],
-                                'share of the batch taught', 'teacher_share.png'),
-                               ([log_key(TASK_LOSS, m) for m in names] + [log_key(DISTILL_LOSS)],
-                                'loss', 'task_losses.png')):
-        fig, ax = plt.subplots(figsize=(6, 3.4))
-        for key in keys:
-            pts = [(r['iter'], r[key]) for r in records if key in r]
-            if pts:
-                ax.plot(*zip(*pts), label=key)
-        ax.set_xlabel('iteration')
-        ax.set_ylabel(ylabel)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        else:  # a run shorter than the logging interval
-            ax.text(0.5, 0.5, 'no training iterations logged', ha='center',
-                    transform=ax.transAxes)
+    # the distillation term on an axis of its own: it is often a hundredth of the task losses
+    for panels, name in ((([log_key(TEACHER_SHARE, m) for m in names],
+                           'share of the batch taught'), ), 'teacher_share.png'), \
+            ((([log_key(TASK_LOSS, m) for m in names], 'task loss'),
+              ([log_key(DISTILL_LOSS)], 'distillation loss')), 'task_losses.png'):
+        fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False,
+                                 figsize=(6.4, 2.2 + 1.6 * len(panels)))
+        for ax, (keys, ylabel) in zip(axes[:, 0], panels):
+            for key in keys:
+                pts = [(r['iter'], r[key]) for r in records if key in r]
+                if pts:
+                    ax.plot(*zip(*pts), label=key.split('/')[-1] if '/' in key else key)
+            ax.set_ylabel(ylabel, fontsize=8)
+            if ax.lines:
+                ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0),
+                          frameon=False)
+            else:  # a run shorter than the logging interval
+                ax.text(0.5, 0.5, 'no training iterations logged', ha='center',
+                        transform=ax.transAxes)
+        axes[-1, 0].set_xlabel('iteration')
+        axes[0, 0].set_title(textwrap.fill(f'{title}: run {run} (the first Bi-KD run; one '
+                                           'seed)', 60), fontsize=9)
         fig.tight_layout()
         fig.savefig(os.path.join(out, name), dpi=120)
         plt.close(fig)
@@ -223,6 +244,8 @@ class ConfigPlan:
     base_of: Dict[str, str] = field(default_factory=dict)
     recipe_of: Dict[str, str] = field(default_factory=dict)
     left_out: Dict[str, str] = field(default_factory=dict)
+    #: metrics compared with the control besides the primary one (--metrics)
+    metrics: List[str] = field(default_factory=list)
 
     def work(self, run: str) -> str:
         return os.path.join(self.out, 'runs', run)
@@ -292,10 +315,27 @@ def run_locally(plan: ConfigPlan) -> None:
                   f'({plan.summary(run)})', flush=True)
             continue
         path = plan.config_path(run)
-        print(f'\n[{plan.stem} {i}/{len(plan.runs)}] {run}: tools/train_net.py --config-file '
-              f'{path}', flush=True)
-        subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'),
-                        '--config-file', path], check=True)
+        # --resume auto: a run this tool started before and that was stopped continues from
+        # its last checkpoint (to the weights it would have had), not from the start
+        code = run_python([os.path.join(ROOT, 'tools', 'train_net.py'), '--config-file', path,
+                           '--resume', 'auto'],
+                          os.path.join(plan.out, 'logs', f'{run}.log'),
+                          f'\n[{plan.stem} {i}/{len(plan.runs)}] {run}: tools/train_net.py '
+                          f'--config-file {path} --resume auto')
+        if code == 2:  # train_net has said what in the input is wrong, in one line
+            raise UserError(f'run {run} stopped on the error above; fix it and run this again '
+                            '(the runs already done are reused)')
+        if code:  # a bug: train_net has shown its traceback
+            print(f'error: run {run} failed (exit status {code}; the traceback above)',
+                  file=sys.stderr, flush=True)
+            sys.exit(code)
+        with open(plan.summary(run)) as f:
+            summary = json.load(f)
+        metric = summary['primary_metric']
+        print('  ' + ', '.join(
+            f'{m} {r["before"][metric]:.2f} -> {r["after"][metric]:.2f}'
+            for m, r in summary['members'].items() if r.get('after')) + f' ({metric})',
+            flush=True)
 
 
 def summaries_of(plan: ConfigPlan) -> Dict[str, dict]:
@@ -320,6 +360,17 @@ def report_config(plan: ConfigPlan, quiet: bool = False):
     order = list(plan.planned)
     report = markdown(rows, plan.names, order, f'{plan.stem}: {", ".join(plan.classes)}')
     comparison, paired = against_controls(per_seed, order, plan.classes)
+    primary = per_seed[0]['metric'] if per_seed else ''
+    for metric in (m for m in plan.metrics if m != primary):  # every metric asked for
+        known = sorted(next(iter(summaries.values()))['members'].values().__iter__()
+                       .__next__()['delta'])
+        if metric not in known:
+            raise UserError(f'--metrics {metric}: the runs of {plan.stem} report {known}')
+        lines, records = against_controls(
+            collect(summaries, runs, plan.seed_of, plan.base_of, metric=metric), order,
+            plan.classes)
+        comparison += [''] + lines
+        paired += records
     if comparison:
         report += '\n' + '\n'.join(['```'] + comparison + ['```']) + '\n'
     bikd_run = next((r for r in runs if runs[r].method == 'bikd'), '')
@@ -336,18 +387,21 @@ def report_config(plan: ConfigPlan, quiet: bool = False):
                    mean_rows=rows, work_dirs={r: plan.work(r) for r in runs},
                    against_controls=comparison, paired=paired, recipes=plan.recipe_of),
               os.path.join(out, 'report.json'))
-    plots(rows, plan.names, order, plan.work(bikd_run) if bikd_run else '', out)
-    if not quiet:
-        print('\n' + report)
+    plots(rows, plan.names, order, plan.work(bikd_run) if bikd_run else '', out, plan.stem)
+    if not quiet:  # the report as text: without the Markdown fences around the comparison
+        print('\n' + '\n'.join(line for line in report.splitlines() if line != '```'))
         print(f'report: {out}/report.md, report.csv, deltas.png')
     return rows, plan.names, order
 
 
 def run_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
-               same_recipe: bool = False, seeds: Optional[List[int]] = None):
+               same_recipe: bool = False, seeds: Optional[List[int]] = None,
+               metrics: Sequence[str] = ()):
     """Every run of ``methods`` on ``config`` (reusing finished ones), once per seed, and its
-    report in ``out`` (:func:`plan_config`, :func:`run_locally`, :func:`report_config`)."""
+    report in ``out`` (:func:`plan_config`, :func:`run_locally`, :func:`report_config`), which
+    compares ``metrics`` with the control besides the primary one."""
     plan = plan_config(config, methods, out, opts, same_recipe, seeds)
+    plan.metrics = list(metrics)
     run_locally(plan)
     return report_config(plan)
 
@@ -391,7 +445,7 @@ def kway(results: Dict[str, tuple], methods: List[str], out: str) -> str:
     ax.set_xlabel('members trained together (K)')
     ax.set_ylabel(f'delta {metric}')
     ax.set_xticks(sorted({r['members'] for r in flat}))
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(os.path.join(out, 'kway.png'), dpi=120)
     plt.close(fig)
@@ -403,12 +457,17 @@ def parse_seeds(text: str, config: str, opts: List[str]) -> Optional[List[int]]:
     or a comma-separated list."""
     if not text:
         return None
+    try:
+        numbers = [int(s) for s in text.split(',') if s.strip()]
+    except ValueError:
+        raise UserError(f'--seeds {text!r}: give a number of seeds (3) or a comma-separated '
+                        'list of seeds (0,1,2)') from None
     if ',' in text:
-        return [int(s) for s in text.split(',') if s.strip()]
+        return numbers
     from bikd.engine import load_config
     base = int(load_config(config, opts, import_modules=False).get('randomness', {}).get(
         'seed', 0))
-    return list(range(base, base + int(text)))
+    return list(range(base, base + numbers[0]))
 
 
 # ----------------------------------------------------------------------------- grids
@@ -588,33 +647,46 @@ def main(argv=None):
                         help='run every method with several seeds (data order, augmentation, '
                              'dropout; the same initial members): a number N (the config\'s '
                              'seed and the N - 1 after it) or a comma-separated list')
+    parser.add_argument('--metrics', default='',
+                        help='comma-separated metrics to compare with the control besides the '
+                             'primary one (e.g. PQ,AP,mIoU for panoptic runs)')
     parser.add_argument('--same-recipe', action='store_true',
                         help="every method with the config's optimiser and schedule, also those "
                              'the config gives a recipe of their own (method_recipes)')
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error in the input, not only its message')
     args = parser.parse_args(argv)
     if bool(args.grid) == bool(args.config_file):
         parser.error('give --config-file FILE (an experiment) or --grid FILE (a grid), one')
     if args.grid:
-        if args.methods or args.seeds:
-            parser.error('--methods and --seeds are the grid file\'s (methods:, seeds:)')
-        run_tool(lambda: grid_main(args), args.grid)
+        if args.methods or args.seeds or args.metrics:
+            parser.error('--methods, --seeds and --metrics are the grid file\'s (methods:, '
+                         'seeds:, metric:)')
+        run_tool(lambda: grid_main(args), args.grid, args.debug)
         return 0
-    methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
-    seeds = parse_seeds(args.seeds, args.config_file[0], args.opts)
     stems = [os.path.splitext(os.path.basename(c))[0] for c in args.config_file]
     if len(set(stems)) != len(stems):
-        raise SystemExit(f'config files need distinct names, got {stems}')
+        parser.error(f'config files need distinct names, got {stems}')
+    run_tool(lambda: experiment_main(args, stems), args.config_file[0], args.debug)
+    return 0
+
+
+def experiment_main(args, stems: List[str]) -> None:
+    """``--config-file``: every method (and seed) of one config, or of several (K-way)."""
+    methods = [m.strip() for m in args.methods.split(',') if m.strip()] or None
+    seeds = parse_seeds(args.seeds, args.config_file[0], args.opts)
     default = stems[0] if len(stems) == 1 else f'kway_{stems[0]}'
     out = os.path.abspath(args.output_dir or os.path.join('work_dirs', 'experiments', default))
+    metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
     if len(stems) == 1:
-        run_config(args.config_file[0], methods, out, args.opts, args.same_recipe, seeds)
-        return 0
+        run_config(args.config_file[0], methods, out, args.opts, args.same_recipe, seeds,
+                   metrics)
+        return
     results = {stem: run_config(c, methods, os.path.join(out, stem), args.opts,
-                                args.same_recipe, seeds)
+                                args.same_recipe, seeds, metrics)
                for stem, c in zip(stems, args.config_file)}
     print('\n' + kway(results, methods or list(method_classes()), out))
     print(f'K-way report: {out}/kway.md, kway.csv, kway.png')
-    return 0
 
 
 if __name__ == '__main__':

@@ -115,6 +115,8 @@ def collect(summaries: Dict[str, dict], runs: Dict[str, object],
                        metric=shown, before=r['before'][shown], after=r['after'][shown],
                        delta=r['delta'][shown],
                        recovered=r.get('recovered') if shown == s['primary_metric'] else None,
+                       recovered_withheld=r.get('recovered_withheld')
+                       if shown == s['primary_metric'] else None,
                        ensemble_before=s['ensemble']['before'].get(shown))
             for j, f in s.get('flips', {}).get(m, {}).items():
                 who = 'self' if j == m else j
@@ -202,7 +204,9 @@ def against_controls(rows: List[dict], runs: List[str], methods: Dict[str, type]
             continue
         lines.append(f'{method} vs {cls.control}, change of {rows[0]["metric"]}'
                      + (f' over {len(seeds)} seeds, paired by seed (95% interval of the mean):'
-                        if len(seeds) > 1 else ':'))
+                        if len(seeds) > 1 else
+                        ', one seed (a difference that measures no noise; --seeds N gives '
+                        'its interval):'))
         for m in (m for m in first[method] if m in first[cls.control]):
             a = [per_seed[s][method][m]['delta'] for s in seeds]
             b = [per_seed[s][cls.control][m]['delta'] for s in seeds]

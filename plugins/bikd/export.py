@@ -1,7 +1,7 @@
 """Write every member of a trained meta-architecture back in its native format."""
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from .checkpoint import check_checkpoint_fits, load_into, load_weights_file
 from .fileio import failures_named, save_json
@@ -21,15 +21,33 @@ def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     return model.eval()
 
 
-def export_members(model, out_dir: str, source: str = '') -> List[Dict]:
+def evaluation_data(cfg) -> Optional[dict]:
+    """The validation dataset of a config, as its export records it: its type and the
+    arguments that shape what a member is given (``transform``, ``pipeline``, sizes), or
+    ``None`` when the config has none."""
+    dataset = (cfg.get('val_dataloader') or {}).get('dataset')
+    if not dataset:
+        return None
+    dataset = dataset.to_dict() if hasattr(dataset, 'to_dict') else dict(dataset)
+    while 'dataset' in dataset and isinstance(dataset['dataset'], dict):  # a wrapper
+        dataset = dict(dataset['dataset'])
+    keep = ('type', 'transform', 'pipeline', 'frame_size', 'clip_len')
+    return {k: dataset[k] for k in keep if k in dataset}
+
+
+def export_members(model, out_dir: str, source: str = '',
+                   evaluated_with: Optional[dict] = None) -> List[Dict]:
     """Call each member's ``export`` into ``out_dir`` (files named after the member) and
     list them in ``out_dir/members.json``, each with the checkpoint it came from (``source``).
-    Members exported there before by other runs stay listed; a member exported again replaces
-    its entry. Returns this export's descriptions."""
+    ``evaluated_with`` (the config's validation dataset and its transform: what the member
+    was given before its own resizing and normalisation, so what its reported numbers came
+    from) is added to each member's JSON. Members exported there before by other runs stay
+    listed; a member exported again replaces its entry. Returns this export's descriptions."""
     with failures_named(os.path.abspath(out_dir)):
         os.makedirs(out_dir, exist_ok=True)
     infos = []
     for member in model.members:
+        member.evaluated_with = evaluated_with
         info = member.export(out_dir, member.name)
         info.setdefault('member', member.name)
         info.setdefault('source', source)

@@ -138,6 +138,13 @@ class MemberwiseMetric(BaseMetric):
         Its order on a sample is the partition's: the teacher has the lowest loss."""
         raise NotImplementedError(f'{type(self).__name__} gives no per-sample losses')
 
+    def metric_step(self, num_samples: int) -> Optional[float]:
+        """The change of the primary metric one sample of ``num_samples`` makes (a
+        classifier's accuracy over N samples moves in steps of 100 / N), or ``None`` where
+        the metric has no such step. A summary leaves out a recovered % whose ensemble gap is
+        a few such steps (:data:`bikd.summary.RECOVERED_MIN_STEPS`)."""
+        return None
+
     def sample_outcome(self, stats: List[Any], model: int) -> Optional[np.ndarray]:
         """Per-sample ``bool`` outcome of model ``model`` (correct or not) in dataset order,
         for flip counts; ``None`` where the task has no such notion (the default)."""

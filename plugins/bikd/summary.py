@@ -7,9 +7,15 @@ import numpy as np
 from .metrics import recovered, split_metrics
 
 
+#: a recovered % (Eq. 14) is left out when the ensemble's gap to the member is under this many
+#: steps of the metric (samples, for accuracy): one sample more or less would move it by at
+#: least 100 / RECOVERED_MIN_STEPS = 20 points
+RECOVERED_MIN_STEPS = 5
+
+
 def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
                   members: List[str], primary_metric: str, method: str = '',
-                  extra: Optional[dict] = None) -> dict:
+                  extra: Optional[dict] = None, metric_step: Optional[float] = None) -> dict:
     """Assemble ``summary.json``.
 
     Args:
@@ -17,6 +23,10 @@ def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
             end; ``after`` may be ``None`` (evaluation only).
         members: member names in order.
         primary_metric: the metric of the table (e.g. ``top1``).
+        metric_step: the change of the primary metric one sample makes (``100 / N`` for
+            accuracy), if it has one: a recovered % whose ensemble gap is under
+            :data:`RECOVERED_MIN_STEPS` of them is left out (``recovered`` None), with
+            ``recovered_withheld`` saying why.
     """
     b = split_metrics(before)
     a = split_metrics(after) if after is not None else {}
@@ -31,6 +41,14 @@ def build_summary(before: Dict[str, float], after: Optional[Dict[str, float]],
             pb, pa = mb.get(primary_metric, float('nan')), ma.get(primary_metric, float('nan'))
             rec = recovered(pb, pa, ensemble_before)
             entry['recovered'] = None if math.isnan(rec) else rec  # JSON has no NaN
+            gap = ensemble_before - pb
+            if metric_step and entry['recovered'] is not None and \
+                    abs(gap) < RECOVERED_MIN_STEPS * metric_step:
+                entry['recovered'] = None
+                entry['recovered_withheld'] = (
+                    f'the ensemble is {gap:+.2f} from it: {abs(gap) / metric_step:.0f} '
+                    f'sample(s), under {RECOVERED_MIN_STEPS}, so one sample would move the '
+                    f'share by {100 * metric_step / max(abs(gap), metric_step):.0f} points')
         out['members'][name] = entry
     if extra:
         out.update(extra)
@@ -181,6 +199,11 @@ def format_table(summary: dict, title: str = '') -> str:
                               for i, (c, w) in enumerate(zip(r, widths))))
     if note:
         text.append(note)
+    withheld = {n: m['recovered_withheld'] for n, m in summary['members'].items()
+                if m.get('recovered_withheld')}
+    if withheld:
+        text.append('recovered % left out for ' + '; '.join(
+            f'{n} ({why})' for n, why in withheld.items()))
     share = summary.get('teacher_share')
     if share:
         # the control computes the partition too, but nobody is taught by it

@@ -137,9 +137,11 @@ class BiKDSummaryHook(Hook):
             runner.val_loop.run()
         model = unwrap(runner.model)
         best = find_best_hook(runner)
+        metric = memberwise_metric(runner.val_evaluator)
         summary = build_summary(
             state.before, state.evaluation_at(runner.iter), model.member_names,
-            memberwise_metric(runner.val_evaluator).primary_metric,
+            metric.primary_metric,
+            metric_step=metric.metric_step(len(runner.val_dataloader.dataset)),
             method=type(model).__name__,
             extra=dict(iterations=runner.iter, epochs=runner.epoch,
                        teacher_share=state.teacher_share(),

@@ -232,14 +232,16 @@ def global_batch(cfg, world_size: int) -> str:
 
 
 class _KeepDumpsInTheLogFile(logging.Filter):
-    """Keeps mmengine's environment and config dumps (about 250 lines), and records marked
-    :data:`LOG_FILE_ONLY`, off the terminal; the log file in the work_dir still has them."""
+    """Keeps mmengine's environment, config and hook-order dumps (about 300 lines a run), and
+    records marked :data:`LOG_FILE_ONLY`, off the terminal; the log file in the work_dir still
+    has them."""
+    DUMPS = ('Config:\n', 'Hooks will be executed in the following order')
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, LOG_FILE_ONLY, False):
             return False
         message = record.getMessage()
-        return not ('\nSystem environment:' in message[:100] or message.startswith('Config:\n'))
+        return not ('\nSystem environment:' in message[:100] or message.startswith(self.DUMPS))
 
 
 @dataclass
