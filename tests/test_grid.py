@@ -88,6 +88,22 @@ def test_seeds_that_all_give_the_same_difference_get_no_verdict():
     assert paired_difference([0.2, 0.21, 0.22])['verdict'] == 'better'
 
 
+def test_a_slurm_that_does_not_answer_keeps_its_jobs_queued(tmp_path, monkeypatch):
+    """squeue failing (a busy controller times out) says nothing about the job: the run stays
+    counted as queued, so --wait keeps following it. A job Slurm no longer knows ended."""
+    from bikd import jobs
+    record = dict(launcher='slurm', job_id='42', folder=str(tmp_path / 'jobs'))
+    answers = {'timeout': (1, '', 'slurm_load_jobs error: Socket timed out on send/recv'),
+               'gone': (1, '', 'slurm_load_jobs error: Invalid job id specified'),
+               'running': (0, 'RUNNING\n', '')}
+    for answer, expected in (('timeout', 'running'), ('gone', 'failed'),
+                             ('running', 'running')):
+        code, out, err = answers[answer]
+        monkeypatch.setattr(jobs.subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(
+            a, code, out, err))
+        assert jobs.run_status(str(tmp_path / 'work'), record)[0] == expected, answer
+
+
 def test_the_global_batch_is_kept_whatever_the_processes():
     from bikd.engine import load_config
     from bikd.engine.runner import global_batch

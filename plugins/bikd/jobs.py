@@ -144,16 +144,25 @@ class JobBook:
         return self.jobs.get(key)
 
 
+#: what :func:`_squeue_state` gives when Slurm did not answer (a busy controller times out)
+NO_ANSWER = 'NO_ANSWER'
+
+
 def _squeue_state(job_id: str) -> Optional[str]:
     """The job's state in Slurm's queue (PENDING, RUNNING, ...), ``None`` when it is not
-    queued (finished) or Slurm cannot be asked."""
+    queued (finished: not listed, or no longer known), :data:`NO_ANSWER` when Slurm could not
+    be asked (squeue failed otherwise, or timed out): not a sign that the job ended."""
     try:
         out = subprocess.run(['squeue', '-h', '-j', job_id, '-o', '%T'], capture_output=True,
                              text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except subprocess.TimeoutExpired:
+        return NO_ANSWER
+    except OSError:
+        return None  # no squeue here: nothing is queued
     state = out.stdout.strip().splitlines()
-    return state[0] if out.returncode == 0 and state else None
+    if out.returncode == 0:
+        return state[0] if state else None
+    return None if 'Invalid job id' in out.stderr else NO_ANSWER
 
 
 def _job_files(record: dict) -> Tuple[str, str, str]:
@@ -191,6 +200,8 @@ def run_status(work_dir: str, record: Optional[dict]) -> Tuple[str, str]:
     result, stdout, stderr = _job_files(record)
     if record['launcher'] == 'slurm':
         state = _squeue_state(record['job_id'])
+        if state == NO_ANSWER:  # counted as still queued: asked again at the next look
+            return 'running', f'Slurm job {record["job_id"]}: squeue did not answer'
         if state is not None:
             return ('pending' if state in ('PENDING', 'REQUEUED', 'REQUEUE_HOLD',
                                            'CONFIGURING') else 'running'), \
