@@ -8,7 +8,8 @@ prints, for a person watching:
 - after each evaluation, one line: the epoch (or iteration), the first metric of every model
   (each member's primary one, and the ensemble's), the loss and the ETA mmengine estimates;
 - between evaluations at most one progress line per ``every`` seconds;
-- each warning the run gives, once;
+- each warning the run gives, once (not those of installed libraries' own code, nor
+  mmengine's notes about its API: they stay in the file);
 - when the run fails, the end of its output (its one-line error, or a bug's traceback) and
   where the whole of it is.
 """
@@ -23,8 +24,10 @@ from typing import Callable, List, Optional
 _PROGRESS = re.compile(r'(Epoch|Iter)\((train|val)\)\s*((?:\[\s*\d+\])?\[\s*\d+/\s*\d+\])(.*)')
 _VALUE = re.compile(r'([\w./-]+): (-?[\d.]+(?:e[-+]?\d+)?|nan|inf)')
 _SKIPPED = ('time', 'data_time', 'lr', 'eta', 'memory')
-#: mmengine's notes about its own API, in every run: nothing a person watching can act on
-_ENGINE_NOTES = ('will be deprecated', 'is the alias of', '`save_param_scheduler` is True')
+#: mmengine's notes about its own API, in every run, and warnings raised in the code of
+#: installed libraries (their own deprecations and hints): nothing a person watching can act on
+_ENGINE_NOTES = ('will be deprecated', 'is the alias of', '`save_param_scheduler` is True',
+                 '/site-packages/', '/.venv/src/')
 
 
 def _position(kind: str, where: str) -> str:
@@ -60,6 +63,8 @@ def summarise_line(line: str, state: dict) -> Optional[str]:
         done = state.get('where', '').split(' [')[0] or 'before training'
     extra = [f'loss {float(state["loss"]):.4f}'] if state.get('loss') else []
     extra += [f'eta {state["eta"]}'] if state.get('eta') else []
+    if not first:  # an evaluation's progress line, not its result
+        return None
     state['printed'] = time.time()
     return f'{done}: ' + '  '.join(first.values()) + (f'  ({", ".join(extra)})' if extra else '')
 
