@@ -7,8 +7,8 @@ from typing import Any, Dict, Optional, Sequence
 from torch import Tensor
 
 from bikd.errors import UserError
-from bikd.hf import (RESAMPLE_NAMES, RESAMPLE_NUMBERS, ImagePreprocessing, TransformersModel,
-                     plain_image_processor)
+from bikd.hf import (RESAMPLE_NAMES, ImagePreprocessing, TransformersModel,
+                     plain_image_processor, resample_number)
 from bikd.registry import MEMBERS
 
 from .member import ClassifierMember
@@ -32,7 +32,7 @@ def with_overrides(processor, owner: str, input_size=None, mean=None, std=None,
         if prep.steps['scale'] == 'backend':
             out = plain_image_processor('', input_size, prep.image_mean or [0.0] * 3,
                                         prep.image_std or [1.0] * 3, prep.interpolation,
-                                        prep.rescale_factor or 1 / 255)
+                                        prep.rescale_factor or 1 / 255, owner=owner)
             out.do_rescale, out.do_normalize = prep.do_rescale, prep.do_normalize
         else:  # EfficientNet, MobileViT: the backend's resize, steps on values of their own
             out.size = dict(height=int(input_size[0]), width=int(input_size[1]))
@@ -51,10 +51,7 @@ def with_overrides(processor, owner: str, input_size=None, mean=None, std=None,
         out.do_normalize = True
         out.image_mean, out.image_std = tuple(map(float, mean)), tuple(map(float, std))
     if interpolation is not None:
-        if interpolation not in RESAMPLE_NUMBERS:
-            raise UserError(f'member {owner!r}: interpolation {interpolation!r}: one of '
-                            f'{", ".join(sorted(RESAMPLE_NUMBERS))}')
-        out.resample = RESAMPLE_NUMBERS[interpolation]
+        out.resample = resample_number(interpolation, owner)
     return out
 
 
@@ -125,11 +122,9 @@ class TransformersClassifierMember(TransformersModel, ClassifierMember):
             resample = interpolation or (RESAMPLE_NAMES.get(getattr(
                 self.image_processor, 'resample', None), 'bilinear')
                 if self.image_processor is not None else 'bilinear')
-            if resample not in RESAMPLE_NUMBERS:
-                raise UserError(f'member {self.name!r}: interpolation {resample!r}: one of '
-                                f'{", ".join(sorted(RESAMPLE_NUMBERS))}')
             self.image_processor = plain_image_processor(
-                getattr(self.hf_config, 'model_type', ''), input_size, mean, std, resample)
+                getattr(self.hf_config, 'model_type', ''), input_size, mean, std, resample,
+                owner=self.name)
         else:
             self.image_processor = with_overrides(self.image_processor, self.name, input_size,
                                                   mean, std, interpolation)

@@ -16,7 +16,7 @@ import sys
 
 from bikd.checkpoint import find_last_checkpoint
 from bikd.engine import load_config
-from bikd.engine.cli import config_parser, run_tool
+from bikd.engine.cli import add_debug_flag, config_parser, run_tool
 from bikd.engine.runner import default_work_dir
 from bikd.export import evaluation_data, export_members, load_trained
 
@@ -54,8 +54,7 @@ def main(argv=None):
                         help="the run's last weights, or each member's best")
     parser.add_argument('--metric', help='with --which best: the selection metric (default: '
                                          "the evaluator's primary metric)")
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error in the input, not only its message')
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     run_tool(lambda: export(args), args.config_file, args.debug)
 

@@ -232,7 +232,7 @@ def plot(rows: List[dict], target: str, path: str) -> None:
 
 
 def main(argv=None):
-    from bikd.engine.cli import config_parser
+    from bikd.engine.cli import add_debug_flag, config_parser
     parser = config_parser(__doc__)
     parser.add_argument('--target', required=True, help='the member to find partners for')
     parser.add_argument('--pool', help='YAML list of candidate member configs')
@@ -246,8 +246,7 @@ def main(argv=None):
                                                          '(target included)')
     parser.add_argument('--split', choices=['val', 'test'], default='val')
     parser.add_argument('--output-dir')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error in the input, not only its message')
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     from bikd.engine.cli import run_tool
     run_tool(lambda: find_partners(args), args.config_file, args.debug)

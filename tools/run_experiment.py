@@ -348,6 +348,11 @@ def summaries_of(plan: ConfigPlan) -> Dict[str, dict]:
     return out
 
 
+def reported_metrics(plan: ConfigPlan, summaries: Dict[str, dict]) -> List[str]:
+    """The metrics the finished runs of ``plan`` report (their first member's), sorted."""
+    return sorted({m for s in summaries.values() for m in s['members'][plan.names[0]]['before']})
+
+
 def report_config(plan: ConfigPlan, quiet: bool = False):
     """The report of a config whose runs are all done (report.md, .csv, .json, plots in its
     folder); returns the report's rows (averaged over seeds), the member names and the run
@@ -361,9 +366,8 @@ def report_config(plan: ConfigPlan, quiet: bool = False):
     report = markdown(rows, plan.names, order, f'{plan.stem}: {", ".join(plan.classes)}')
     comparison, paired = against_controls(per_seed, order, plan.classes)
     primary = per_seed[0]['metric'] if per_seed else ''
+    known = reported_metrics(plan, summaries)
     for metric in (m for m in plan.metrics if m != primary):  # every metric asked for
-        known = sorted(next(iter(summaries.values()))['members'].values().__iter__()
-                       .__next__()['delta'])
         if metric not in known:
             raise UserError(f'--metrics {metric}: the runs of {plan.stem} report {known}')
         lines, records = against_controls(
@@ -548,14 +552,15 @@ def collect_grid(grid, plans: Dict[str, ConfigPlan], out: str) -> str:
     controls = {m: cls.control for m, cls in method_classes(grid.methods).items()}
     metrics = grid.metrics or [None]
     texts, everything = [], []
+    summaries_of_cell = {cell: summaries_of(plan) for cell, plan in plans.items()}
     for k, metric in enumerate(metrics):
         cells = {}
         for cell, plan in plans.items():
-            summaries = summaries_of(plan)
-            known = {m for s in summaries.values() for m in s['members'][plan.names[0]]['before']}
+            summaries = summaries_of_cell[cell]
+            known = reported_metrics(plan, summaries)
             if metric and summaries and metric not in known:
                 raise UserError(f'grid {grid.path}: metric {metric!r} is not reported by '
-                                f'{cell} (its metrics: {sorted(known)})')
+                                f'{cell} (its metrics: {known})')
             rows = collect(summaries, plan.runs, plan.seed_of, plan.base_of, metric)
             counts = {}
             for run, planned in plan.runs.items():
@@ -612,7 +617,7 @@ def grid_main(args) -> int:
 
 
 def main(argv=None):
-    from bikd.engine.cli import config_parser, run_tool
+    from bikd.engine.cli import add_debug_flag, config_parser, run_tool
     parser = config_parser(__doc__, many=True, required=False)  # (--grid names its configs)
     grid = parser.add_argument_group('grids: a paper table on a cluster or on this machine')
     grid.add_argument('--grid', metavar='FILE',
@@ -653,8 +658,7 @@ def main(argv=None):
     parser.add_argument('--same-recipe', action='store_true',
                         help="every method with the config's optimiser and schedule, also those "
                              'the config gives a recipe of their own (method_recipes)')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error in the input, not only its message')
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if bool(args.grid) == bool(args.config_file):
         parser.error('give --config-file FILE (an experiment) or --grid FILE (a grid), one')

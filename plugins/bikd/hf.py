@@ -618,14 +618,24 @@ def centre_crop(x: Tensor, height: int, width: int) -> Tensor:
     return tvF.crop(x, int((h - height) / 2.0), int((w - width) / 2.0), height, width)
 
 
+def resample_number(interpolation: str, owner: str = '') -> int:
+    """PIL's number of the filter named ``interpolation`` (what a processor's ``resample``
+    holds); a name it does not know is refused naming the member ``owner``."""
+    if interpolation not in RESAMPLE_NUMBERS:
+        raise UserError((f'member {owner!r}: ' if owner else '') +
+                        f'interpolation {interpolation!r}: one of '
+                        f'{", ".join(sorted(RESAMPLE_NUMBERS))}')
+    return RESAMPLE_NUMBERS[interpolation]
+
+
 def plain_image_processor(model_type: str, input_size: Sequence[int], mean: Sequence[float],
                           std: Sequence[float], interpolation: str = 'bilinear',
-                          rescale_factor: float = 1 / 255):
+                          rescale_factor: float = 1 / 255, owner: str = ''):
     """An image processor that resizes to ``input_size`` with ``interpolation``, rescales by
     ``rescale_factor`` and normalises with ``mean`` and ``std``: of the class transformers
     gives the model type when that class adds no steps of its own (``BitImageProcessor`` for
     DINOv2), else ``ViTImageProcessor``. What a member without an image processor of its own
-    preprocesses with, and exports."""
+    preprocesses with, and exports (``owner``: the member, named in its errors)."""
     transformers = require_transformers()
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
@@ -633,10 +643,8 @@ def plain_image_processor(model_type: str, input_size: Sequence[int], mean: Sequ
     cls = getattr(transformers, name, None) if name else None
     if not isinstance(cls, type) or name in OWN_STEPS or _own_methods(cls):
         cls = transformers.ViTImageProcessor
-    if interpolation not in RESAMPLE_NUMBERS:
-        raise UserError(f'interpolation {interpolation!r}: one of '
-                        f'{", ".join(sorted(RESAMPLE_NUMBERS))}')
     return cls(do_resize=True, size=dict(height=int(input_size[0]), width=int(input_size[1])),
-               resample=RESAMPLE_NUMBERS[interpolation], do_center_crop=False, do_rescale=True,
+               resample=resample_number(interpolation, owner), do_center_crop=False,
+               do_rescale=True,
                rescale_factor=rescale_factor, do_normalize=True, image_mean=list(mean),
                image_std=list(std), do_pad=False)

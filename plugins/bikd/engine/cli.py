@@ -48,6 +48,14 @@ def config_parser(description: str, many: bool = False,
     return parser
 
 
+def add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug``: the traceback of an input error instead of its one line
+    (:func:`run_tool`), for a tool that reports its errors through it."""
+    parser.add_argument('--debug', action='store_true',
+                        help='show the traceback of an error in the input (config, data, '
+                             'checkpoint), not only its message')
+
+
 def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
     """``train_net``'s flags (detectron2's, plus the suite's switches)."""
     parser = config_parser(description)
@@ -79,9 +87,7 @@ def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
                         help='train member by member, for members that do not fit on the device '
                              'together (one more forward per member; the same weights): the '
                              'same as model.lean=true')
-    parser.add_argument('--debug', action='store_true',
-                        help='show the traceback of an error in the input (config, data, '
-                             'checkpoint), not only its message')
+    add_debug_flag(parser)
     return parser
 
 
