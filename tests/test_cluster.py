@@ -97,31 +97,41 @@ def worker_of_rank(parent: int, rank: int) -> int:
     raise AssertionError(f'no worker of rank {rank} under {parent}')
 
 
+def run_until_epoch_2(args, act):
+    """Run ``args`` (a torchrun) in a session of its own and ``act(proc)`` once epoch 2 has
+    run four steps; the process and its whole output once it has ended."""
+    proc = subprocess.Popen(args, cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    seen, acted, deadline = [], False, time.time() + LIMIT
+    try:
+        for line in proc.stdout:
+            seen.append(line)
+            if not acted and re.search(r'Epoch\(train\)\s+\[2\]\[\s*4/20\]', line):
+                acted = True
+                act(proc)
+            assert time.time() < deadline, 'timed out'
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return proc, ''.join(seen)
+
+
 def test_a_killed_rank_restarts_the_group_which_resumes_to_the_same_weights(
         digits_root, tmp_path, one_node):
     work = tmp_path / 'killed'
     # two restarts allowed: twice on a 2-core machine (in the whole suite, and after the
     # Mask2Former tests) torchrun did not restart the group after the kill, and the output
     # kept then did not say why; not seen in four runs of this test alone
-    proc = subprocess.Popen(torchrun('--standalone', '--nproc-per-node', 2, '--max-restarts', 2,
-                                     '--monitor-interval', 0.5, TRAIN_NET, '--config-file',
-                                     CONFIG, '--resume', 'auto', *opts(digits_root, work)),
-                            cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    seen, killed = [], None
-    deadline = time.time() + LIMIT
-    try:
-        for line in proc.stdout:  # kill rank 1 once epoch 2 has run a few steps
-            seen.append(line)
-            if killed is None and re.search(r'Epoch\(train\)\s+\[2\]\[\s*4/20\]', line):
-                killed = worker_of_rank(proc.pid, 1)
-                os.kill(killed, signal.SIGKILL)
-            assert time.time() < deadline, 'timed out'
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    out = ''.join(seen)
+    killed = []
+
+    def kill_rank_1(proc):
+        killed.append(worker_of_rank(proc.pid, 1))
+        os.kill(killed[0], signal.SIGKILL)
+    proc, out = run_until_epoch_2(torchrun('--standalone', '--nproc-per-node', 2,
+                                           '--max-restarts', 2, '--monitor-interval', 0.5,
+                                           TRAIN_NET, '--config-file', CONFIG, '--resume',
+                                           'auto', *opts(digits_root, work)), kill_rank_1)
     assert killed, out[-3000:]
     first = out.find('Traceback')  # the output around the first failure, and the end
     assert proc.returncode == 0, out[max(0, first - 1500):first + 3000] + '\n...\n' + out[-3000:]
@@ -326,3 +336,46 @@ def test_a_restarted_group_does_not_meet_the_addresses_of_the_dead_one(tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:]
     for rank in (0, 1):
         assert f'attempt 1 rank {rank}: joined' in proc.stdout
+
+
+def test_a_sigterm_to_rank_0_stops_the_group_with_a_checkpoint_and_the_restart_ends_the_same(
+        digits_root, tmp_path, one_node):
+    """SIGTERM to process 0 alone mid-epoch: both processes stop after the same iteration,
+    its checkpoint is written, torchrun restarts the group, which continues with the next
+    batch and ends as the uninterrupted run (weights, optimiser, best/, summary.json)."""
+    from test_interrupted_runs import SIGNALLER, assert_same_run
+    work, script = tmp_path / 'signalled', tmp_path / 'signaller.py'
+    script.write_text(SIGNALLER)
+    proc = subprocess.run(torchrun('--standalone', '--nproc-per-node', 2, '--max-restarts', 1,
+                                   '--monitor-interval', 0.5, script, TRAIN_NET, '--config-file',
+                                   CONFIG, '--resume', 'auto', *opts(digits_root, work)),
+                          cwd=ROOT, env={**env(), 'BIKD_SIGNAL': 'SIGTERM:25'}, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=LIMIT)
+    out = proc.stdout
+    assert proc.returncode == 0, out[-3000:]
+    assert (f'stopped by SIGTERM at epoch 2 of 2, iteration 26 of 40; checkpoint '
+            f'{work}/iter_26.pth written') in out, out[-3000:]
+    assert f'--resume auto: continuing from {work}/iter_26.pth (verified' in out
+    assert 'continuing epoch 2 after its first 6 of 20 batches' in out
+    assert_same_run(one_node, work, last='epoch_2.pth')
+
+
+def test_ctrl_c_stops_every_process_of_a_torchrun_with_a_checkpoint(digits_root, tmp_path,
+                                                                    one_node):
+    """Ctrl-C in the terminal (SIGINT to torchrun and its processes, which torchrun passes
+    on again): one checkpoint, one line, and --resume auto ends as the uninterrupted run."""
+    from test_interrupted_runs import assert_same_run
+    work = tmp_path / 'ctrl_c'
+    args = torchrun('--standalone', '--nproc-per-node', 2, TRAIN_NET, '--config-file', CONFIG,
+                    '--resume', 'auto', *opts(digits_root, work))
+    _, out = run_until_epoch_2(args, lambda proc: os.killpg(proc.pid, signal.SIGINT))
+    stops = re.findall(r'stopped by SIGINT at epoch 2 of 2, iteration (\d+) of 40; checkpoint '
+                       r'(\S+) written; continue with --resume auto', out)
+    assert len(stops) == 1 and 'second SIGINT' not in out, out[-3000:]
+    iteration, checkpoint = stops[0]
+    assert checkpoint == f'{work}/iter_{iteration}.pth' and os.path.isfile(checkpoint)
+    resumed = subprocess.run(args, cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, timeout=LIMIT)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert f'continuing from {checkpoint} (verified' in resumed.stdout
+    assert_same_run(one_node, work, last='epoch_2.pth')

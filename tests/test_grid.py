@@ -7,6 +7,7 @@ number of processes."""
 import glob
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -281,32 +282,58 @@ def test_a_grid_on_slurm_finishes_reports_a_failed_job_and_submits_only_it_again
                if line.startswith('| resnet_'))  # both methods, both seeds, every member
 
 
-def test_a_requeued_job_resumes_to_the_weights_of_an_uninterrupted_run(slurm, digits_root,
-                                                                       tmp_path):
+def test_a_signalled_or_requeued_job_loses_no_iteration_and_ends_as_an_uninterrupted_run(
+        slurm, digits_root, tmp_path):
+    """``scancel --signal=TERM`` in epoch 2 and ``scontrol requeue`` in epoch 3 of a running
+    job: each time the run stops with a checkpoint at the end of its iteration, the job is
+    requeued (by itself after the signal, by Slurm after the requeue) and continues with the
+    next batch; at the end every weight and optimiser state equals the same config trained
+    here without a stop, bit for bit."""
     grid = write_grid(tmp_path / 'requeue.yaml', [dict(
         config=os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'))],
-        methods=('bikd', ), overrides=quick(digits_root, 'train_cfg.max_epochs=3'))
+        methods=('bikd', ), overrides=quick(digits_root, 'train_cfg.max_epochs=3',
+                                            'default_hooks.logger.interval=2'))
     out = tmp_path / 'out'
     submitted = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm')
     job = submitted.split('submitted as slurm job ')[1].split()[0]
     work = out / 'resnet_convnext_bikd' / 'runs' / 'bikd'
     deadline = time.time() + LIMIT
-    while not (work / 'epoch_1.pth').is_file():  # requeue it once epoch 1 is saved
-        assert time.time() < deadline, tool('--grid', grid, '--output-dir', out, '--status')
-        time.sleep(0.5)
+
+    def log():  # the job's output and errors (appended to at every start)
+        return ''.join(p.read_text() for p in sorted((out / 'logs').glob(f'{job}/*'))
+                       if p.suffix in ('.out', '.err'))
+
+    def when(seen, what):
+        while not seen():
+            assert time.time() < deadline, f'waited for {what}:\n' + log()[-3000:]
+            time.sleep(0.3)
+
+    def start_again():
+        # Slurm holds a requeued job for two minutes before it may start again; an
+        # administrator (here the test) lets it start at once
+        when(lambda: 'PENDING' in subprocess.run(['squeue', '-h', '-j', job, '-o', '%T'],
+                                                 capture_output=True, text=True).stdout,
+             'the job to be pending again')
+        subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], check=True)
+
+    when(lambda: re.search(r'Epoch\(train\)\s+\[2\]\[\s*2/10\]', log()), 'epoch 2')
+    subprocess.run(['scancel', '--signal=TERM', job], check=True)
+    when(lambda: 'stopped by SIGTERM at epoch 2 of 3' in log(), 'the stop')
+    start_again()
+    when(lambda: re.search(r'Epoch\(train\)\s+\[3\]\[\s*2/10\]', log()), 'epoch 3')
     subprocess.run(['scontrol', 'requeue', job], check=True)
-    # Slurm holds a requeued job for two minutes before it may start again; an administrator
-    # (here the test) lets it start at once
-    while 'PENDING' not in subprocess.run(['squeue', '-h', '-j', job, '-o', '%T'],
-                                          capture_output=True, text=True).stdout:
-        assert time.time() < deadline
-        time.sleep(0.5)
-    subprocess.run(['scontrol', 'update', f'JobId={job}', 'StartTime=now'], check=True)
+    when(lambda: 'stopped by SIGTERM at epoch 3 of 3' in log(), 'the second stop')
+    start_again()
     followed = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
                     '--poll', 2)
     assert '1 done' in followed and 'submitted' not in followed
-    log = ''.join(p.read_text() for p in (out / 'logs').glob(f'{job}/*.out'))
-    assert '--resume auto: continuing from' in log  # the second start resumed
+    text = log()
+    stops = re.findall(r'stopped by SIGTERM at epoch \d of 3, iteration (\d+) of 30; '
+                       r'checkpoint (\S+) written', text)
+    assert len(stops) == 2, text[-3000:]
+    for iteration, checkpoint in stops:  # each start continued from its stop's checkpoint
+        assert checkpoint == f'{work}/iter_{iteration}.pth'
+        assert f'--resume auto: continuing from {checkpoint} (verified' in text
     # the uninterrupted run: the same config, here
     whole = tmp_path / 'whole'
     subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'train_net.py'), '--config-file',

@@ -4,6 +4,7 @@ Also what decides where a run continues from (--resume auto with load_from, a co
 work_dir, a changed run), full disks, and a bug's traceback. On the real digits, CPU."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,9 +113,21 @@ def comparable_summary(work):
     return summary
 
 
+def same_values(a, b) -> bool:
+    """Equal nested containers, tensors equal bit for bit."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_values(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same_values(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def assert_same_run(expected, got, last='epoch_2.pth'):
-    """Weights and optimiser state of the last checkpoint, every best/ file (weights bit for
-    bit, records) and summary.json equal; no temporary file left anywhere."""
+    """Weights, optimiser state and run state (its random states too) of the last checkpoint,
+    every best/ file (weights bit for bit, records) and summary.json equal; no temporary file
+    left anywhere."""
     a = torch.load(os.path.join(expected, last), map_location='cpu', weights_only=True)
     b = torch.load(os.path.join(got, last), map_location='cpu', weights_only=True)
     assert a['state_dict'].keys() == b['state_dict'].keys()
@@ -122,6 +135,7 @@ def assert_same_run(expected, got, last='epoch_2.pth'):
     assert not differ, differ[:5]
     for x, y in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert all(torch.equal(x[k], y[k]) for k in x)
+    assert same_values(a['bikd_run_state'], b['bikd_run_state']), 'the run states differ'
     assert sorted(os.listdir(os.path.join(expected, 'best'))) == \
         sorted(os.listdir(os.path.join(got, 'best')))
     records = read_json(os.path.join(expected, 'best', 'best.json'))
@@ -209,7 +223,7 @@ def test_a_change_of_what_the_method_computes_is_refused_on_resume(change, liste
     import shutil
     work = tmp_path / 'run'
     shutil.copytree(uninterrupted, work)
-    before = sorted(os.listdir(work))
+    before = digests(work)
     proc = train_net('--config-file', CONFIG, '--resume',
                      *opts(digits_root, work, 'train_cfg.max_epochs=3', change),
                      expect_ok=False)
@@ -217,7 +231,7 @@ def test_a_change_of_what_the_method_computes_is_refused_on_resume(change, liste
     line = error_line(proc.stdout)
     assert 'the config describes another run' in line and listed in line, line
     assert 'Traceback' not in proc.stdout
-    assert sorted(os.listdir(work)) == before
+    assert digests(work) == before  # the config copy too: every file byte for byte
 
 
 #: a launcher of mmengine's own: the config's runner_type built by mmengine's RUNNERS, which
@@ -242,7 +256,7 @@ def test_a_runner_built_by_mmengines_registry_owns_the_run(digits_root, tmp_path
     shutil.copytree(uninterrupted, work)
     (work / 'last_checkpoint').write_text(str(work / 'epoch_2.pth'))
     proc = subprocess.run([sys.executable, '-c', MMENGINE_LAUNCHER, CONFIG,
-                           *opts(digits_root, work, 'resume=auto',
+                           *opts(digits_root, work, 'resume=auto', 'train_cfg.max_epochs=3',
                                  f'load_from={uninterrupted}/epoch_1.pth')],
                           cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=LIMIT)
@@ -352,3 +366,233 @@ def test_a_start_on_a_full_disk_is_one_line_and_leaves_nothing(digits_root, tmp_
     assert 'No space left on device (ENOSPC)' in line and str(work) in line, line
     assert 'Traceback' not in proc.stdout
     assert os.listdir(disk) == ['filler']
+
+
+# ----------------------------------------------------------------------------- one run per folder
+def digests(folder):
+    """Every file under ``folder`` (its path relative to it) and its SHA-256."""
+    import hashlib
+    out = {}
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(parent, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def copy_run(source, target):
+    import shutil
+    shutil.copytree(source, target)
+    return target
+
+
+def damage(path, size=64 * 1024):
+    """Random bytes written into the middle of a file's data, its size kept."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle:middle + size] = os.urandom(size)
+    path.write_bytes(bytes(data))
+
+
+def test_a_fresh_start_over_a_run_is_refused_and_overwrite_moves_the_run_aside(
+        digits_root, tmp_path, uninterrupted):
+    work = copy_run(uninterrupted, tmp_path / 'run')
+    before = digests(work)
+    proc = train_net('--config-file', CONFIG, *opts(digits_root, work), expect_ok=False)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    line = error_line(proc.stdout)
+    assert f'work_dir {work} holds a run (best, epoch_1.pth, epoch_2.pth' in line, line
+    assert all(way in line for way in ('--resume auto', 'another work_dir', '--overwrite')), line
+    assert digests(work) == before  # every file byte for byte as it was
+    # --overwrite (after the overrides): the run moves aside whole, a new one starts
+    out = train_net('--config-file', CONFIG, *opts(digits_root, work, 'train_cfg.max_epochs=1'),
+                    '--overwrite').stdout
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith('run.replaced-')]
+    assert len(moved) == 1 and f'was moved to {moved[0]}' in out, out[-3000:]
+    assert digests(moved[0]) == before
+    assert (work / 'epoch_1.pth').is_file() and not (work / 'epoch_2.pth').exists()
+    assert read_json(work / 'summary.json')['iterations'] == 10
+
+
+#: runs tools/<argv[1]> that waits before iteration BIKD_PAUSE_AT until the file BIKD_GO exists
+PAUSER = r'''
+import os, runpy, sys, time
+at, go = int(os.environ['BIKD_PAUSE_AT']), os.environ['BIKD_GO']
+from mmengine.runner import EpochBasedTrainLoop
+run_iter = EpochBasedTrainLoop.run_iter
+def patched(self, idx, data_batch):
+    if self.iter == at:
+        print('PAUSED', flush=True)
+        while not os.path.exists(go):
+            time.sleep(0.1)
+    run_iter(self, idx, data_batch)
+EpochBasedTrainLoop.run_iter = patched
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+def test_a_second_start_while_a_run_holds_its_work_dir_is_refused(digits_root, tmp_path,
+                                                                  uninterrupted):
+    """A requeue (or a second job) resuming while the first still trains: refused in one line
+    naming the holder; the first ends as a run that shared nothing."""
+    work, go = tmp_path / 'shared', tmp_path / 'go'
+    args = ['--config-file', CONFIG, '--resume', 'auto', *opts(digits_root, work)]
+    first = subprocess.Popen([sys.executable, '-c', PAUSER, TRAIN_NET, *args], cwd=ROOT,
+                             env=env(BIKD_PAUSE_AT='12', BIKD_GO=str(go)), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in first.stdout:
+            if line.startswith('PAUSED'):
+                break
+        def files():  # (the first run's log folder may still be flushed by its own threads)
+            return {k: v for k, v in digests(work).items() if not re.match(r'\d{8}_\d{6}', k)}
+        before = files()
+        second = train_net(*args, expect_ok=False)
+        assert second.returncode == 2, second.stdout[-3000:]
+        line = error_line(second.stdout)
+        assert f'work_dir {work} is held by another run: pid {first.pid} on ' in line, line
+        assert files() == before
+        go.write_text('')
+        out = first.communicate(timeout=LIMIT)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 0, out[-3000:]
+    assert_same_run(uninterrupted, work)
+    assert not (work / 'owner.lock').exists()
+
+
+def test_a_damaged_last_checkpoint_is_skipped_for_the_one_before_it(digits_root, tmp_path,
+                                                                   uninterrupted):
+    work = copy_run(uninterrupted, tmp_path / 'damaged')
+    recorded = (work / 'epoch_2.pth.sha256').read_text().split()[0]
+    damage(work / 'epoch_2.pth')
+    out = train_net('--config-file', CONFIG, '--resume', 'auto', *opts(digits_root, work)).stdout
+    assert f'skipped: {work}/epoch_2.pth does not match its digest' in out, out[-3000:]
+    assert f'records sha256 {recorded}, the file now has ' in out
+    assert f'resuming from the newest checkpoint that matches its digest, {work}/epoch_1.pth' \
+        in out
+    assert_same_run(uninterrupted, work)
+
+
+def test_a_damaged_best_file_or_export_is_refused_when_loaded(digits_root, tmp_path,
+                                                              uninterrupted):
+    import shutil
+    from bikd.errors import UserError
+    from bikd.export import export_members, load_trained
+    best = tmp_path / 'best'
+    shutil.copytree(uninterrupted / 'best', best)
+    damage(best / 'resnet.top1.pth', 4096)
+    proc = train_net('--config-file', CONFIG, '--eval-only',
+                     *opts(digits_root, tmp_path / 'eval', 'model.random_init=false',
+                           f'model.members.0.checkpoint={best}/resnet.top1.pth',
+                           f'model.members.1.checkpoint={best}/convnext.top1.pth'),
+                     expect_ok=False)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert f'{best}/resnet.top1.pth does not match its digest' in error_line(proc.stdout)
+    model = load_trained(CONFIG, str(uninterrupted / 'epoch_2.pth'),
+                         digits_overrides(digits_root, str(tmp_path / 'x')))
+    export_members(model, str(tmp_path / 'export'))
+    assert (tmp_path / 'export' / 'convnext.pth.sha256').is_file()
+    damage(tmp_path / 'export' / 'convnext.pth', 4096)
+    with pytest.raises(UserError, match='convnext.pth does not match its digest'):
+        model.members[1].load_export(str(tmp_path / 'export'), 'convnext')
+
+
+def test_resume_auto_on_a_finished_run_changes_no_file(digits_root, tmp_path, uninterrupted):
+    work = copy_run(uninterrupted, tmp_path / 'done')
+    before = digests(work)
+    proc = train_net('--config-file', CONFIG, *opts(digits_root, work), '--resume', 'auto')
+    assert f'the run in {work} finished at epoch 2 (iteration 20)' in proc.stdout
+    assert digests(work) == before
+
+
+#: runs tools/<argv[1]> that sends itself BIKD_SIGNAL (``NAME:iteration``) before that
+#: iteration (with BIKD_GROUP, to its whole process group, loader workers too, as Slurm and a
+#: terminal do); with BIKD_AGAIN, the same signal again 1.5 s into the write of the stop's
+#: checkpoint
+SIGNALLER = r'''
+import os, runpy, signal, sys, time
+name, at = os.environ['BIKD_SIGNAL'].split(':')
+at, signum = int(at), getattr(signal, name)
+first = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') == '0' and \
+    os.environ.get('RANK', '0') == '0'
+from mmengine.runner import EpochBasedTrainLoop
+run_iter = EpochBasedTrainLoop.run_iter
+def patched(self, idx, data_batch):
+    if self.iter == at and first:
+        print(f'SENDING {name} before iteration {at}', flush=True)
+        if os.environ.get('BIKD_GROUP'):
+            os.killpg(0, signum)
+        else:
+            os.kill(os.getpid(), signum)
+    run_iter(self, idx, data_batch)
+EpochBasedTrainLoop.run_iter = patched
+if os.environ.get('BIKD_AGAIN'):
+    from bikd.engine import patches
+    write = patches.write_bytes
+    def slow(data, path, *args, **kwargs):
+        if os.path.basename(path).startswith('iter_'):
+            time.sleep(1.5)
+            os.kill(os.getpid(), signum)
+        return write(data, path, *args, **kwargs)
+    patches.write_bytes = slow
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')
+'''
+
+
+@pytest.mark.parametrize('sent, workers', [('SIGTERM:14', 2), ('SIGINT:12', 0)])
+def test_a_signal_mid_epoch_stops_with_a_checkpoint_and_the_run_resumes_to_the_same_end(
+        sent, workers, digits_root, tmp_path, uninterrupted):
+    """SIGTERM (Slurm, scancel: to every process, loader workers too) and Ctrl-C mid-epoch:
+    the iteration finishes, a checkpoint is written there, one line says so; --resume auto
+    continues with the next batch and ends as the uninterrupted run (which loaded its data in
+    this process: with loader workers that persist, each sample's augmentation is the
+    same)."""
+    name, at = sent.split(':')
+    done = int(at) + 1
+    loader = [f'train_dataloader.num_workers={workers}'] + \
+        (['train_dataloader.persistent_workers=true'] if workers else [])
+    work = tmp_path / 'stopped'
+    args = ['--config-file', CONFIG, '--resume', 'auto', *opts(digits_root, work, *loader)]
+    group = dict(BIKD_GROUP='1') if workers else {}
+    stopped = subprocess.run([sys.executable, '-c', SIGNALLER, TRAIN_NET, *args], cwd=ROOT,
+                             env=env(BIKD_SIGNAL=sent, **group), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=LIMIT,
+                             start_new_session=True)
+    out = stopped.stdout
+    assert stopped.returncode == 128 + getattr(signal, name), out[-3000:]
+    assert 'Traceback' not in out
+    assert out.strip().splitlines()[-1] == (
+        f'stopped by {name} at epoch 2 of 2, iteration {done} of 20; checkpoint '
+        f'{work}/iter_{done}.pth written; continue with --resume auto'), out[-3000:]
+    assert (work / 'last_checkpoint').read_text() == f'{work}/iter_{done}.pth'
+    assert not (work / 'owner.lock').exists()
+    resumed = train_net(*args).stdout
+    assert f'continuing from {work}/iter_{done}.pth (verified' in resumed
+    assert f'continuing epoch 2 after its first {done - 10} of 10 batches' in resumed
+    assert_same_run(uninterrupted, work)
+    assert not (work / f'iter_{done}.pth').exists()  # superseded by epoch_2.pth
+
+
+def test_a_second_signal_during_the_save_stops_at_once_keeping_the_last_checkpoint(
+        digits_root, tmp_path, uninterrupted):
+    work = copy_run(uninterrupted, tmp_path / 'again')
+    for name in ('epoch_2.pth', 'epoch_2.pth.sha256', 'summary.json'):
+        os.remove(work / name)  # as if epoch 2 were being trained
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_1.pth'))
+    kept = digests(work)['epoch_1.pth']
+    stopped = subprocess.run([sys.executable, '-c', SIGNALLER, TRAIN_NET, '--config-file', CONFIG,
+                              '--resume', 'auto', *opts(digits_root, work)], cwd=ROOT,
+                             env=env(BIKD_SIGNAL='SIGTERM:15', BIKD_AGAIN='1'), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=LIMIT)
+    assert stopped.returncode == -signal.SIGTERM, stopped.stdout[-3000:]  # ended by it
+    assert stopped.stdout.strip().splitlines()[-1] == (
+        f'second SIGTERM: stopped at once, without a checkpoint at this point; the last '
+        f'complete checkpoint is {work}/epoch_1.pth; continue with --resume auto')
+    assert not (work / 'iter_16.pth').exists() and digests(work)['epoch_1.pth'] == kept
+    assert (work / 'last_checkpoint').read_text() == str(work / 'epoch_1.pth')
+    assert not (work / 'owner.lock').exists()  # given back on the way out

@@ -168,9 +168,12 @@ def test_mmengine_saves_go_through_the_atomic_backend(tmp_path, monkeypatch):
     monkeypatch.setattr(os, 'fsync', disk_full)
     with pytest.raises(OSError, match='No space'):
         save_checkpoint(dict(state_dict=dict(w=torch.zeros(3))), path)
-    # the earlier checkpoint is intact and no temporary file is left behind
+    # the earlier checkpoint is intact, with its digest, and no temporary file is left behind
     assert torch.equal(torch.load(path, weights_only=True)['state_dict']['w'], torch.ones(3))
-    assert os.listdir(tmp_path) == ['iter_1.pth']
+    assert sorted(os.listdir(tmp_path)) == ['iter_1.pth', 'iter_1.pth.sha256']
+    from bikd.fileio import verify
+    assert verify(path) == 'verified'
+
 
 
 SAVER = '''
@@ -200,6 +203,8 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
         deadline = time.time() + 60
         while caught is None and time.time() < deadline:
             for entry in os.scandir(tmp_path):
+                if entry.name.endswith('.sha256'):
+                    continue  # (the digest beside it: small, and whole when it is there)
                 try:
                     size = entry.stat().st_size
                 except FileNotFoundError:  # renamed away meanwhile
@@ -215,3 +220,5 @@ def test_a_kill_during_a_save_leaves_the_previous_checkpoint_loadable(tmp_path):
     w = torch.load(path, weights_only=True)['state_dict']['w']
     assert w.numel() == 16_000_000 and bool((w == w[0]).all()) and w[0] >= 1
     assert caught != 'last.pth' and caught.endswith('.tmp')
+    from bikd.fileio import verify
+    assert verify(str(path)) in ('verified', 'unverified')  # never another save's digest

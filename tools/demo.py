@@ -132,7 +132,10 @@ def main(argv=None):
             continue
         cfg = f'configs/{configs}/pretrain_{m}.yaml'
         work = f'{out}/pretrain_{m}'
-        if run_python(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data],
+        # a pretraining stopped before continues; --force-pretrain moves an earlier one aside
+        again = ['--overwrite'] if args.force_pretrain else ['--resume', 'auto']
+        if run_python(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data,
+                       *again],
                       os.path.join(ROOT, out, 'logs', f'pretrain_{m}.log'),
                       f'\npretraining member {m}: tools/train_net.py --config-file {cfg}',
                       cwd=ROOT):

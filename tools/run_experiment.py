@@ -325,6 +325,11 @@ def run_locally(plan: ConfigPlan) -> None:
         if code == 2:  # train_net has said what in the input is wrong, in one line
             raise UserError(f'run {run} stopped on the error above; fix it and run this again '
                             '(the runs already done are reused)')
+        if code > 128:  # stopped on a signal (Ctrl-C, SIGTERM) with a checkpoint
+            print(f'run {run} stopped with a checkpoint (exit status {code}); the same command '
+                  'again continues it, and reuses the runs already done', file=sys.stderr,
+                  flush=True)
+            sys.exit(code)
         if code:  # a bug: train_net has shown its traceback
             print(f'error: run {run} failed (exit status {code}; the traceback above)',
                   file=sys.stderr, flush=True)

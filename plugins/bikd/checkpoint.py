@@ -10,11 +10,11 @@ optimiser and random states; :func:`peek_checkpoint`, :func:`check_checkpoint_fi
 :func:`find_last_checkpoint`). Writing is atomic everywhere (:mod:`bikd.fileio`).
 """
 import glob
-import hashlib
 import os
 import os.path as osp
 import zipfile
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from . import compat
 from .errors import UserError
+from .fileio import UNVERIFIED, DigestMismatch, file_sha256, verify
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -41,10 +42,13 @@ def load_weights_file(path: str, trust: bool = False) -> Dict[str, Tensor]:
     """Read a checkpoint file and return its flat state dict.
 
     Loads with ``weights_only=True``: a file that needs arbitrary Python objects to unpickle is
-    refused unless ``trust=True`` (only for files from a source you trust).
+    refused unless ``trust=True`` (only for files from a source you trust). A file with a
+    digest beside it (what the suite writes: exports, ``best/``, runner checkpoints) is
+    verified first; a mismatch is an error naming the file and both digests.
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
+    verify(path)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=not trust)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
@@ -232,14 +236,43 @@ def check_checkpoint_fits(model, path: str, allow_partial: bool = False,
 
 def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
     """The checkpoint a run in ``work_dir`` continues from, and a note when it is not simply
-    the one the ``last_checkpoint`` marker names. ``(None, why)`` when there is none.
+    the one the ``last_checkpoint`` marker names (:func:`last_good_checkpoint`, whose
+    verification lines the note ends with). ``(None, why)`` when there is none."""
+    found = last_good_checkpoint(work_dir)
+    return found.path, '\n'.join(([found.why] if found.why else []) + found.skipped)
+
+
+@dataclass
+class FoundCheckpoint:
+    """What :func:`last_good_checkpoint` found: ``path`` (``None``: nothing to continue
+    from), ``why`` (a note when it is not simply the marker's file, or why there is none),
+    ``skipped`` (one line per checkpoint skipped because it does not match its digest) and
+    ``verification`` (:data:`~bikd.fileio.VERIFIED`, or :data:`~bikd.fileio.UNVERIFIED` for a
+    file written without a digest)."""
+    path: Optional[str]
+    why: str = ''
+    skipped: List[str] = field(default_factory=list)
+    verification: str = UNVERIFIED
+
+
+def _checkpoint_files(work_dir: str) -> List[str]:
+    """The work_dir's complete checkpoint files, newest first."""
+    return sorted((p for p in glob.glob(osp.join(work_dir, '*.pth')) if checkpoint_is_complete(p)),
+                  key=osp.getmtime, reverse=True)
+
+
+def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
+    """The checkpoint a run in ``work_dir`` continues from: the one the ``last_checkpoint``
+    marker names, unless it is missing, cut short or does not match its digest; then the
+    newest complete checkpoint of the folder that matches its own (or has none).
 
     The marker is read as the name of a file of ``work_dir`` (mmengine writes an absolute
     path): a work_dir that was copied or moved continues from its own checkpoint, never from
-    the folder it was copied from, and the note says so. An empty marker, or one naming a
-    file that is missing or cut short, gives the newest complete checkpoint of the folder."""
+    the folder it was copied from, and the note says so. Every candidate is verified against
+    the digest written with it (:func:`bikd.fileio.verify`: the whole file is read); one that
+    does not match is skipped with a line naming it and both digests, never resumed."""
     marker = osp.join(work_dir, 'last_checkpoint')
-    named, problem = '', ''
+    named, problem, first = '', '', None
     if osp.isfile(marker):
         with open(marker) as f:
             named = f.read().strip()
@@ -248,10 +281,11 @@ def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
         elsewhere = osp.dirname(named) and osp.realpath(osp.dirname(named)) != \
             osp.realpath(work_dir)
         if checkpoint_is_complete(own):
-            return own, (f'the last_checkpoint marker names {named}, outside this work_dir: '
-                         f'continuing from this work_dir\'s own {osp.basename(named)}'
-                         if elsewhere else '')
-        if elsewhere:
+            first = own
+            problem = (f'the last_checkpoint marker names {named}, outside this work_dir: '
+                       f'continuing from this work_dir\'s own {osp.basename(named)}'
+                       if elsewhere else '')
+        elif elsewhere:
             problem = (f'the last_checkpoint marker names {named}, outside {work_dir} (a copied '
                        'or moved work_dir?), which is not used')
         elif not osp.isfile(own):
@@ -262,30 +296,30 @@ def find_last_checkpoint(work_dir: str) -> Tuple[Optional[str], str]:
         problem = f'the last_checkpoint marker in {work_dir} is empty'
     else:
         problem = f'no last_checkpoint marker in {work_dir}'
-    found = sorted((p for p in glob.glob(osp.join(work_dir, '*.pth'))
-                    if checkpoint_is_complete(p)), key=osp.getmtime, reverse=True)
-    if not found:
-        return None, problem
-    return found[0], f'{problem}; resuming from the newest complete checkpoint {found[0]}'
+    candidates = ([first] if first else []) + [p for p in _checkpoint_files(work_dir)
+                                               if p != first]
+    skipped: List[str] = []
+    for path in candidates:
+        try:
+            verification = verify(path)
+        except DigestMismatch as e:
+            skipped.append(f'skipped: {e}')
+            continue
+        if path == first and not skipped:
+            return FoundCheckpoint(path, problem, skipped, verification)
+        if path == first:
+            why = problem
+        elif skipped:
+            why = f'resuming from the newest checkpoint that matches its digest, {path}'
+        else:
+            why = f'{problem}; resuming from the newest complete checkpoint {path}'
+        return FoundCheckpoint(path, why, skipped, verification)
+    if skipped:
+        return FoundCheckpoint(None, f'no checkpoint in {work_dir} matches its digest', skipped)
+    return FoundCheckpoint(None, problem)
 
 
 # ----------------------------------------------------------------------------- digests
-_hashes: Dict[Tuple[str, int, float], str] = {}
-
-
-def file_sha256(path: str) -> str:
-    """The SHA-256 of a file's content (remembered per path, size and modification time)."""
-    st = os.stat(path)
-    key = (osp.abspath(path), st.st_size, st.st_mtime)
-    if key not in _hashes:
-        digest = hashlib.sha256()
-        with open(path, 'rb') as f:
-            for block in iter(lambda: f.read(1 << 20), b''):
-                digest.update(block)
-        _hashes[key] = digest.hexdigest()
-    return _hashes[key]
-
-
 def weights_digest(source) -> Optional[object]:
     """The content digest of what a weights argument names: a local file's SHA-256, or a
     folder's (a ``save_pretrained`` folder) SHA-256 per file; ``None`` for anything else (a

@@ -1,4 +1,19 @@
-"""Training data that may hold a few unreadable files: :class:`SkipBadSamples`.
+"""Training data that a run can stop and continue at any batch (:class:`SeededSamples`,
+:class:`ResumableSampler`), and that may hold a few unreadable files (:class:`SkipBadSamples`).
+
+**Seeded samples.** The suite's runner wraps the training dataset in :class:`SeededSamples`
+and its sampler in :class:`ResumableSampler`: every index the sampler gives carries a seed
+made from the run's seed, the epoch, the process's rank and the index's position in the
+epoch, and the dataset draws that sample's random augmentation (Python's, NumPy's and
+torch's global generators) from that seed alone. A sample's augmentation then depends on
+where it falls in the run, not on which loader worker loads it nor on what that worker drew
+before, so a run that continues mid-epoch (after a stop on a signal) draws exactly the
+augmentations of a run never stopped, with any number of workers, persistent or not, and
+without loading the batches it skips: :meth:`ResumableSampler.skip` starts the next epoch past
+them. In the main process (``num_workers=0``) the generators' states are put back after each
+sample, so loading data draws nothing from the training's own random stream.
+
+**Unreadable samples.**
 
 ``train_net ... skip_bad_samples=N`` wraps the training dataset in it: a sample whose file
 cannot be read (a truncated or empty image, a dangling link: the datasets raise ``OSError``
@@ -10,13 +25,119 @@ with its name (``train_net`` prints one line; the last checkpoint is intact).
 """
 import multiprocessing
 import os
-from typing import Any, Optional, Union
+import random
+from typing import Any, Iterator, NamedTuple, Optional, Union
 
+import numpy as np
+import torch
 from mmengine.logging import print_log
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from .errors import UserError
-from .registry import DATASETS
+from .registry import DATA_SAMPLERS, DATASETS
+
+
+class SeededIndex(NamedTuple):
+    """An index of a dataset with the seed of its sample's random augmentation."""
+    index: int
+    seed: int
+
+
+def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
+    """The seed of the sample at ``position`` of the epoch on process ``rank``."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(rank),
+                                       int(position)]).generate_state(1)[0])
+
+
+def _seed_generators(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@DATA_SAMPLERS.register_module()
+class ResumableSampler(Sampler):
+    """The config's ``sampler`` (built with the same ``dataset`` and ``seed``) whose indices
+    carry their samples' seeds (:class:`SeededIndex`, see the module's description), and
+    which can start its next pass past the indices already trained (:meth:`skip`)."""
+
+    def __init__(self, sampler: Union[dict, Sampler], dataset=None, seed: Optional[int] = None):
+        from mmengine.dist import get_rank
+        self.sampler = DATA_SAMPLERS.build(sampler, default_args=dict(dataset=dataset, seed=seed)) \
+            if isinstance(sampler, dict) else sampler
+        if seed is None:  # (mmengine's samplers draw a seed shared by the processes)
+            seed = getattr(self.sampler, 'seed', 0)
+        self.seed = int(seed or 0)
+        self.rank = get_rank()
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.sampler, 'set_epoch'):
+            self.sampler.set_epoch(epoch)
+
+    def skip(self, count: int) -> None:
+        """Leave out the first ``count`` indices of the next pass (they are not loaded)."""
+        self._skip = int(count)
+
+    def __iter__(self) -> Iterator[SeededIndex]:
+        skip, self._skip = self._skip, 0
+        for position, index in enumerate(self.sampler):
+            if position >= skip:
+                yield SeededIndex(int(index), sample_seed(self.seed, self.epoch, self.rank,
+                                                          position))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith('_') or name == 'sampler':
+            raise AttributeError(name)
+        return getattr(self.sampler, name)
+
+
+@DATASETS.register_module()
+class SeededSamples(Dataset):
+    """``dataset`` (a dataset or its config) whose samples draw their random augmentation
+    from the seed their :class:`SeededIndex` carries (see the module's description); a plain
+    index is passed through. Other attributes are the wrapped dataset's."""
+
+    def __init__(self, dataset: Union[dict, Dataset]):
+        self.dataset = DATASETS.build(dataset) if isinstance(dataset, dict) else dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, SeededIndex):
+            return self.dataset[index]
+        if get_worker_info() is not None:  # a loader worker: its generators serve data only
+            _seed_generators(index.seed)
+            return self.dataset[index.index]
+        states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+        try:
+            _seed_generators(index.seed)
+            return self.dataset[index.index]
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
+            torch.set_rng_state(states[2])
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith('_') or name == 'dataset':  # (while unpickled: not set yet)
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+def unwrap_dataset(dataset: Any, cls: type) -> Any:
+    """The dataset of type ``cls`` inside ``dataset``'s wrappers (``None`` if there is
+    none)."""
+    while dataset is not None:
+        if isinstance(dataset, cls):
+            return dataset
+        dataset = getattr(dataset, '__dict__', {}).get('dataset')
+    return None
 
 
 def unreadable_file(path: str, error: Optional[BaseException] = None,

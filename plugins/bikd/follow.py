@@ -12,6 +12,9 @@ prints, for a person watching:
   mmengine's notes about its API: they stay in the file);
 - when the run fails, the end of its output (its one-line error, or a bug's traceback) and
   where the whole of it is.
+
+Ctrl-C reaches the run as well, which stops with a checkpoint (:mod:`bikd.engine.signals`):
+the follower waits for it and shows its last lines.
 """
 import os
 import re
@@ -79,7 +82,15 @@ def follow_run(command: List[str], log_file: str, echo: Callable[[str], None] = 
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, bufsize=1, cwd=cwd,
                                 env={**os.environ, 'PYTHONUNBUFFERED': '1'})
-        for line in proc.stdout:
+        lines = iter(proc.stdout)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except KeyboardInterrupt:  # the run has the Ctrl-C too: it stops with a checkpoint
+                echo('  Ctrl-C: the run stops after its current iteration, with a checkpoint')
+                continue
             log.write(line)
             last = (last + [line.rstrip('\n')])[-tail:]
             shown = summarise_line(line, state)

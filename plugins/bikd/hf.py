@@ -33,7 +33,7 @@ from torch import Tensor
 
 from .checkpoint import load_into
 from .errors import UserError
-from .fileio import atomic_dir, save_json
+from .fileio import atomic_dir, save_json, verify, write_folder_digests
 
 INSTALL_HINT = 'install it with `pip install transformers` (make test does)'
 
@@ -131,7 +131,10 @@ class TransformersModel:
 
     # ------------------------------------------------------------------ weights in
     def load_checkpoint(self, source: str) -> None:
-        """``checkpoint``: a ``save_pretrained`` folder or a hub id, loaded strictly."""
+        """``checkpoint``: a ``save_pretrained`` folder or a hub id, loaded strictly; a folder
+        the suite exported is verified against its ``SHA256SUMS`` first."""
+        if os.path.isdir(source):
+            verify(source)
         self._load_from_pretrained(source, head_may_change=False)
 
     def load_pretrained(self) -> str:
@@ -194,6 +197,7 @@ class TransformersModel:
             self.model.save_pretrained(tmp, safe_serialization=True)
             if self.image_processor is not None:
                 self.image_processor.save_pretrained(tmp)
+            write_folder_digests(tmp)
         remote = ', trust_remote_code=True' if self.trust_remote_code else ''
         info = dict(format=self.export_format, member=self.name, checkpoint=stem,
                     model=self.model_id, auto_class=self.auto_class,

@@ -3,8 +3,12 @@ launcher detectron2's, DINOv2's and Mask2Former's users know).
 
 - :class:`TrainJob` is what a job runs: ``train_net`` on one run's config with ``--resume
   auto`` (on every node: torchrun with one process per GPU). Slurm may stop and requeue it
-  (preemption, ``scontrol requeue``, a time limit: :meth:`TrainJob.checkpoint` asks submitit
-  to requeue it); each start continues from the run's last checkpoint.
+  (preemption, ``scontrol requeue``, a time limit); each start continues from the run's last
+  checkpoint. ``train_net`` stops safely on Slurm's signals (a checkpoint at the end of the
+  current iteration, :mod:`bikd.engine.signals`): before a time limit (USR2)
+  :meth:`TrainJob.checkpoint` waits for that checkpoint and asks submitit to requeue the job;
+  a job whose run stopped on SIGTERM (``scancel --signal=TERM``, a preemption) requeues
+  itself, so it continues where it stopped.
 - :func:`make_executor` makes submitit's executor for ``--launcher slurm`` (jobs submitted
   requeueable) or ``--launcher local``.
 - :class:`JobBook` records which job runs which run (``jobs.json``, written atomically), and
@@ -15,6 +19,7 @@ launcher detectron2's, DINOv2's and Mask2Former's users know).
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +30,10 @@ from .errors import UserError
 from .fileio import save_json
 
 LAUNCHERS = ('slurm', 'local')
+#: how long a job waits for its run to write its stop checkpoint before it is requeued anyway
+STOP_WAIT_S = 60
+#: the exit statuses of a run that stopped safely on a signal (SIGTERM, SIGUSR2)
+REQUEUE_STATUSES = (128 + signal.SIGTERM, 128 + signal.SIGUSR2)
 
 
 @dataclass
@@ -55,6 +64,13 @@ class TrainJob:
                 '--nproc-per-node', str(procs), '--rdzv-backend', 'c10d', '--rdzv-endpoint',
                 f'{head}:{port}', '--rdzv-id', str(job_id or 'bikd'), *train]
 
+    _proc = None  # the running train_net (not a field: not pickled)
+
+    def __getstate__(self):  # (submitit pickles the job: the running process stays here)
+        state = dict(self.__dict__)
+        state.pop('_proc', None)
+        return state
+
     def __call__(self) -> str:
         head, job_id = '', ''
         try:
@@ -65,16 +81,45 @@ class TrainJob:
             pass
         cmd = self.command(head, job_id)
         print('running:', ' '.join(cmd), flush=True)
-        proc = subprocess.run(cmd, cwd=self.cwd)
-        if proc.returncode != 0:
-            raise RuntimeError(f'train_net exited with status {proc.returncode} on '
-                               f'{self.config} (its log: the lines above)')
-        return self.config
+        self._proc = proc = subprocess.Popen(cmd, cwd=self.cwd)
+        while proc.poll() is None:  # (a signal's handler, checkpoint(), runs in between)
+            time.sleep(0.5)
+        if proc.returncode == 0:
+            return self.config
+        if proc.returncode in REQUEUE_STATUSES and os.environ.get('SLURM_JOB_ID'):
+            requeue_slurm_job(os.environ['SLURM_JOB_ID'], proc.returncode)
+        raise RuntimeError(f'train_net exited with status {proc.returncode} on '
+                           f'{self.config} (its log: the lines above)')
 
-    def checkpoint(self):
-        """Requeue on preemption or a time limit: the next start resumes (``--resume auto``)."""
+    def checkpoint(self, *args, **kwargs):
+        """Before a time limit (or a preemption signalled with USR2): let the run write its
+        checkpoint at the end of its current iteration (it has the signal too; it is passed
+        on in case), then have submitit requeue the job: the next start resumes (``--resume
+        auto``) with the next batch."""
         import submitit
-        return submitit.helpers.DelayedSubmission(self)
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                proc.send_signal(signal.SIGUSR2)
+                proc.wait(timeout=STOP_WAIT_S)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        return submitit.helpers.DelayedSubmission(TrainJob(self.config, self.cwd, self.nodes,
+                                                           self.gpus_per_node))
+
+
+def requeue_slurm_job(job_id: str, status: int) -> None:
+    """The run stopped safely on a signal (``status``, its checkpoint written): requeue the
+    job so that it continues, and end this start without a result, as submitit does when it
+    requeues. When Slurm refuses (a cancelled job, or one it is requeueing already) that is
+    said, and the job still ends without a result: ``--status`` then tells what became of it."""
+    proc = subprocess.run(['scontrol', 'requeue', job_id], capture_output=True, text=True)
+    why = proc.stderr.strip() or proc.stdout.strip()
+    print(f'train_net stopped on signal {status - 128} with a checkpoint; Slurm job {job_id} ' +
+          ('requeued: its next start continues the run' if proc.returncode == 0 else
+           f'not requeued by this job ({why}): cancelled, or requeued by Slurm itself; '
+           '--resume auto (or run_experiment --grid) continues it'), flush=True)
+    sys.exit(-1)
 
 
 def parse_time(text: str) -> int:

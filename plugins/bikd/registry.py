@@ -31,7 +31,7 @@ METRICS = Registry('metric', parent=mme.METRICS, scope='bikd')
 #: The suite's engine: hooks, runner, optimiser and model wrappers.
 HOOKS = Registry('hook', parent=mme.HOOKS, scope='bikd',
                  locations=['bikd.engine.hooks', 'bikd.engine.random_state',
-                            'bikd.engine.run_state', 'bikd.engine.best'])
+                            'bikd.engine.run_state', 'bikd.engine.best', 'bikd.engine.signals'])
 RUNNERS = Registry('runner', parent=mme.RUNNERS, scope='bikd', locations=['bikd.engine.runner'])
 OPTIM_WRAPPERS = Registry('optim_wrapper', parent=mme.OPTIM_WRAPPERS, scope='bikd',
                           locations=['bikd.engine.optim'])
@@ -42,7 +42,7 @@ MODEL_WRAPPERS = Registry('model_wrapper', parent=mme.MODEL_WRAPPERS, scope='bik
 #: with the scope, ``collate_fn: {type: bikd.detectron2_collate}``.
 FUNCTIONS = Registry('function', parent=mme.FUNCTIONS, scope='bikd')
 #: The config checks resolve the training loop and the optimiser through these.
-LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd')
+LOOPS = Registry('loop', parent=mme.LOOPS, scope='bikd', locations=['bikd.engine.loops'])
 OPTIMIZERS = Registry('optimizer', parent=mme.OPTIMIZERS, scope='bikd')
 
 #: mmengine's other roots that its Runner builds from under the ``bikd`` scope in the shipped
@@ -50,11 +50,14 @@ OPTIMIZERS = Registry('optimizer', parent=mme.OPTIMIZERS, scope='bikd')
 #: visualiser and its backends). The suite registers nothing in them, but
 #: each needs a child of scope ``bikd``: without one, mmengine warns at every build that it
 #: falls back to its own registry.
-SCOPE_CHILDREN = {name: Registry(name, parent=root, scope='bikd') for name, root in (
-    ('data sampler', mme.DATA_SAMPLERS),
-    ('optimizer wrapper constructor', mme.OPTIM_WRAPPER_CONSTRUCTORS),
-    ('parameter scheduler', mme.PARAM_SCHEDULERS), ('visualizer', mme.VISUALIZERS),
-    ('vis_backend', mme.VISBACKENDS))}
+SCOPE_CHILDREN = {name: Registry(name, parent=root, scope='bikd', **extra)
+                  for name, root, extra in (
+    ('data sampler', mme.DATA_SAMPLERS, dict(locations=['bikd.data'])),
+    ('optimizer wrapper constructor', mme.OPTIM_WRAPPER_CONSTRUCTORS, {}),
+    ('parameter scheduler', mme.PARAM_SCHEDULERS, {}), ('visualizer', mme.VISUALIZERS, {}),
+    ('vis_backend', mme.VISBACKENDS, {}))}
+#: Samplers: the suite registers :class:`bikd.data.ResumableSampler` here.
+DATA_SAMPLERS = SCOPE_CHILDREN['data sampler']
 
 
 def argument_defaults(cls) -> dict:

@@ -5,15 +5,18 @@ from .best import BestMembersHook
 from .build import build_model
 from .config import load_config
 from .hooks import AtomicCheckpointHook, BiKDSummaryHook, LabelSpaceCheckHook
+from .loops import BiKDEpochBasedTrainLoop
 from .lean_ddp import BiKDDistributedDataParallel, LeanDistributedDataParallel
 from .optim import BiKDAmpOptimWrapper, BiKDOptimWrapper
 from .patches import allow_mmengine_checkpoints, setup_engine, use_atomic_local_writes
 from .random_state import RandomStateHook
 from .run_state import RunState, RunStateHook
-from .runner import BiKDRunner, build_runner
+from .runner import BiKDRunner, RunFinished, build_runner
+from .signals import RunInterrupted, SafeStopHook
 
 __all__ = ['AtomicCheckpointHook', 'BestMembersHook', 'BiKDAmpOptimWrapper',
-           'BiKDDistributedDataParallel', 'BiKDOptimWrapper', 'BiKDRunner', 'BiKDSummaryHook',
-           'LabelSpaceCheckHook', 'LeanDistributedDataParallel', 'RandomStateHook', 'RunState',
-           'RunStateHook', 'allow_mmengine_checkpoints', 'build_model', 'build_runner',
+           'BiKDDistributedDataParallel', 'BiKDEpochBasedTrainLoop', 'BiKDOptimWrapper',
+           'BiKDRunner', 'BiKDSummaryHook', 'LabelSpaceCheckHook', 'LeanDistributedDataParallel',
+           'RandomStateHook', 'RunFinished', 'RunInterrupted', 'RunState', 'RunStateHook',
+           'SafeStopHook', 'allow_mmengine_checkpoints', 'build_model', 'build_runner',
            'load_config', 'setup_engine', 'use_atomic_local_writes']

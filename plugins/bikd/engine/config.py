@@ -22,6 +22,7 @@ from mmengine.utils import import_modules_from_strings
 
 from ..errors import UserError
 from ..registry import accepted_arguments
+from .values import check_override_paths, check_values
 
 YAML_SUFFIXES = ('.yaml', '.yml')
 
@@ -126,7 +127,7 @@ def parse_overrides(pairs: Sequence[str]) -> Dict[str, Any]:
     out = {}
     for pair in pairs:
         if '=' not in pair:
-            hint = ' (flags such as this one come before the key=value overrides)' \
+            hint = ' (not a flag of this tool: --help lists them)' \
                 if pair.startswith('-') else ''
             raise UserError(f'override {pair!r} is not of the form key=value{hint}')
         key, value = pair.split('=', 1)
@@ -203,6 +204,7 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
     cfg = Config(data, filename=os.path.abspath(path))
     if overrides:
         parsed = parse_overrides(overrides)
+        check_override_paths(cfg, parsed)
         check_override_types(cfg, parsed)
         cfg.merge_from_dict(parsed, allow_list_keys=True)
     for key in list(cfg.keys()):
@@ -210,6 +212,7 @@ def load_config(path: str, overrides: Sequence[str] = (), import_modules: bool =
     if import_modules and cfg.get('custom_imports'):
         import_modules_from_strings(**cfg['custom_imports'])
     check_keys(cfg, path, members=import_modules)
+    check_values(cfg, f'config {path}' + (' with its overrides' if overrides else ''))
     return cfg
 
 

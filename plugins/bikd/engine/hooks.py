@@ -4,15 +4,15 @@ or a full disk cannot leave half-written."""
 import os
 import os.path as osp
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook, Hook
 
-from ..data import SkipBadSamples
+from ..data import SkipBadSamples, unwrap_dataset
 from ..errors import UserError
-from ..fileio import atomic_path, save_json, save_text
+from ..fileio import atomic_path, remove_with_digest, save_json, save_text
 from ..metrics import memberwise_metric
 from ..registry import HOOKS
 from ..step import TEACHER_SHARE, logged
@@ -156,8 +156,8 @@ class BiKDSummaryHook(Hook):
 
     @staticmethod
     def _skipped_samples(runner) -> dict:
-        dataset = runner.train_dataloader.dataset
-        return dict(skipped_samples=dataset.skipped) if isinstance(dataset, SkipBadSamples) \
+        dataset = unwrap_dataset(runner.train_dataloader.dataset, SkipBadSamples)
+        return dict(skipped_samples=dataset.skipped) if dataset is not None \
             else {}
 
 
@@ -204,18 +204,22 @@ class AtomicCheckpointHook(CheckpointHook):
             step = runner.iter + 1
             self.save(runner, step, dict(epoch=runner.epoch, iter=step))
 
-    def save(self, runner, step: int, meta: dict) -> None:
-        """Save the checkpoint of ``step`` (named by ``filename_tmpl``) and, once it is
-        complete, point the marker at it and remove old ones."""
-        name = self.filename_tmpl.format(step)
+    def save(self, runner, step: int, meta: dict, name: Optional[str] = None,
+             by_epoch: Optional[bool] = None) -> Optional[str]:
+        """Save the checkpoint of ``step`` (named by ``filename_tmpl``, or ``name``) and, once
+        it is complete, point the marker at it and remove old ones; returns its path (``None``
+        when a failed save was only warned about)."""
+        stop = name is not None  # a stop's checkpoint: kept until a regular one supersedes it
+        by_epoch = self.by_epoch if by_epoch is None else by_epoch
+        name = name or self.filename_tmpl.format(step)
         path = osp.join(self.out_dir, name)
         runner.logger.info(f'Saving checkpoint at {step} '
-                           f'{"epochs" if self.by_epoch else "iterations"}')
+                           f'{"epochs" if by_epoch else "iterations"}')
         try:
             runner.save_checkpoint(self.out_dir, name, self.file_client_args,
                                    save_optimizer=self.save_optimizer,
                                    save_param_scheduler=self.save_param_scheduler, meta=meta,
-                                   by_epoch=self.by_epoch, backend_args=self.backend_args,
+                                   by_epoch=by_epoch, backend_args=self.backend_args,
                                    **self.args)
             if is_main_process():
                 save_text(path, osp.join(runner.work_dir, 'last_checkpoint'))
@@ -225,11 +229,23 @@ class AtomicCheckpointHook(CheckpointHook):
                     'as they were' if before else 'no checkpoint was saved before')
             save_failed(runner, f'checkpoint not saved at iteration {runner.iter}: {e}; {kept}',
                         e)
-            return
+            return None
         self.last_ckpt = path
         runner.message_hub.update_info('last_ckpt', path)
-        if is_main_process():
+        if is_main_process() and not stop:
             self._remove_old_checkpoints()
+            self._remove_stop_checkpoints(int(meta['iter']))
+        return path
+
+    def _remove_stop_checkpoints(self, iteration: int) -> None:
+        """Remove the checkpoints written on a stop (``iter_<I>.pth``) that this regular one
+        supersedes (unless they are this hook's own naming)."""
+        if self.filename_tmpl == STOP_CHECKPOINT:
+            return
+        for name in os.listdir(self.out_dir):
+            m = re.fullmatch(re.escape(STOP_CHECKPOINT).replace(r'\{\}', r'(\d+)'), name)
+            if m and int(m.group(1)) <= iteration:
+                remove_with_digest(osp.join(self.out_dir, name))
 
     def _remove_old_checkpoints(self) -> None:
         """Keep the newest ``max_keep_ckpts`` checkpoints of this hook's naming."""
@@ -239,4 +255,29 @@ class AtomicCheckpointHook(CheckpointHook):
         steps = sorted((int(m.group(1)), name) for name in os.listdir(self.out_dir)
                        for m in [pattern.match(name)] if m)
         for _, name in steps[:-self.keep]:
-            os.remove(osp.join(self.out_dir, name))
+            remove_with_digest(osp.join(self.out_dir, name))
+
+
+#: the name of a checkpoint written when a run stops on a signal
+STOP_CHECKPOINT = 'iter_{}.pth'
+
+
+def find_checkpoint_hook(runner) -> Optional[AtomicCheckpointHook]:
+    return next((h for h in runner.hooks if isinstance(h, AtomicCheckpointHook)), None)
+
+
+def save_stop_checkpoint(runner, hook: Optional[AtomicCheckpointHook]) -> Optional[str]:
+    """The checkpoint of a run stopping after its current iteration (mid-epoch: the epoch in
+    progress, the iterations done), ``iter_<I>.pth``, through the run's checkpoint hook (or
+    the runner, for a config without one); the ``last_checkpoint`` marker names it. ``None``
+    when the save failed and ``keep_training_on_save_error`` let it pass."""
+    step = runner.iter + 1
+    meta = dict(epoch=runner.epoch, iter=step)
+    name = STOP_CHECKPOINT.format(step)
+    if hook is not None:
+        return hook.save(runner, step, meta, name=name, by_epoch=False)
+    runner.save_checkpoint(runner.work_dir, name, meta=meta, by_epoch=False)
+    path = osp.join(runner.work_dir, name)
+    if is_main_process():
+        save_text(path, osp.join(runner.work_dir, 'last_checkpoint'))
+    return path

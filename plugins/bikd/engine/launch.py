@@ -2,6 +2,7 @@
 ``--num-machines`` machines, as detectron2's ``launch``), or those torchrun started (its
 environment is detected), and the distributed setup mmengine's Runner needs."""
 import os
+import signal
 import socket
 import sys
 from typing import Callable
@@ -48,14 +49,37 @@ def launch(main_func: Callable, num_gpus: int, args, num_machines: int = 1,
     world_size = num_gpus * num_machines
     if world_size > 1 and 'WORLD_SIZE' not in os.environ:
         host, port = rendezvous(dist_url)
+        context = mp.start_processes(_worker, nprocs=num_gpus, start_method='spawn',
+                                     args=(main_func, num_gpus, machine_rank, world_size, host,
+                                           port, args), join=False)
+        previous = _forward_stop_signals(context.processes)
         try:
-            mp.start_processes(_worker, nprocs=num_gpus, start_method='spawn',
-                               args=(main_func, num_gpus, machine_rank, world_size, host, port,
-                                     args))
+            while not context.join():
+                pass
         except mp.ProcessExitedException as e:  # it said why itself
             sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     else:
         main_func(args)
+
+
+def _forward_stop_signals(processes) -> dict:
+    """While this process waits for the processes it started, a stop signal it receives
+    (SIGTERM, SIGINT, SIGUSR2) goes on to them, which stop safely
+    (:mod:`bikd.engine.signals`); this process waits for them to end."""
+    from .signals import STOP_SIGNALS
+
+    def forward(signum, frame=None):
+        for process in processes:
+            if process.is_alive():
+                try:
+                    os.kill(process.pid, signum)
+                except ProcessLookupError:
+                    pass
+
+    return {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
 
 
 def setup_distributed(cfg) -> str:

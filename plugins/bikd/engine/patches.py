@@ -18,7 +18,9 @@ does two things, both idempotent:
   is replaced by :class:`AtomicLocalBackend`: checkpoints and every other ``put`` go through
   the suite's atomic writer (:mod:`bikd.fileio`: a temporary file in the same folder, flushed
   to disk and renamed over the target), so a run killed during a save leaves the previous one
-  intact and a failed write names its file and cause.
+  intact and a failed write names its file and cause. A binary ``put`` (a checkpoint) stores
+  its SHA-256, computed from the bytes mmengine hands over, beside the file
+  (``epoch_3.pth.sha256``), which ``--resume`` verifies before it trusts the file.
 """
 import numpy as np
 import torch
@@ -46,7 +48,7 @@ class AtomicLocalBackend(LocalBackend):
     """mmengine's local backend whose writes are atomic (temporary file, fsync, rename)."""
 
     def put(self, obj: bytes, filepath) -> None:
-        write_bytes(obj, str(filepath))
+        write_bytes(obj, str(filepath), digest=True)
 
     def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
         write_bytes(obj.encode(encoding), str(filepath))

@@ -2,14 +2,16 @@
 
 :class:`RandomStateHook` restores the random generators' states (torch CPU and CUDA, numpy,
 Python) that a checkpoint's run state holds when training continues from it, so that a
-resumed run draws the same augmentations, dropout masks and point samples as an uninterrupted
-one. Evaluation runs on a forked random state and leaves training's stream untouched, so it
-does not matter whether a run was evaluated before it was killed.
+resumed run draws the same dropout masks and point samples as an uninterrupted one.
+Evaluation runs on a forked random state and leaves training's stream untouched, so it does
+not matter whether a run was evaluated before it was killed.
 
-Exactness has one limit that comes from mmengine: an iteration-based loop resumes by drawing
-and discarding the batches it already trained on; with ``num_workers > 0`` (every shipped
-config) the workers are reseeded and replay the same batches, with ``num_workers = 0`` the
-discarded batches' augmentations consume the main process's generators and the data differs.
+The data's augmentations are not drawn from these streams at all: every training sample draws
+its own from a seed of its position in the run (:class:`bikd.data.SeededSamples`), in a loader
+worker or, with its states put back, in this process. So an iteration-based loop that resumes
+by drawing and discarding the batches it already trained on (mmengine's way) gets the same
+batches, and an epoch-based one continues a stopped epoch without loading what it skips
+(:mod:`bikd.engine.loops`).
 """
 import random
 from typing import Any, Optional

@@ -28,7 +28,7 @@ from mmengine.dist import broadcast, is_distributed
 from mmengine.hooks import Hook
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 
-from ..data import SkipBadSamples
+from ..data import SkipBadSamples, unwrap_dataset
 from ..errors import UserError
 from ..registry import HOOKS
 from .build import unwrap
@@ -147,9 +147,10 @@ def run_state_of(runner) -> RunState:
     return state
 
 
-def training_dataset(runner) -> Any:
+def training_dataset(runner, cls: type = SkipBadSamples) -> Any:
+    """The training dataset's wrapper of type ``cls`` (``None`` when it has none)."""
     loader = runner.train_dataloader if runner.train_loop is not None else None
-    return getattr(loader, 'dataset', None)
+    return unwrap_dataset(getattr(loader, 'dataset', None), cls)
 
 
 def evaluation_due(runner) -> bool:
@@ -188,7 +189,7 @@ class RunStateHook(Hook):
             state.nonfinite_steps = int(wrapper.skipped_steps)
             state.nonfinite_in_a_row = int(wrapper.skipped_in_a_row)
         dataset = training_dataset(runner)
-        if isinstance(dataset, SkipBadSamples):
+        if dataset is not None:
             state.skipped_samples = dataset.skipped
         checkpoint[RUN_STATE_KEY] = state.state_dict()
 
@@ -217,7 +218,7 @@ class RunStateHook(Hook):
             wrapper.skipped_steps = state.nonfinite_steps
             wrapper.skipped_in_a_row = state.nonfinite_in_a_row
         dataset = training_dataset(runner)
-        if isinstance(dataset, SkipBadSamples):
+        if dataset is not None:
             dataset.skipped = state.skipped_samples
         if evaluation_due(runner) and state.evaluation_at(runner.iter) is None:
             runner.logger.info(f'Finishing what the checkpoint of iteration {runner.iter} owed: '

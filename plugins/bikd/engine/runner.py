@@ -9,9 +9,16 @@ The one path from a config to a trained run::
     runner.train()                           # or runner.evaluate() (--eval-only)
 
 - :meth:`BiKDRunner.from_cfg` completes the config (work_dir, processes, the suite's own
-  keys), checks that the work_dir can be written, removes the temporary files an interrupted
-  save left anywhere in it, and builds the model through :func:`bikd.build_model`
-  (:meth:`BiKDRunner.build_model`): built, no weights read.
+  keys), checks that the work_dir can be written and, for a training run, before anything
+  is written there: takes the work_dir for this run (:class:`~bikd.engine.ownership.
+  WorkDirOwner`: a second start is refused while it runs), removes the temporary files an
+  interrupted save left anywhere in it, chooses what the run starts from
+  (:func:`choose_start`, every checkpoint verified against its digest), refuses a resume
+  whose config describes another run, ends a resume of a finished run at once
+  (:class:`RunFinished`), and refuses a fresh start over a run's results unless
+  ``overwrite`` moves them aside. It then builds the model through :func:`bikd.build_model`
+  (:meth:`BiKDRunner.build_model`): built, no weights read. The run's config copy is written
+  only once the start is accepted.
 - :meth:`BiKDRunner.load_or_resume` (called by ``train`` and ``val``) chooses what the run
   starts from (:func:`choose_start`: the work_dir's last checkpoint under ``resume``,
   ``load_from`` only on a fresh start, else the members' own weights) and says which and why
@@ -31,41 +38,56 @@ The config's keys of the suite (popped before mmengine sees them): ``resume`` (`
 ``true`` / ``strict``: a checkpoint must be there, ``auto``: continue if there is one),
 ``load_from`` (mmengine's, a fresh start's weights), ``load_partial`` (load what of
 ``load_from`` fits), ``resume_changed`` (resume although the run changed),
-``skip_bad_samples`` (unreadable training samples to skip) and
-``keep_training_on_save_error`` (a failed save warns instead of stopping the run).
+``skip_bad_samples`` (unreadable training samples to skip),
+``keep_training_on_save_error`` (a failed save warns instead of stopping the run) and
+``overwrite`` (a fresh start into a work_dir holding a run moves that run aside).
+
+While it trains, a run stops safely on SIGTERM, SIGINT and SIGUSR2 (a checkpoint at the end of
+the current iteration: :mod:`bikd.engine.signals`) and continues mid-epoch exactly
+(:mod:`bikd.engine.loops`).
 """
 import copy
 import errno
+import json
 import logging
 import os
 import os.path as osp
 import shutil
-from dataclasses import dataclass
-from typing import Optional, Set
+import time
+from dataclasses import dataclass, field
+from typing import List, Optional, Set
 
-from mmengine.dist import get_rank
+from mmengine.dist import broadcast_object_list, get_rank, get_world_size
 from mmengine.runner import Runner
 
 from ..checkpoint import (check_checkpoint_fits, check_readable, checkpoint_iteration,
-                          find_last_checkpoint)
+                          find_last_checkpoint, last_good_checkpoint)
 from ..errors import UserError, error_message
-from ..fileio import SaveError, folder_cannot_take_writes, remove_stale_temporaries, save_json
+from ..fileio import (UNVERIFIED, SaveError, folder_cannot_take_writes, remove_stale_temporaries,
+                      save_json, verify)
 from ..metrics import memberwise_metric
 from ..registry import RUNNERS
 from ..summary import build_evaluation, format_evaluation
 from .build import build_model, unwrap
 from .fingerprint import check_same_run, run_fingerprint
 from .launch import setup_distributed
+from .ownership import OWNER_FILE, WorkDirOwner
 from .patches import setup_engine
 from .run_state import RunState, recorded_fingerprint
+from .signals import LoaderWorkerInit, RunInterrupted, find_safe_stop_hook
 
 #: hooks every run has, whatever its config lists: (type, priority)
 GUARD_HOOKS = (('LabelSpaceCheckHook', 'VERY_HIGH'), ('RandomStateHook', 'VERY_HIGH'),
-               ('RunStateHook', 'VERY_LOW'))
+               ('RunStateHook', 'VERY_LOW'), ('SafeStopHook', 'LOWEST'))
 #: the values of the config's ``resume`` -> the mode (None: a fresh start)
 RESUME_MODES = {False: None, None: None, True: 'strict', 'strict': 'strict', 'auto': 'auto'}
 #: the config key that turns a failed save into a warning
 KEEP_TRAINING_KEY = 'keep_training_on_save_error'
+
+
+class RunFinished(Exception):
+    """``--resume`` of a run that reached its end: there is nothing to do, and nothing in
+    its work_dir was changed (the message says so and how to train it further)."""
 
 
 class RunStopped(UserError):
@@ -131,10 +153,13 @@ def check_work_dir(work_dir: str) -> None:
 class Start:
     """What a run starts from: ``'fresh'`` (the members' own weights), ``'load'`` (the
     weights of a runner checkpoint, nothing else) or ``'resume'`` (a checkpoint of this run:
-    weights, optimiser, schedule position and run state); ``note`` says which and why."""
+    weights, optimiser, schedule position and run state); ``note`` says which and why;
+    ``warnings``: checkpoints skipped because they do not match their digests, a run moved
+    aside."""
     kind: str
     checkpoint: Optional[str] = None
     note: str = ''
+    warnings: List[str] = field(default_factory=list)
 
 
 def resume_mode(value) -> Optional[str]:
@@ -159,21 +184,34 @@ def choose_start(work_dir: str, resume=False, load_from: Optional[str] = None,
     mode = resume_mode(resume)
     where = osp.abspath(work_dir)
     flag = '--resume' + (' auto' if mode == 'auto' else '')
-    if evaluating and load_from:
-        return Start('load', load_from, f'evaluating load_from={load_from}')
+    if load_from and (evaluating or mode is None):
+        state = verify(load_from) if osp.isfile(load_from) else ''
+        unchecked = f' ({load_from} has no digest file: unverified)' if state == UNVERIFIED \
+            else ''
+        return Start('load', load_from, (f'evaluating load_from={load_from}' if evaluating else
+                                         f'starting from the weights of load_from={load_from}')
+                     + unchecked)
     if mode is None:
-        return Start('load', load_from, f'starting from the weights of load_from={load_from}') \
-            if load_from else Start('fresh')
-    last, why = find_last_checkpoint(work_dir)
+        return Start('fresh')
+    found = last_good_checkpoint(work_dir)
+    last, why = found.path, found.why
+    if last is None and found.skipped:
+        raise UserError(f'{flag}: no checkpoint in {where} can be trusted, every one differs '
+                        f'from the digest written with it ({"; ".join(found.skipped)}). Nothing '
+                        'is resumed: restore them from a copy, or start afresh with --overwrite '
+                        '(the run is moved aside)')
     if last is not None:
-        note = f'{flag}: continuing from {last}' + (f' ({why})' if why else '')
+        verified = ('; not verified: it has no digest file (written by an earlier version?)'
+                    if found.verification == UNVERIFIED else
+                    f' (verified against {osp.basename(last)}.sha256)')
+        note = f'{flag}: continuing from {last}' + (f' ({why})' if why else '') + verified
         if evaluating:
             return Start('load', last, f'{flag}: evaluating the last checkpoint {last}' +
-                         (f' ({why})' if why else ''))
+                         (f' ({why})' if why else '') + verified, found.skipped)
         if load_from:
             note += (f'; load_from={load_from} is a fresh start\'s weights and is not used: '
                      'this work_dir holds the run\'s own checkpoint')
-        return Start('resume', last, note)
+        return Start('resume', last, note, found.skipped)
     if mode == 'strict':
         raise UserError(f'--resume: nothing to resume in {where} ({why}). Is the work_dir '
                         'right (work_dir=... or the config\'s name)? Without --resume the run '
@@ -250,6 +288,73 @@ class _Options:
     resume: object = False
     load_partial: bool = False
     resume_changed: bool = False
+    overwrite: bool = False
+
+
+#: what a run leaves in its work_dir that a fresh start would replace
+RESULT_NAMES = ('last_checkpoint', 'summary.json')
+
+
+def run_results(work_dir: str) -> List[str]:
+    """The entries of ``work_dir`` that hold a run's results: its checkpoints and their
+    marker, ``summary.json``, the per-sample outcomes and a non-empty ``best/``."""
+    if not osp.isdir(work_dir):
+        return []
+    found = []
+    for name in sorted(os.listdir(work_dir)):
+        path = osp.join(work_dir, name)
+        if (name in RESULT_NAMES or (name.endswith('.pth') and osp.isfile(path)) or
+                (name.startswith('per_sample_') and name.endswith('.npz')) or
+                (name == 'best' and osp.isdir(path) and os.listdir(path))):
+            found.append(name)
+    return found
+
+
+def move_run_aside(work_dir: str, keep=(OWNER_FILE, )) -> str:
+    """Move everything in ``work_dir`` but ``keep`` into ``<work_dir>.replaced-<time>`` (a
+    new sibling folder; nothing is deleted); returns that folder."""
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    target, n = f'{work_dir}.replaced-{stamp}', 1
+    while osp.exists(target):
+        n += 1
+        target = f'{work_dir}.replaced-{stamp}-{n}'
+    try:
+        os.makedirs(target)
+    except OSError as e:
+        raise SaveError(target, e) from e
+    for name in sorted(os.listdir(work_dir)):
+        if name not in keep:
+            os.rename(osp.join(work_dir, name), osp.join(target, name))
+    return target
+
+
+def run_is_finished(cfg, work_dir: str, contents: Optional[dict]) -> Optional[str]:
+    """Whether the checkpoint a resume would continue from (its ``contents``) ends the
+    schedule of ``cfg`` and the run's ``summary.json`` was written after it: the message
+    for :class:`RunFinished`, else ``None``."""
+    meta = (contents or {}).get('meta') or {}
+    train_cfg = cfg.get('train_cfg') or {}
+    if 'iter' not in meta or 'epoch' not in meta:
+        return None
+    by_epoch = 'max_epochs' in train_cfg
+    end = train_cfg.get('max_epochs') if by_epoch else train_cfg.get('max_iters')
+    reached = meta['epoch'] if by_epoch else meta['iter']
+    if end is None or reached < end:
+        return None
+    summary = osp.join(work_dir, 'summary.json')
+    try:
+        with open(summary) as f:
+            done_at = json.load(f).get('iterations')
+    except (OSError, ValueError, AttributeError):
+        return None
+    if done_at != meta['iter']:
+        return None
+    unit = (f'epoch {meta["epoch"]} (iteration {meta["iter"]})' if by_epoch
+            else f'iteration {meta["iter"]}')
+    key = 'train_cfg.max_epochs' if by_epoch else 'train_cfg.max_iters'
+    return (f'the run in {work_dir} finished at {unit}, its summary.json written: nothing to '
+            f'do, no file changed. Raise {key} to train it further, or evaluate it with '
+            '--eval-only --resume')
 
 
 @RUNNERS.register_module()
@@ -266,16 +371,21 @@ class BiKDRunner(Runner):
 
     # ------------------------------------------------------------------ from a config
     @classmethod
-    def from_cfg(cls, cfg) -> 'BiKDRunner':
-        """The runner of a config: its work_dir checked and cleaned of an interrupted save's
-        temporary files, the suite's keys taken out, the model built (not loaded). A start
-        that fails on a full or read-only disk says so in one line and leaves nothing."""
+    def from_cfg(cls, cfg, evaluating: bool = False) -> 'BiKDRunner':
+        """The runner of a config: the suite's keys taken out, the work_dir checked and, for
+        training (not ``evaluating``), taken for this run and its start decided (see the
+        module's description), the model built (not loaded). A start that fails on the
+        user's input or a file says so in one line and leaves the work_dir as it was."""
         setup_engine()
         cfg = copy.deepcopy(cfg)
         options = _Options(resume=cfg.pop('resume', False),
                            load_partial=bool(cfg.pop('load_partial', False)),
-                           resume_changed=bool(cfg.pop('resume_changed', False)))
-        resume_mode(options.resume)  # an invalid one is refused before anything is made
+                           resume_changed=bool(cfg.pop('resume_changed', False)),
+                           overwrite=bool(cfg.pop('overwrite', False)))
+        mode = resume_mode(options.resume)  # an invalid one is refused before anything is made
+        if options.overwrite and mode is not None:
+            raise UserError('--overwrite starts the run afresh (the run in the work_dir moved '
+                            'aside) and --resume continues it: give one of them')
         skips = cfg.pop('skip_bad_samples', None)
         if skips is not None:
             if not isinstance(skips, int) or isinstance(skips, bool) or skips < 0:
@@ -284,35 +394,84 @@ class BiKDRunner(Runner):
             if cfg.get('train_dataloader'):
                 cfg.train_dataloader.dataset = dict(type='SkipBadSamples', max_skips=skips,
                                                     dataset=cfg.train_dataloader.dataset)
+        seed_training_samples(cfg)
         if not cfg.get('work_dir'):
             cfg.work_dir = default_work_dir(cfg.filename or 'run')
         batch_note = global_batch(cfg, int(os.environ.get('WORLD_SIZE', '1')))
         cfg.launcher = setup_distributed(cfg)
-        main = get_rank() == 0
-        if main:  # the process that writes (the others would race it making the folder)
-            check_work_dir(cfg.work_dir)
         work_dir = osp.abspath(cfg.work_dir)
         existed = osp.isdir(work_dir)
-        if main and existed:
-            removed = remove_stale_temporaries(work_dir)
-            if removed:
-                print(f'removed {len(removed)} temporary file(s) that an interrupted save left '
-                      f'in {work_dir}', flush=True)
-        before = set(os.listdir(work_dir)) if existed else set()
+        decision = _Decision(work_dir, existed)
+        if get_rank() == 0:  # the process that writes (the others would race it)
+            decision.make(cfg, options, evaluating)
+        decision = _agree(decision)
+        before = set(decision.before)
         try:
             runner = super().from_cfg(cfg)
         except (UserError, OSError) as e:
-            if main:
+            if get_rank() == 0:
                 _remove_new_entries(work_dir, existed, before)
+                decision.release()
             if isinstance(e, OSError) and not isinstance(e, SaveError) and e.errno and \
                     not e.filename:  # a write of mmengine's (log, config dump) failed
                 raise SaveError(work_dir, e) from e
             raise
+        except BaseException:
+            decision.release()
+            raise
         runner.options = options
+        runner.owner = decision.owner
+        runner.start = decision.start
         runner._start_record = (work_dir, existed, before)
+        for note in decision.notes:
+            runner.logger.info(note)
         if batch_note:
             runner.logger.info(batch_note)
         return runner
+
+    #: who holds the work_dir for this run (process 0 of a training run; else ``None``)
+    owner: Optional[WorkDirOwner] = None
+    _config_written = False
+
+    def dump_config(self) -> None:
+        """The run's config copy, written once the start is accepted
+        (:meth:`write_config_copy`), so that a refused start leaves the one there as it was."""
+
+    def write_config_copy(self) -> None:
+        if not self._config_written:
+            self._config_written = True
+            super().dump_config()
+
+    def build_train_loop(self, loop):
+        """mmengine's loop of the config; the epoch-based one is the suite's
+        (:class:`~bikd.engine.loops.BiKDEpochBasedTrainLoop`), which continues a stopped
+        epoch."""
+        if isinstance(loop, dict) and (loop.get('type') == 'EpochBasedTrainLoop' or (
+                'type' not in loop and loop.get('by_epoch', True) and 'max_epochs' in loop)):
+            loop = dict(loop, type='bikd.BiKDEpochBasedTrainLoop')
+            loop.pop('by_epoch', None)
+        return super().build_train_loop(loop)
+
+    @staticmethod
+    def build_dataloader(dataloader, seed=None, diff_rank_seed=False):
+        """mmengine's loader of the config, with a random generator of its own: starting an
+        epoch's loader then draws nothing from the training's random stream (torch draws its
+        workers' base seed there otherwise), so a resumed run's stream is an uninterrupted
+        one's whether or not its workers persist between epochs. Its workers ignore the stop
+        signals, which the run acts on (:class:`~bikd.engine.signals.LoaderWorkerInit`)."""
+        import torch
+        loader = Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        if getattr(loader, 'generator', 0) is None:
+            loader.generator = torch.Generator().manual_seed(int(seed or 0))
+        if getattr(loader, 'num_workers', 0) and not isinstance(loader.worker_init_fn,
+                                                                LoaderWorkerInit):
+            loader.worker_init_fn = LoaderWorkerInit(loader.worker_init_fn)
+        return loader
+
+    def release_work_dir(self) -> None:
+        """Give the work_dir back (the end of the run; also at the process's exit)."""
+        if self.owner is not None:
+            self.owner.release()
 
     def build_model(self, model):
         """The model of the config, built through :func:`bikd.build_model` (no weights)."""
@@ -336,24 +495,31 @@ class BiKDRunner(Runner):
 
     # ------------------------------------------------------------------ what to start from
     def prepare_start(self, evaluating: bool = False) -> Start:
-        """Choose what the run starts from (:func:`choose_start`), check it (a resumed
-        checkpoint's fingerprint against the config's, a checkpoint's fit to the model) and
-        have every member take its weights: before any loop is built or anything runs. Once
-        per runner; :meth:`train` and :meth:`val` call it."""
-        if self.start is not None:
+        """Choose what the run starts from (:func:`choose_start`; a training run's start was
+        chosen and checked by :meth:`from_cfg`), check it (a resumed checkpoint's fingerprint
+        against the config's, a checkpoint's fit to the model) and have every member take
+        its weights: before any loop is built or anything runs. Once per runner;
+        :meth:`train` and :meth:`val` call it."""
+        if self._start_prepared:
             return self.start
         load_from = self.cfg.get('load_from')
-        start = choose_start(self.work_dir, self.options.resume, load_from, evaluating)
+        start = self.start
+        if start is None:  # (evaluating, or a runner not made by from_cfg)
+            start = choose_start(self.work_dir, self.options.resume, load_from, evaluating)
+            if start.kind == 'resume':
+                note = check_same_run(self.run_state.fingerprint, recorded_fingerprint(
+                    check_readable(start.checkpoint) or {}), start.checkpoint,
+                    self.options.resume_changed)
+                if note:
+                    start.warnings.append(note)
         model = unwrap(self.model)
         checkpoint = start.checkpoint
-        contents = check_readable(checkpoint) if checkpoint else None
+        if checkpoint and start.kind == 'load':
+            check_readable(checkpoint)
         if start.note:
             self.logger.info(start.note)
-        if start.kind == 'resume':
-            note = check_same_run(self.run_state.fingerprint, recorded_fingerprint(contents or {}),
-                                  checkpoint, self.options.resume_changed)
-            if note:
-                (self.logger.warning if 'resume_changed' in note else self.logger.info)(note)
+        for warning in start.warnings:
+            self.logger.warning(warning)
         partial = self.options.load_partial and start.kind == 'load'
         if hasattr(model, 'take_weights'):
             if checkpoint:
@@ -362,9 +528,13 @@ class BiKDRunner(Runner):
             # build, then load: the members' own weights, unless the checkpoint holds them all
             sources = model.take_weights(checkpoint if checkpoint and not partial else None)
             for name, source in sources.items():
-                self.logger.info(f'member {name}: weights from {source}')
+                self.logger.info(f'member {name}: weights from {source}{verification(source)}')
         self.start = start
+        self._start_prepared = True
+        self.write_config_copy()
         return start
+
+    _start_prepared = False
 
     def load_or_resume(self) -> None:
         """Load or resume what :meth:`prepare_start` chose (mmengine's ``train`` and ``val``
@@ -389,9 +559,14 @@ class BiKDRunner(Runner):
         """mmengine's ``train``. A start that fails on the user's input or a file (before the
         first step) leaves the work_dir as it found it; a file of the data that breaks mid-run
         stops the run with its name and the last checkpoint kept."""
+        stop = find_safe_stop_hook(self)
         try:
             self.prepare_start()
+            if stop is not None:
+                stop.start(self)
             return super().train()
+        except RunInterrupted:
+            raise
         except (UserError, OSError) as e:
             # (not self.iter: that builds the train loop again when building it failed)
             iteration = self.message_hub.get_info('iter', 0)
@@ -412,6 +587,10 @@ class BiKDRunner(Runner):
                               ' on an error of the code, not of its input:', exc_info=True,
                               extra={LOG_FILE_ONLY: True})
             raise
+        finally:
+            if stop is not None:
+                stop.finish()
+            self.release_work_dir()
 
     def val(self):
         """mmengine's ``val``, of what :meth:`prepare_start` chooses for an evaluation; a
@@ -454,13 +633,14 @@ class BiKDRunner(Runner):
         record = getattr(self, '_start_record', None)
         if self.rank == 0 and record is not None:
             _remove_new_entries(*record)
+        self.release_work_dir()
 
 
 def _remove_new_entries(work_dir: str, existed: bool, before: Set[str]) -> None:
     if not existed:
         shutil.rmtree(work_dir, ignore_errors=True)
         return
-    for name in set(os.listdir(work_dir)) - before if osp.isdir(work_dir) else ():
+    for name in set(os.listdir(work_dir)) - before - {OWNER_FILE} if osp.isdir(work_dir) else ():
         path = osp.join(work_dir, name)
         if osp.isdir(path) and not osp.islink(path):
             shutil.rmtree(path, ignore_errors=True)
@@ -468,10 +648,137 @@ def _remove_new_entries(work_dir: str, existed: bool, before: Set[str]) -> None:
             os.remove(path)
 
 
+def verification(source: str) -> str:
+    """`` (verified)`` or `` (unverified: ...)`` for a local weights file or folder (checked
+    when it was read: a mismatch is an error), else ''."""
+    if not isinstance(source, str) or not osp.exists(source):
+        return ''
+    from ..fileio import FOLDER_DIGESTS, digest_path
+    has = osp.isfile(osp.join(source, FOLDER_DIGESTS) if osp.isdir(source)
+                     else digest_path(source))
+    return ' (verified)' if has else ' (unverified: it has no digest beside it)'
+
+
+def seed_training_samples(cfg) -> None:
+    """Every training sample draws its augmentation from its own seed and the sampler can
+    start an epoch past the batches already trained (:class:`bikd.data.SeededSamples`,
+    :class:`bikd.data.ResumableSampler`), so a run continues mid-epoch exactly."""
+    loader = cfg.get('train_dataloader')
+    if not loader or not isinstance(loader.get('dataset'), dict):
+        return
+    if loader.dataset.get('type') not in ('SeededSamples', 'bikd.SeededSamples'):
+        loader.dataset = dict(type='bikd.SeededSamples', dataset=loader.dataset)
+    sampler = loader.get('sampler')
+    if isinstance(sampler, dict) and sampler.get('type') not in ('ResumableSampler',
+                                                                 'bikd.ResumableSampler'):
+        loader.sampler = dict(type='bikd.ResumableSampler', sampler=sampler)
+
+
+class _Decision:
+    """What process 0 decides for a start, before anything is written (see
+    :meth:`BiKDRunner.from_cfg`), agreed on by every process (:func:`_agree`)."""
+
+    def __init__(self, work_dir: str, existed: bool):
+        self.work_dir, self.existed = work_dir, existed
+        self.start: Optional[Start] = None
+        self.notes: List[str] = []
+        self.before: List[str] = []
+        self.owner: Optional[WorkDirOwner] = None
+        self.error: Optional[tuple] = None  # (kind, message) to raise on every process
+        self._made = False
+
+    def make(self, cfg, options: _Options, evaluating: bool) -> None:
+        work_dir = self.work_dir
+        try:
+            check_work_dir(work_dir)
+            if evaluating:
+                self.before = sorted(os.listdir(work_dir)) if self.existed else []
+                return
+            if not osp.isdir(work_dir):
+                os.makedirs(work_dir)
+                self._made = True
+            self.owner = WorkDirOwner(work_dir).acquire()
+            if self.owner.took_over:
+                self.notes.append(f'work_dir {work_dir} taken over from {self.owner.took_over}')
+            removed = remove_stale_temporaries(work_dir)
+            if removed:
+                print(f'removed {len(removed)} temporary file(s) that an interrupted save left '
+                      f'in {work_dir}', flush=True)
+            self.start = self._choose(cfg, options)
+            self.before = sorted(os.listdir(work_dir))
+        except RunFinished as e:
+            self.error = ('finished', str(e))
+        except (UserError, OSError) as e:
+            self.error = ('user', error_message(e), e)
+        except BaseException:
+            self.release()
+            raise
+        if self.error:
+            self.release()
+
+    def _choose(self, cfg, options: _Options) -> Start:
+        work_dir = self.work_dir
+        start = choose_start(work_dir, options.resume, cfg.get('load_from'))
+        if start.kind == 'resume':
+            contents = check_readable(start.checkpoint, '--resume') or {}
+            note = check_same_run(run_fingerprint(cfg), recorded_fingerprint(contents),
+                                  start.checkpoint, options.resume_changed)
+            if note:
+                start.warnings.append(note)
+            finished = run_is_finished(cfg, work_dir, contents)
+            if finished:
+                raise RunFinished(finished)
+            return start
+        results = run_results(work_dir)
+        if results and not options.overwrite:
+            shown = ', '.join(results[:6]) + (', ...' if len(results) > 6 else '')
+            raise UserError(f'work_dir {work_dir} holds a run ({shown}); a fresh start would '
+                            'replace it. Continue it with --resume auto, choose another '
+                            'work_dir=..., or pass --overwrite to start afresh (the run there '
+                            f'is moved to {work_dir}.replaced-<time>, not deleted)')
+        if results:
+            load_from = cfg.get('load_from')
+            if load_from and osp.abspath(load_from).startswith(work_dir + os.sep):
+                raise UserError(f'load_from={load_from} is inside the run that --overwrite '
+                                f'would move aside; copy it out of {work_dir} first')
+            target = move_run_aside(work_dir)
+            start.warnings.append(f'--overwrite: the run that was in {work_dir} was moved to '
+                                  f'{target}')
+        return start
+
+    def release(self) -> None:
+        """Give the work_dir back and remove what this start made, after a refused start."""
+        if self.owner is not None:
+            self.owner.release()
+        if self._made and osp.isdir(self.work_dir) and not os.listdir(self.work_dir):
+            os.rmdir(self.work_dir)
+            self._made = False
+
+
+def _agree(decision: _Decision) -> _Decision:
+    """Process 0's decision on every process (its error raised on each)."""
+    if get_world_size() > 1:
+        shared = [None if get_rank() else (decision.start, decision.notes, decision.before,
+                                           decision.error and decision.error[:2])]
+        broadcast_object_list(shared, src=0)
+        if get_rank():
+            decision.start, decision.notes, decision.before, decision.error = shared[0]
+    if decision.error:
+        kind, message = decision.error[:2]
+        if kind == 'finished':
+            raise RunFinished(message)
+        original = decision.error[2] if len(decision.error) > 2 else None
+        if original is not None:
+            raise original
+        raise UserError(message)
+    return decision
+
+
 def build_runner(cfg) -> BiKDRunner:
     """The suite's runner from a config."""
     return BiKDRunner.from_cfg(cfg)
 
 
-__all__ = ['BiKDRunner', 'GUARD_HOOKS', 'RunStopped', 'Start', 'build_runner', 'check_work_dir',
-           'choose_start', 'default_work_dir', 'save_failed', 'unwrap']
+__all__ = ['BiKDRunner', 'GUARD_HOOKS', 'RunFinished', 'RunStopped', 'Start', 'build_runner',
+           'check_work_dir', 'choose_start', 'default_work_dir', 'move_run_aside',
+           'run_is_finished', 'run_results', 'save_failed', 'unwrap']
