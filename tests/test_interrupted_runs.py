@@ -86,13 +86,13 @@ def opts(digits_root, work, *more):
 
 
 def env(**more):
-    """Every run of a comparison alike: one thread (the number of threads changes the order
-    of floating-point sums)."""
-    return {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **more}
+    """Every run of a comparison alike: two threads (the number of threads changes the order
+    of floating-point sums; with the same number, runs are equal bit for bit)."""
+    return {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '2', **more}
 
 
 def train_net(*args, expect_ok=True):
-    return run_tool('train_net.py', *args, expect_ok=expect_ok, env=dict(OMP_NUM_THREADS='1'))
+    return run_tool('train_net.py', *args, expect_ok=expect_ok, env=dict(OMP_NUM_THREADS='2'))
 
 
 def read_json(path):
@@ -161,10 +161,11 @@ def uninterrupted(digits_root, tmp_path_factory):
     return work
 
 
-@pytest.mark.parametrize('moment', ['mid_epoch:15', 'checkpoint:2', 'evaluation:10',
-                                    'best:10'])
+@pytest.mark.parametrize('moment', ['checkpoint:2', 'best:10'])
 def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(
         moment, digits_root, tmp_path, uninterrupted):
+    """SIGKILL while a checkpoint or a best/ file is written (a kill mid-epoch and one during
+    an evaluation: tests/test_cluster.py, on either process of a torchrun)."""
     work = tmp_path / 'killed'
     args = ['--config-file', CONFIG, '--resume', 'auto', *opts(digits_root, work)]
     killed = subprocess.run([sys.executable, '-c', KILLER, TRAIN_NET, *args], cwd=ROOT,
@@ -175,27 +176,23 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(
     assert not (work / 'summary.json').exists()
     resumed = train_net(*args).stdout
     assert '--resume auto: continuing from' in resumed
-    if moment in ('evaluation:10', 'best:10'):  # the evaluation its checkpoint owed runs first
+    if moment == 'best:10':  # the evaluation its checkpoint owed runs first
         assert 'Finishing what the checkpoint of iteration 10 owed' in resumed
-    if moment in ('checkpoint:2', 'best:10'):  # what the kill left half-written is gone
-        assert 'temporary file(s) that an interrupted save left' in resumed
+    assert 'temporary file(s) that an interrupted save left' in resumed  # and are gone
     assert_same_run(uninterrupted, work)
 
 
 def test_resume_auto_with_load_from_continues_the_work_dirs_own_run(digits_root, tmp_path,
                                                                     uninterrupted):
     """A job script passing --resume auto and load_from (the weights to start from): the
-    first start takes load_from, every restart continues the work_dir's own checkpoint."""
+    first start takes load_from (that every restart continues the work_dir's own checkpoint:
+    test_a_runner_built_by_mmengines_registry_owns_the_run)."""
     work = tmp_path / 'job'
     start = str(uninterrupted / 'epoch_1.pth')
     first = train_net('--config-file', CONFIG, '--resume', 'auto',
                       *opts(digits_root, work, 'train_cfg.max_epochs=1', f'load_from={start}'))
     assert f'starting afresh from load_from={start}' in first.stdout
-    again = train_net('--config-file', CONFIG, '--resume', 'auto',
-                      *opts(digits_root, work, 'train_cfg.max_epochs=2', f'load_from={start}'))
-    assert f'--resume auto: continuing from {work}/epoch_1.pth' in again.stdout
-    assert f'load_from={start} is a fresh start\'s weights and is not used' in again.stdout
-    assert 'resumed epoch: 1' in again.stdout and (work / 'epoch_2.pth').is_file()
+    assert (work / 'epoch_1.pth').is_file()
 
 
 def test_a_copied_work_dir_continues_from_its_own_checkpoint(digits_root, tmp_path,
@@ -511,7 +508,7 @@ def test_resume_auto_on_a_finished_run_changes_no_file(digits_root, tmp_path, un
 
 #: runs tools/<argv[1]> that sends itself BIKD_SIGNAL (``NAME:iteration``) before that
 #: iteration (with BIKD_GROUP, to its whole process group, loader workers too, as Slurm and a
-#: terminal do); with BIKD_AGAIN, the same signal again 1.5 s into the write of the stop's
+#: terminal do); with BIKD_AGAIN, the same signal again 3.5 s into the write of the stop's
 #: checkpoint
 SIGNALLER = r'''
 import os, runpy, signal, sys, time
@@ -535,7 +532,7 @@ if os.environ.get('BIKD_AGAIN'):
     write = patches.write_bytes
     def slow(data, path, *args, **kwargs):
         if os.path.basename(path).startswith('iter_'):
-            time.sleep(1.5)
+            time.sleep(3.5)  # (sooner, it counts as a launcher passing the first one on)
             os.kill(os.getpid(), signum)
         return write(data, path, *args, **kwargs)
     patches.write_bytes = slow

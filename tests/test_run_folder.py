@@ -106,16 +106,26 @@ def test_a_requeued_or_restarted_job_takes_its_own_work_dir_back_at_once(
 
 
 def test_two_takers_at_once_one_wins(tmp_path):
-    """Many processes race for a free work_dir: exactly one holds it."""
-    script = ('import sys; from bikd.engine.ownership import WorkDirOwner, WorkDirHeld\n'
+    """Four processes race for a free work_dir: exactly one holds it (until the test lets it
+    go), the others are refused."""
+    work, go = tmp_path / 'work', tmp_path / 'go'
+    work.mkdir()
+    script = ('import os, sys, time\nfrom bikd.engine.ownership import WorkDirOwner, WorkDirHeld\n'
               'try:\n    o = WorkDirOwner(sys.argv[1]).acquire()\n'
-              '    print("HELD", flush=True); import time; time.sleep(3); o.release()\n'
-              'except WorkDirHeld as e:\n    print("REFUSED", e)\n')
-    procs = [subprocess.Popen([sys.executable, '-c', script, str(tmp_path)], cwd=ROOT,
+              'except WorkDirHeld as e:\n    print("REFUSED", e, flush=True)\n'
+              'else:\n    print("HELD", flush=True)\n'
+              '    while not os.path.exists(sys.argv[2]):\n        time.sleep(0.05)\n'
+              '    o.release()\n')
+    procs = [subprocess.Popen([sys.executable, '-c', script, str(work), str(go)], cwd=ROOT,
                               stdout=subprocess.PIPE, text=True) for _ in range(4)]
-    outs = [p.communicate(timeout=60)[0] for p in procs]
+    try:
+        firsts = [p.stdout.readline() for p in procs]  # each one's answer, while one holds
+    finally:
+        go.write_text('')
+    outs = [first + p.communicate(timeout=60)[0] for first, p in zip(firsts, procs)]
     assert sum(out.startswith('HELD') for out in outs) == 1, outs
     assert all(out.startswith(('HELD', 'REFUSED')) for out in outs), outs
+    assert not (work / 'owner.lock').exists()
 
 
 # ----------------------------------------------------------------------------- digests

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from . import compat
 from .errors import UserError
-from .fileio import UNVERIFIED, DigestMismatch, file_sha256, verify
+from .fileio import UNVERIFIED, file_sha256, verify
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -302,14 +302,12 @@ def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
     for path in candidates:
         try:
             verification = verify(path)
-        except DigestMismatch as e:
+        except UserError as e:  # it differs from its digest, or its digest file is damaged
             skipped.append(f'skipped: {e}')
             continue
-        if path == first and not skipped:
-            return FoundCheckpoint(path, problem, skipped, verification)
         if path == first:
-            why = problem
-        elif skipped:
+            return FoundCheckpoint(path, problem, skipped, verification)
+        if skipped:
             why = f'resuming from the newest checkpoint that matches its digest, {path}'
         else:
             why = f'{problem}; resuming from the newest complete checkpoint {path}'

@@ -43,16 +43,25 @@ class SeededIndex(NamedTuple):
     seed: int
 
 
+_MASK = 0xFFFFFFFFFFFFFFFF
+
+
 def sample_seed(seed: int, epoch: int, rank: int, position: int) -> int:
-    """The seed of the sample at ``position`` of the epoch on process ``rank``."""
-    return int(np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(rank),
-                                       int(position)]).generate_state(1)[0])
+    """The seed (32 bits) of the sample at ``position`` of the epoch on process ``rank``:
+    splitmix64's finaliser over the four numbers, each first spread by its own odd
+    constant."""
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(epoch) * 0xD1B54A32D192ED03 +
+         int(rank) * 0xAEF17502108EF2D9 + int(position) * 0xF1357AEA2E62A9C5) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return (x ^ (x >> 31)) & 0xFFFFFFFF
 
 
 def _seed_generators(seed: int) -> None:
+    """Python's, NumPy's and torch's (CPU) global generators, from ``seed``."""
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
+    torch.default_generator.manual_seed(seed)
 
 
 @DATA_SAMPLERS.register_module()
@@ -109,16 +118,22 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, index: Any) -> Any:
+    def _get(self, index: Any) -> Any:
         if not isinstance(index, SeededIndex):
             return self.dataset[index]
+        _seed_generators(index.seed)
+        return self.dataset[index.index]
+
+    def __getitem__(self, index: Any) -> Any:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices) -> list:
+        """The samples of a batch (torch's loader asks for them together)."""
         if get_worker_info() is not None:  # a loader worker: its generators serve data only
-            _seed_generators(index.seed)
-            return self.dataset[index.index]
+            return [self._get(i) for i in indices]
         states = random.getstate(), np.random.get_state(), torch.get_rng_state()
         try:
-            _seed_generators(index.seed)
-            return self.dataset[index.index]
+            return [self._get(i) for i in indices]
         finally:
             random.setstate(states[0])
             np.random.set_state(states[1])

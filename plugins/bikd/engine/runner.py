@@ -144,7 +144,12 @@ def check_work_dir(work_dir: str) -> None:
                               f'{e.strerror or e}; choose another with work_dir=...') from e
     full = folder_cannot_take_writes(path)
     for folder in missing:  # deepest first: made only to find out
-        os.rmdir(folder)
+        try:
+            os.rmdir(folder)
+        except OSError as e:  # another run (a grid's next job) made its own folder in it
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            break
     if full is not None:
         raise SaveError(path, full)
 

@@ -14,9 +14,9 @@ run never stopped. During an evaluation the stop comes at once: the checkpoint b
 complete and a resumed run first runs the evaluation it owed.
 
 A second signal ends the process at once by that signal's own default action, from the
-handler (the shell then says 143 or 130, as for a process killed by it): no exception is raised through
-code that may be inside a library's native writer (torch's zip writer turns one into its
-own error). Every save is atomic, so the last complete checkpoint stays as it was; the
+handler (the shell then says 143 or 130, as for a process killed by it): no exception is
+raised through code that may be inside a library's native writer (torch's zip writer turns
+one into its own error). Every save is atomic, so the last complete checkpoint stays as it was; the
 temporary file of a save cut short is removed by the next start. The same signal again
 within :data:`REPEAT_WINDOW_S` is the same request forwarded (torchrun passes its own SIGINT
 and SIGTERM on to its processes, which Slurm or the terminal have signalled already) and is
@@ -44,8 +44,9 @@ from ..registry import HOOKS
 
 #: the signals that stop a run safely
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
-#: the same signal again within this many seconds is the same request, forwarded
-REPEAT_WINDOW_S = 1.0
+#: the same signal again within this many seconds is the same request, forwarded (a launcher
+#: passes it on within milliseconds, or a few seconds on a loaded machine)
+REPEAT_WINDOW_S = 3.0
 
 
 def signal_name(signum: int) -> str:
@@ -173,7 +174,8 @@ class StopRequests:
             self.signum, self.first_at = signum, now
             who = f'process {self.rank}: ' if is_distributed() else ''
             _say(f'{who}{signal_name(signum)} received: stopping after this iteration with a '
-                 'checkpoint (a second signal stops at once, without one)')
+                 f'checkpoint (a second signal, {REPEAT_WINDOW_S:.0f} s or more after it, stops '
+                 'at once, without one)')
             return
         if signum == self.signum and now - self.first_at < REPEAT_WINDOW_S:
             return  # the same request, passed on by a launcher
