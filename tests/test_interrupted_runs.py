@@ -85,14 +85,17 @@ def opts(digits_root, work, *more):
             'default_hooks.logger.interval=5', *more]
 
 
+#: every run of a comparison alike: two threads (the number of threads changes the order of
+#: floating-point sums; with the same number, runs are equal bit for bit)
+THREADS = dict(OMP_NUM_THREADS='2')
+
+
 def env(**more):
-    """Every run of a comparison alike: two threads (the number of threads changes the order
-    of floating-point sums; with the same number, runs are equal bit for bit)."""
-    return {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '2', **more}
+    return {**os.environ, 'PYTHONUNBUFFERED': '1', **THREADS, **more}
 
 
 def train_net(*args, expect_ok=True):
-    return run_tool('train_net.py', *args, expect_ok=expect_ok, env=dict(OMP_NUM_THREADS='2'))
+    return run_tool('train_net.py', *args, expect_ok=expect_ok, env=THREADS)
 
 
 def read_json(path):
@@ -185,14 +188,17 @@ def test_a_run_killed_at_any_moment_resumes_to_the_uninterrupted_result(
 def test_resume_auto_with_load_from_continues_the_work_dirs_own_run(digits_root, tmp_path,
                                                                     uninterrupted):
     """A job script passing --resume auto and load_from (the weights to start from): the
-    first start takes load_from (that every restart continues the work_dir's own checkpoint:
-    test_a_runner_built_by_mmengines_registry_owns_the_run)."""
+    first start takes load_from, every restart continues the work_dir's own checkpoint."""
     work = tmp_path / 'job'
     start = str(uninterrupted / 'epoch_1.pth')
     first = train_net('--config-file', CONFIG, '--resume', 'auto',
                       *opts(digits_root, work, 'train_cfg.max_epochs=1', f'load_from={start}'))
     assert f'starting afresh from load_from={start}' in first.stdout
-    assert (work / 'epoch_1.pth').is_file()
+    again = train_net('--config-file', CONFIG, '--resume', 'auto',
+                      *opts(digits_root, work, 'train_cfg.max_epochs=2', f'load_from={start}'))
+    assert f'--resume auto: continuing from {work}/epoch_1.pth' in again.stdout
+    assert f'load_from={start} is a fresh start\'s weights and is not used' in again.stdout
+    assert 'resumed epoch: 1' in again.stdout and (work / 'epoch_2.pth').is_file()
 
 
 def test_a_copied_work_dir_continues_from_its_own_checkpoint(digits_root, tmp_path,

@@ -16,8 +16,8 @@ complete and a resumed run first runs the evaluation it owed.
 A second signal ends the process at once by that signal's own default action, from the
 handler (the shell then says 143 or 130, as for a process killed by it): no exception is
 raised through code that may be inside a library's native writer (torch's zip writer turns
-one into its own error). Every save is atomic, so the last complete checkpoint stays as it was; the
-temporary file of a save cut short is removed by the next start. The same signal again
+one into its own error). Every save is atomic, so the last complete checkpoint stays as it
+was; the temporary file of a save cut short is removed by the next start. The same signal again
 within :data:`REPEAT_WINDOW_S` is the same request forwarded (torchrun passes its own SIGINT
 and SIGTERM on to its processes, which Slurm or the terminal have signalled already) and is
 not counted. The handlers write with ``os.write``: a buffered ``print`` could be re-entered.
