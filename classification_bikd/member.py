@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bikd.errors import UserError
-from bikd.member import Member, MemberOutput
+from bikd.members import Member, MemberOutput
 from bikd.partition import gt_confidence
 from bikd.registry import MEMBERS
 

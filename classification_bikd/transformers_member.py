@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Sequence
 from torch import Tensor
 
 from bikd.errors import UserError
-from bikd.hf import (RESAMPLE_NAMES, ImagePreprocessing, TransformersModel,
+from bikd.members.hf import (RESAMPLE_NAMES, ImagePreprocessing, TransformersModel,
                      plain_image_processor, resample_number)
 from bikd.registry import MEMBERS
 
@@ -65,7 +65,7 @@ class TransformersClassifierMember(TransformersModel, ClassifierMember):
     and filter, ``crop_pct``, centre crop, rescale, EfficientNet's ``rescale_offset`` and
     ``include_top``, normalisation, MobileViT's BGR order and no normalisation, padding), as
     the processor's torchvision backend computes them, so the model's input equals the
-    processor's ``pixel_values`` for the same images (see :class:`bikd.hf.ImagePreprocessing`;
+    processor's ``pixel_values`` for the same images (see :class:`bikd.members.hf.ImagePreprocessing`;
     a processor it cannot reproduce is refused in one line naming the option). It shares a
     batch with timm and torchvision members. Per-sample task loss: the cross-entropy of its
     logits (the model's own single-label loss, per sample).
@@ -138,7 +138,7 @@ class TransformersClassifierMember(TransformersModel, ClassifierMember):
 
     def normalize(self, images: Tensor) -> Tensor:
         """Shared batch (``uint8`` RGB, or floats in [0, 1]) -> the model's ``pixel_values``,
-        as its image processor makes them (:class:`bikd.hf.ImagePreprocessing`)."""
+        as its image processor makes them (:class:`bikd.members.hf.ImagePreprocessing`)."""
         return self.pixels(images)
 
     def logits(self, images: Tensor) -> Tensor:

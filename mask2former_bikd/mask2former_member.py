@@ -10,7 +10,7 @@ from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from bikd import compat
-from bikd.member import MemberOutput
+from bikd.members import MemberOutput
 from bikd.metrics import StructuredPrediction
 from bikd.registry import MEMBERS
 
@@ -94,7 +94,7 @@ class Mask2FormerMember(SegmentationMember):
         distribution, distill_stride, partition_loss, trust_checkpoint: see
             :class:`~mask2former_bikd.segmentation_member.SegmentationMember`.
 
-    Task loss (what trains the member, :attr:`~bikd.member.MemberOutput.objective`): the
+    Task loss (what trains the member, :attr:`~bikd.members.base.MemberOutput.objective`): the
     official training loss of the batch, ``SetCriterion`` (Hungarian matching, class loss with
     the "no object" weight, BCE + Dice mask losses on sampled points, auxiliary losses of every
     decoder layer, each weighted by the config) normalised over the batch and, under DDP, over

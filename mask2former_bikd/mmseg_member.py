@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from bikd.fileio import save_text
-from bikd.member import MemberOutput
+from bikd.members import MemberOutput
 from bikd.registry import MEMBERS
 
 from .segmentation_member import SegmentationMember

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bikd.errors import UserError
-from bikd.member import Member, MemberOutput
+from bikd.members import Member, MemberOutput
 
 #: added to per-pixel probabilities before the log, so a class with zero score stays finite
 PROBABILITY_FLOOR = 1e-6

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bikd.hf import ImagePreprocessing, TransformersModel, require_transformers
-from bikd.member import MemberOutput
+from bikd.members.hf import ImagePreprocessing, TransformersModel, require_transformers
+from bikd.members import MemberOutput
 from bikd.registry import MEMBERS
 
 from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
@@ -35,7 +35,7 @@ class TransformersSegmentationMember(TransformersModel, SegmentationMember):
     ``size_divisor`` and ``pad_size``, centre crop, rescale, normalisation, MobileViT's BGR
     order and no normalisation), as the processor's torchvision backend computes them, so the
     model's input equals the processor's ``pixel_values`` for the image (see
-    :class:`bikd.hf.ImagePreprocessing`; a processor it cannot reproduce is refused in one
+    :class:`bikd.members.hf.ImagePreprocessing`; a processor it cannot reproduce is refused in one
     line naming the option). In training, and with ``test_resize: false``, only the steps on
     values apply: the data pipeline's crops are the model's input size. Images of a batch are
     padded bottom/right to the largest (zeros after normalisation, as the processors pad).

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bikd.member import Member, MemberOutput
+from bikd.members import Member, MemberOutput
 from bikd.registry import MEMBERS
 
 from . import tmfinet, vinet_s

@@ -183,7 +183,7 @@ def test_each_method_declares_the_runs_it_needs():
 def test_kldp_initial_copy_starts_from_the_weights_the_student_takes(tmp_path):
     from mmengine.registry import init_default_scope
 
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     init_default_scope('bikd')
     build_member(tiny('a')).export(str(tmp_path), 'a')
     model = KLDPMetaArch([tiny('a', checkpoint=str(tmp_path / 'a.pth')), tiny('b')], student='a')

@@ -220,7 +220,7 @@ def test_the_digits_demo_is_the_papers_method_at_a_short_schedule():
 def test_partner_pools_list_members_that_build(path):
     """A pool (tools/find_partners.py --pool) is a list of member configs, not a run config."""
     import yaml
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     with open(path) as f:
         pool = yaml.safe_load(f)
     assert isinstance(pool, list) and pool

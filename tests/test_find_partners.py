@@ -18,7 +18,7 @@ def partners(digits_root, tmp_path_factory):
     """The demo's four members (random weights of their own, and saved as checkpoints so that
     the pool can name them) and a copy of the target planted in the pool."""
     import classification_bikd  # noqa: F401
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     tmp = tmp_path_factory.mktemp('partners')
     pool = []
     for seed, (name, arch) in enumerate([('resnet', 'resnet10t'), ('convnext', 'convnext_atto'),

@@ -56,8 +56,9 @@ def quick(digits_root, *more):
 @pytest.mark.parametrize('path', TABLES, ids=os.path.basename)
 def test_each_paper_table_names_real_configs_members_and_methods(path):
     from bikd.engine import load_config
-    from bikd.experiment import member_names, registered_methods
-    from bikd.grid import load_grid
+    from bikd.experiment_runs import member_names
+    from bikd.experiments.methods import registered_methods
+    from bikd.experiments.grid import load_grid
     grid = load_grid(path)
     assert set(grid.methods) <= set(registered_methods())
     for cell in grid.cells:
@@ -70,7 +71,7 @@ def test_each_paper_table_names_real_configs_members_and_methods(path):
 
 def test_a_grid_with_a_misspelt_key_is_named(tmp_path):
     from bikd.errors import UserError
-    from bikd.grid import load_grid
+    from bikd.experiments.grid import load_grid
     bad = tmp_path / 'bad.yaml'
     bad.write_text('methods: [bikd]\nseed: [0]\ncells: [{config: configs/digits/'
                    'resnet_convnext_bikd.yaml}]\n')
@@ -83,7 +84,7 @@ def test_a_grid_with_a_misspelt_key_is_named(tmp_path):
 def test_seeds_that_all_give_the_same_difference_get_no_verdict():
     """A metric that moves in steps (one image of a small split) can give every seed the
     same difference: the interval then has no width, which measures no noise."""
-    from bikd.experiment import paired_difference
+    from bikd.experiments.stats import paired_difference
     same = paired_difference([0.1855, 0.1855 + 1e-15])
     assert same['low'] == same['high'] and 'the same on all 2 seeds' in same['verdict']
     assert paired_difference([0.2, 0.21, 0.22])['verdict'] == 'better'
@@ -92,7 +93,7 @@ def test_seeds_that_all_give_the_same_difference_get_no_verdict():
 def test_a_slurm_that_does_not_answer_keeps_its_jobs_queued(tmp_path, monkeypatch):
     """squeue failing (a busy controller times out) says nothing about the job: the run stays
     counted as queued, so --wait keeps following it. A job Slurm no longer knows ended."""
-    from bikd import jobs
+    from bikd.experiments import jobs
     record = dict(launcher='slurm', job_id='42', folder=str(tmp_path / 'jobs'))
     answers = {'timeout': (1, '', 'slurm_load_jobs error: Socket timed out on send/recv'),
                'gone': (1, '', 'slurm_load_jobs error: Invalid job id specified'),

@@ -222,7 +222,7 @@ def folders(tmp_path_factory):
 
 
 def built(cfg):
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     member = build_member(cfg)
     member.take_weights()
     return member.eval()
@@ -270,7 +270,7 @@ def test_a_classifiers_input_is_its_processors_output(folders, kind):
 def test_the_options_that_moved_the_inputs_before(folders):
     """The three of the issue, against what the member used to feed: EfficientNet's offset and
     include_top, MobileViT's BGR order without normalisation, a nearest filter."""
-    from bikd.hf import ImagePreprocessing
+    from bikd.members.hf import ImagePreprocessing
     images = shared_batch()
     effnet = classifier(folders['cls/efficientnet'])
     # ((x / 127.5 - 1) - 0.5) / 0.5 / 0.5 reaches -6; (x / 255 - 0.5) / 0.5 stops at -1
@@ -456,7 +456,7 @@ def test_an_option_the_member_cannot_reproduce_is_refused_naming_it(tmp_path, op
 
 
 def test_convnext_without_crop_pct_and_dpt_padding_without_size_divisor_are_refused(tmp_path):
-    from bikd.hf import ImagePreprocessing
+    from bikd.members.hf import ImagePreprocessing
     with pytest.raises(UserError, match=r'ConvNextImageProcessor has crop_pct=None'):
         ImagePreprocessing(transformers.ConvNextImageProcessor(
             size={'shortest_edge': 32}, crop_pct=None), 'm')
@@ -473,7 +473,7 @@ class OwnResize(transformers.ViTImageProcessor):
 
 
 def test_a_processor_with_steps_of_its_own_is_refused_unless_replaced(tmp_path):
-    from bikd.hf import ImagePreprocessing
+    from bikd.members.hf import ImagePreprocessing
     with pytest.raises(UserError, match=r"OwnResize prepares images in its own way \(its own "
                                         r"resize\), which the member does not reproduce; give "
                                         r"input_size, mean and std"):

@@ -238,7 +238,7 @@ def test_benchmark_refuses_zero_iterations():
 
 def test_printed_difference_is_the_difference_of_the_printed_values():
     from bikd import BiKDMetaArch, IndependentMetaArch
-    from bikd.experiment import against_controls
+    from bikd.experiments.stats import against_controls
     rows = [dict(run=run, method=run, member='a', seed=0, metric='top1', before=50.0,
                  delta=delta) for run, delta in (('bikd', 1.484), ('independent', 1.296))]
     lines, _ = against_controls(rows, ['bikd', 'independent'],
@@ -313,7 +313,7 @@ def test_exports_of_two_runs_into_one_folder_list_every_member(tmp_path):
     import json
 
     from bikd import BiKDMetaArch
-    from bikd.export import export_members
+    from bikd.engine.export import export_members
     from conftest import tiny
     export_members(BiKDMetaArch([tiny('a'), tiny('b')]), str(tmp_path), 'run1/epoch_1.pth')
     export_members(BiKDMetaArch([tiny('c'), tiny('b')]), str(tmp_path), 'run2/epoch_3.pth')

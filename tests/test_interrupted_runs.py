@@ -484,7 +484,7 @@ def test_a_damaged_best_file_or_export_is_refused_when_loaded(digits_root, tmp_p
                                                               uninterrupted):
     import shutil
     from bikd.errors import UserError
-    from bikd.export import export_members, load_trained
+    from bikd.engine.export import export_members, load_trained
     best = tmp_path / 'best'
     shutil.copytree(uninterrupted / 'best', best)
     damage(best / 'resnet.top1.pth', 4096)

@@ -10,7 +10,7 @@ import torch
 import classification_bikd  # noqa: F401  (registers the classification members)
 import saliency_bikd  # noqa: F401  (registers the saliency members)
 from bikd import Member
-from bikd.meta_arch import build_member
+from bikd.method.meta_arch import build_member
 from bikd.registry import MEMBERS
 from conftest import ROOT, TINY_VIT
 

@@ -256,16 +256,13 @@ def test_plots_say_what_they_show_and_keep_every_label_readable(tmp_path, monkey
     """deltas.png: the table's precision on the bars, a title that names the experiment and
     the seeds inside the figure, the legend off the bars; task_losses.png: the distillation
     loss (a hundredth of the task losses here) on an axis of its own, the run named."""
-    import sys
     import matplotlib
     matplotlib.use('Agg')
-    from matplotlib.figure import Figure
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    import run_experiment
+    from bikd.experiments import report
 
     saved = {}
-    monkeypatch.setattr(Figure, 'savefig',
-                        lambda fig, path, **kw: saved.__setitem__(os.path.basename(path), fig))
+    monkeypatch.setattr(report, 'save_figure',
+                        lambda fig, path: saved.__setitem__(os.path.basename(path), fig))
     rows = [dict(member=m, method=method, run=method, metric='top1', before=before,
                  after=before + d, delta=d, n=3, delta_sd=0.2)
             for m, before in (('resnet', 97.59), ('convnext', 92.95))
@@ -276,8 +273,8 @@ def test_plots_say_what_they_show_and_keep_every_label_readable(tmp_path, monkey
         json.dumps({'iter': i, 'loss': 14.2, 'task_loss/resnet': 14.0, 'task_loss/convnext': 12.0,
                     'distill_loss': 0.1, 'teacher_share/resnet': 0.6,
                     'teacher_share/convnext': 0.4}) for i in (5, 10, 15)))
-    run_experiment.plots(rows, ['resnet', 'convnext'], ['bikd', 'independent'], str(work),
-                         str(tmp_path), 'resnet_convnext_bikd')
+    report.plots(rows, ['resnet', 'convnext'], ['bikd', 'independent'], str(work),
+                 str(tmp_path), 'resnet_convnext_bikd')
     fig = saved['deltas.png']
     fig.canvas.draw()
     ax = fig.axes[0]

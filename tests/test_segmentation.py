@@ -145,7 +145,7 @@ def test_train_net_and_export_on_ade20k_layout(toy_root, tmp_path):
     from mmseg.apis import init_model
     out = tmp_path / 'export'
     run_tool('export_members.py', '--config-file', TOY, '--output-dir', out, f'work_dir={work}')
-    from bikd.export import load_trained
+    from bikd.engine.export import load_trained
     model = load_trained(TOY, os.path.join(work, 'iter_4.pth'))
     inputs, samples = batch(1, size=96, seed=3)
     for member in model.members:
@@ -172,7 +172,7 @@ def test_pixel_ce_partition_loss_is_cross_entropy_of_the_distilled_distribution(
 
 
 def test_loss_partition_over_differently_defined_losses_warns():
-    from bikd.meta_arch import PartitionWarning
+    from bikd.method.meta_arch import PartitionWarning
     members = [dict(type='MMSegMember', name='m2f', config=M2F, pretrained=False),
                dict(type='MMSegMember', name='upernet', config=UPERNET, pretrained=False)]
     with pytest.warns(PartitionWarning, match='partition_loss="pixel_ce"'):

@@ -155,7 +155,7 @@ def test_eval_only_labels_what_it_evaluated(digits_root, tmp_path, one_epoch_run
 
 
 def test_exported_members_load_back_into_timm(digits_root, tmp_path, one_epoch_run):
-    from bikd.export import load_trained
+    from bikd.engine.export import load_trained
 
     first_work, _ = one_epoch_run
     out = tmp_path / 'export'

@@ -98,7 +98,7 @@ def hf_classifier(folder, name='hf', **kw):
 
 
 def built(cfg):
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     member = build_member(cfg)
     member.take_weights()
     return member
@@ -160,7 +160,7 @@ def test_classifier_head_for_another_label_space_and_strict_checkpoints(folders,
 
 def test_a_hub_id_that_cannot_be_had_says_to_pass_a_folder(monkeypatch):
     import classification_bikd  # noqa: F401
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     # the hub library reads the variable once, at import: without its constant set too, the
     # test waited for the network's time-outs (23 s)
@@ -223,7 +223,7 @@ def remote_code_model(folder):
 
 def test_remote_code_runs_only_when_trusted(tmp_path):
     import classification_bikd  # noqa: F401
-    from bikd.meta_arch import build_member
+    from bikd.method.meta_arch import build_member
     folder = str(tmp_path / 'remote')
     remote_code_model(folder)
     with pytest.raises(ValueError, match='runs its own code .*trust_remote_code: true'):

@@ -101,6 +101,50 @@ def run(cmd):
     subprocess.run([sys.executable] + cmd, cwd=ROOT, check=True)
 
 
+def pretrain_members(task: dict, force: bool, data: list, out: str, configs: str) -> bool:
+    """Pretrain each member of the task (or reuse its checkpoint in ``checkpoints/<configs>``)
+    and export it there; False when a pretraining failed (its output says why)."""
+    from bikd.experiments.follow import run_python
+    checkpoints = f'checkpoints/{configs}'
+    for m in task['members']:
+        if os.path.isfile(os.path.join(ROOT, checkpoints, f'{m}.pth')) and not force:
+            print(f'member {m}: using {checkpoints}/{m}.pth (--force-pretrain to redo)')
+            continue
+        cfg = f'configs/{configs}/pretrain_{m}.yaml'
+        work = f'{out}/pretrain_{m}'
+        # a pretraining stopped before continues; --force-pretrain moves an earlier one aside
+        again = ['--overwrite'] if force else ['--resume', 'auto']
+        if run_python(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data,
+                       *again],
+                      os.path.join(ROOT, out, 'logs', f'pretrain_{m}.log'),
+                      f'\npretraining member {m}: tools/train_net.py --config-file {cfg}',
+                      cwd=ROOT):
+            return False
+        run(['tools/export_members.py', '--config-file', cfg, '--output-dir', checkpoints,
+             f'work_dir={work}'])
+    return True
+
+
+def print_summaries(task: dict, out: str) -> None:
+    """Each method's table of the finished experiment (the first seed's)."""
+    from bikd.summary import format_metrics, format_table
+    with open(os.path.join(ROOT, out, 'report.json')) as f:
+        report = json.load(f)
+    print('\n' + '=' * 72)
+    seeds = report['seeds'] or []
+    for name, work in report['work_dirs'].items():
+        if len(seeds) > 1 and not name.endswith(f'.seed{seeds[0]}'):
+            continue  # one table per method: the first seed's
+        with open(os.path.join(work, 'summary.json')) as f:
+            summary = json.load(f)
+        print(format_table(summary, f'{summary["method"]} '
+                                    f'({os.path.relpath(work, ROOT)}/summary.json)'))
+        if task.get('metrics'):
+            print(format_metrics(summary, task['metrics']))
+        print()
+    print(f'the comparison with the control is above; plot: {out}/deltas.png')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,12 +154,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     start = time.time()
     task = TASKS[args.task]
-    members, out = task['members'], f'work_dirs/{args.task}'
+    out = f'work_dirs/{args.task}'
     configs = task.get('configs', args.task)  # the K-way task shares the digits' members
-    checkpoints = f'checkpoints/{configs}'
-
-    from bikd.follow import run_python
-    from bikd.summary import format_metrics, format_table
 
     try:
         described, data_root = task['make'](task['data'])
@@ -126,22 +166,8 @@ def main(argv=None):
     data = [f'{key}={data_root}' for key in task.get('data_keys', (
         'train_dataloader.dataset.data_root', 'val_dataloader.dataset.data_root'))]
 
-    for m in members:
-        if os.path.isfile(os.path.join(ROOT, checkpoints, f'{m}.pth')) and not args.force_pretrain:
-            print(f'member {m}: using {checkpoints}/{m}.pth (--force-pretrain to redo)')
-            continue
-        cfg = f'configs/{configs}/pretrain_{m}.yaml'
-        work = f'{out}/pretrain_{m}'
-        # a pretraining stopped before continues; --force-pretrain moves an earlier one aside
-        again = ['--overwrite'] if args.force_pretrain else ['--resume', 'auto']
-        if run_python(['tools/train_net.py', '--config-file', cfg, f'work_dir={work}', *data,
-                       *again],
-                      os.path.join(ROOT, out, 'logs', f'pretrain_{m}.log'),
-                      f'\npretraining member {m}: tools/train_net.py --config-file {cfg}',
-                      cwd=ROOT):
-            return 1
-        run(['tools/export_members.py', '--config-file', cfg, '--output-dir', checkpoints,
-             f'work_dir={work}'])
+    if not pretrain_members(task, args.force_pretrain, data, out, configs):
+        return 1
 
     cmd = ['tools/run_experiment.py', '--methods', 'bikd,independent', '--output-dir', out]
     if task.get('seeds'):
@@ -154,21 +180,7 @@ def main(argv=None):
     # checkpoint only (what export and --resume need), not the one before it as well
     run(cmd + data + ['default_hooks.checkpoint.max_keep_ckpts=1'])
     if len(task['experiment']) == 1:
-        with open(os.path.join(ROOT, out, 'report.json')) as f:
-            report = json.load(f)
-        print('\n' + '=' * 72)
-        seeds = report['seeds'] or []
-        for name, work in report['work_dirs'].items():
-            if len(seeds) > 1 and not name.endswith(f'.seed{seeds[0]}'):
-                continue  # one table per method: the first seed's
-            with open(os.path.join(work, 'summary.json')) as f:
-                summary = json.load(f)
-            print(format_table(summary, f'{summary["method"]} '
-                                        f'({os.path.relpath(work, ROOT)}/summary.json)'))
-            if task.get('metrics'):
-                print(format_metrics(summary, task['metrics']))
-            print()
-        print(f'the comparison with the control is above; plot: {out}/deltas.png')
+        print_summaries(task, out)
     print(f'demo finished in {time.time() - start:.0f} s')
     return 0
 

@@ -18,7 +18,7 @@ from bikd.checkpoint import find_last_checkpoint
 from bikd.engine import load_config
 from bikd.engine.cli import add_debug_flag, config_parser, run_tool
 from bikd.engine.runner import default_work_dir
-from bikd.export import evaluation_data, export_members, load_trained
+from bikd.engine.export import evaluation_data, export_members, load_trained
 
 
 def export(args) -> None:

@@ -50,6 +50,27 @@ def _ellipse(h, w, cy, cx, ry, rx):
 THINGS = (PERSON, CAR)
 
 
+def _paint_things(rng, paint, h, w, horizon):
+    """Cars, people and unlabeled clutter, painted over a scene (``paint(mask, label, ...)``)."""
+    for _ in range(rng.integers(0, 3)):  # cars on the ground
+        cw, ch = int(w * rng.uniform(0.12, 0.22)), int(h * rng.uniform(0.06, 0.1))
+        y0, x0 = rng.integers(horizon, max(h - ch, horizon + 1)), rng.integers(0, max(w - cw, 1))
+        m = np.zeros((h, w), bool)
+        m[y0:y0 + ch, x0:x0 + cw] = True
+        m |= _ellipse(h, w, y0, x0 + cw / 2, ch * 0.6, cw * 0.3) & (np.arange(h)[:, None] < y0)
+        paint(m, CAR, rng.integers(30, 226, 3), texture=8)
+    for _ in range(rng.integers(0, 4)):  # people: body and head
+        ph = int(h * rng.uniform(0.12, 0.25))
+        cx, foot = rng.integers(0, w), rng.integers(horizon, h)
+        body = _ellipse(h, w, foot - ph * 0.4, cx, ph * 0.4, ph * 0.12)
+        head = _ellipse(h, w, foot - ph * 0.88, cx, ph * 0.1, ph * 0.08)
+        paint(body, PERSON, rng.integers(20, 200, 3), texture=10)
+        paint(head, PERSON, (200, 160, 130), texture=6, same_object=True)
+    for _ in range(rng.integers(0, 3)):  # unlabeled clutter: "other" (0)
+        paint(_ellipse(h, w, rng.integers(0, h), rng.integers(0, w), rng.integers(2, 8),
+                       rng.integers(2, 8)), 0, rng.integers(0, 256, 3), texture=30)
+
+
 def make_scene(rng, short_side, with_instances=False):
     """One image ``[H, W, 3]`` uint8 and its label map ``[H, W]`` uint8 (ADE20K ids); with
     ``with_instances`` also an instance map ``[H, W]`` int32 (0: no thing; each car and person
@@ -97,23 +118,7 @@ def make_scene(rng, short_side, with_instances=False):
         trunk[cy:min(horizon + r, h), max(cx - r // 5, 0):cx + r // 5 + 1] = True
         paint(trunk, TREE, (90, 60, 40))
         paint(_ellipse(h, w, cy, cx, r, r * 1.1), TREE, (40, 110, 45), texture=20)
-    for _ in range(rng.integers(0, 3)):  # cars on the ground
-        cw, ch = int(w * rng.uniform(0.12, 0.22)), int(h * rng.uniform(0.06, 0.1))
-        y0, x0 = rng.integers(horizon, max(h - ch, horizon + 1)), rng.integers(0, max(w - cw, 1))
-        m = np.zeros((h, w), bool)
-        m[y0:y0 + ch, x0:x0 + cw] = True
-        m |= _ellipse(h, w, y0, x0 + cw / 2, ch * 0.6, cw * 0.3) & (np.arange(h)[:, None] < y0)
-        paint(m, CAR, rng.integers(30, 226, 3), texture=8)
-    for _ in range(rng.integers(0, 4)):  # people: body and head
-        ph = int(h * rng.uniform(0.12, 0.25))
-        cx, foot = rng.integers(0, w), rng.integers(horizon, h)
-        body = _ellipse(h, w, foot - ph * 0.4, cx, ph * 0.4, ph * 0.12)
-        head = _ellipse(h, w, foot - ph * 0.88, cx, ph * 0.1, ph * 0.08)
-        paint(body, PERSON, rng.integers(20, 200, 3), texture=10)
-        paint(head, PERSON, (200, 160, 130), texture=6, same_object=True)
-    for _ in range(rng.integers(0, 3)):  # unlabeled clutter: "other" (0)
-        paint(_ellipse(h, w, rng.integers(0, h), rng.integers(0, w), rng.integers(2, 8),
-                       rng.integers(2, 8)), 0, rng.integers(0, 256, 3), texture=30)
+    _paint_things(rng, paint, h, w, horizon)
     img += rng.normal(0, 4, img.shape)
     img = np.clip(img, 0, 255).astype(np.uint8)
     return (img, lab, inst) if with_instances else (img, lab)

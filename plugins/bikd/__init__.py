@@ -1,19 +1,22 @@
 """bikd: bidirectional knowledge distillation between pretrained models, on mmengine.
 
-The core is task-agnostic: registries, teacher selection, the masked KL, member-wise
-evaluation, the meta-architectures and the engine glue. Task packages register members,
-datasets and metrics into :mod:`bikd.registry`. Importing ``bikd`` registers classes and changes
-nothing in mmengine; the engine's entry points apply the suite's changes to it explicitly
+The core is task-agnostic, in layers (``python tools/layout.py`` prints them): the base
+(registries, errors, file writing, teacher selection, the masked KL, member-wise metrics),
+the members (:mod:`bikd.members`), the method's meta-architectures (:mod:`bikd.method`), the
+engine on mmengine (:mod:`bikd.engine`) and the experiments (:mod:`bikd.experiments`). Task
+packages register members, datasets and metrics into :mod:`bikd.registry`. Importing ``bikd``
+registers classes and changes nothing in mmengine; the engine's entry points apply the suite's changes to it explicitly
 (:func:`bikd.engine.setup_engine`).
 """
-from . import baselines, engine, meta_arch  # noqa: F401  (registration)
-from .baselines import DMLMetaArch, KDMetaArch, KLDPMetaArch
+from . import engine, method  # noqa: F401  (registration)
 from .engine.build import build_model
 from .errors import UserError
-from .experiment import ExperimentRun, MethodNotApplicable, registered_methods, select_methods
+from .experiment_runs import ExperimentRun, MethodNotApplicable
+from .experiments.methods import registered_methods, select_methods
 from .losses import distillation_loss
-from .member import Member, MemberOutput
-from .meta_arch import BiKDMetaArch, IndependentMetaArch, MultiMemberMetaArch
+from .members import Member, MemberOutput
+from .method import (BiKDMetaArch, DMLMetaArch, IndependentMetaArch, KDMetaArch, KLDPMetaArch,
+                     MultiMemberMetaArch)
 from .metrics import recovered
 from .partition import gt_confidence, select_teachers
 from .registry import HOOKS, MEMBERS, META_ARCH, METRICS

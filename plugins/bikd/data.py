@@ -34,7 +34,7 @@ from mmengine.logging import print_log
 from torch.utils.data import Dataset, Sampler, get_worker_info
 
 from .errors import UserError
-from .registry import DATA_SAMPLERS, DATASETS
+from .registry import DATA_SAMPLERS, DATASETS, plain
 
 
 class SeededIndex(NamedTuple):
@@ -233,7 +233,6 @@ def dataset_fingerprint(cfg: dict) -> dict:
     arguments its class declares as ``source_arguments`` (a dataset of another library: those
     of :data:`DEFAULT_SOURCE_ARGUMENTS`). A wrapper (``dataset=dict(...)``, as
     :class:`SkipBadSamples`) is seen through."""
-    from .member import plain
     cfg = plain(cfg or {})
     while isinstance(cfg.get('dataset'), dict):  # a wrapper
         cfg = cfg['dataset']

@@ -20,6 +20,16 @@ class UserError(ValueError):
     """Something the user gave is wrong; the message names it and says what to do."""
 
 
+class ToolExit(Exception):
+    """Ends a tool with ``exit_status`` and its message on stderr: neither an input error nor
+    a bug of this process (e.g. a training run the tool started stopped on a signal, or
+    failed and has shown its own traceback)."""
+
+    def __init__(self, message: str, exit_status: int):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 def error_message(error: BaseException) -> str:
     """The message of an error for its one line: a ``KeyError``'s without quotes, and of an
     error that a data loader worker raised, the original error's last line (not the worker's
@@ -31,4 +41,4 @@ def error_message(error: BaseException) -> str:
     return message
 
 
-__all__ = ['UserError', 'error_message']
+__all__ = ['ToolExit', 'UserError', 'error_message']

@@ -24,6 +24,7 @@ without one, never with another file's. :func:`verify` checks a file against its
 before it is trusted (:class:`DigestMismatch` names the file and both digests); a file
 without one (written before digests existed, or by another tool) is reported as unverified.
 """
+import csv
 import errno
 import hashlib
 import json
@@ -180,6 +181,24 @@ def save_text(text: str, path: str) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, 'w') as f:
             f.write(text)
+
+
+def save_csv(rows: List[dict], path: str) -> None:
+    """Rows as CSV, the columns every key of any row (in order of appearance)."""
+    with atomic_path(path) as tmp, open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_figure(fig, path: str, dpi: int = 120) -> None:
+    """A matplotlib figure as an image (its format from ``path``'s suffix), then closed."""
+    import matplotlib.pyplot as plt
+    try:
+        with atomic_path(path) as tmp, open(tmp, 'wb') as f:
+            fig.savefig(f, dpi=dpi, format=os.path.splitext(path)[1][1:] or 'png')
+    finally:
+        plt.close(fig)
 
 
 def save_torch(obj: Any, path: str) -> None:

@@ -15,13 +15,15 @@ The other registries are the ``bikd`` scope's children of mmengine's roots, so e
 mmengine builds under that scope (loops, samplers, optimisers, ...) is found in its parent.
 """
 import inspect
+from typing import Any
 
 import torch
 from mmengine import registry as mme
 from mmengine.registry import Registry
 
 #: Meta-architectures: Bi-KD, the Independent control, the baselines.
-META_ARCH = Registry('model', parent=mme.MODELS, scope='bikd', locations=['bikd.meta_arch'])
+META_ARCH = Registry('model', parent=mme.MODELS, scope='bikd',
+                     locations=['bikd.method.meta_arch', 'bikd.method.baselines'])
 #: Members: one pretrained model each (timm classifier, mmseg segmentor, saliency network).
 MEMBERS = Registry('member', scope='bikd')
 #: Task packages register their datasets, transforms and member-wise metrics here.
@@ -81,3 +83,12 @@ def argument_defaults(cls) -> dict:
 def accepted_arguments(cls) -> set:
     """The keyword arguments ``cls(...)`` accepts (:func:`argument_defaults`' names)."""
     return set(argument_defaults(cls))
+
+
+def plain(value: Any) -> Any:
+    """Config values as JSON-like plain data (mmengine's ConfigDict and tuples unwrapped)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

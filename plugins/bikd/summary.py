@@ -112,6 +112,14 @@ def metric_digits(values) -> int:
     return 3 if values and max(values) <= 1.0 else 2
 
 
+def markdown_table(head: List[str], body: List[List[str]], text_columns: int = 1) -> List[str]:
+    """The lines of a Markdown table: the first ``text_columns`` columns left-aligned (names),
+    the others right-aligned (numbers)."""
+    align = ['---'] * text_columns + ['---:'] * (len(head) - text_columns)
+    return ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(align) + '|'] + \
+        ['| ' + ' | '.join(line) + ' |' for line in body]
+
+
 def _fmt(x, digits=2, sign=False) -> str:
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return '-'

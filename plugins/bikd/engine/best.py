@@ -5,7 +5,7 @@ At every evaluation during training, :class:`BestMembersHook` compares each memb
 selection metrics (the evaluator's ``selection_metrics``: its primary metric, and for
 saliency also the validation loss the authors select on) with that member's best so far, and
 when one improves, exports the member into ``<work_dir>/best/`` in its native format, the same
-files :func:`bikd.export.export_members` writes (``<member>.<metric>.pth`` and its JSON for a
+files :func:`bikd.engine.export.export_members` writes (``<member>.<metric>.pth`` and its JSON for a
 timm member, a ``save_pretrained`` folder for a Hugging Face one, a detectron2 checkpoint and
 its config for the official Mask2Former, ...), so that a best file can be given as that
 member's ``checkpoint:``. ``best/best.json`` lists every best (iteration, value, file). Every
@@ -32,7 +32,8 @@ from ..fileio import save_json
 from ..metrics import memberwise_metric
 from ..registry import HOOKS
 from .run_state import run_state_of
-from .runner import save_failed, unwrap
+from .build import unwrap
+from .stops import save_failed
 
 #: the sub-folder of the work_dir that holds the best weights
 BEST_FOLDER = 'best'

@@ -20,11 +20,12 @@ import os.path as osp
 import sys
 from typing import Callable, Dict, List, Optional
 
-from ..errors import UserError, error_message
+from ..errors import ToolExit, UserError, error_message
 from .config import load_config
+from .keys import FLAG_KEYS
 from .launch import launch, rendezvous
 from .optim import AMP_DTYPES
-from .runner import BiKDRunner, RunFinished
+from .runner import RESUME_MODES, BiKDRunner, RunFinished
 from .signals import RunInterrupted
 
 #: what a tool reports in one line (exit status 2): errors in the user's input, and files that
@@ -33,7 +34,6 @@ USER_ERRORS = (UserError, OSError)
 OVERRIDES_EPILOG = ('key=value pairs override the config, before or after the flags, e.g. '
                     'train_cfg.max_epochs=2 model.members.0.pretrained=false work_dir=out/run1')
 #: ``--resume`` (strict: a checkpoint must be there) and ``--resume auto`` (resume when one is)
-RESUME_MODES = ('strict', 'auto')
 
 
 class ConfigArgumentParser(argparse.ArgumentParser):
@@ -114,8 +114,8 @@ def default_argument_parser(description: str = 'Bi-KD training and evaluation'):
                              'free port on this machine, for one machine)')
     parser.add_argument('--eval-only', action='store_true',
                         help='evaluate every member and the ensemble, no training')
-    parser.add_argument('--resume', nargs='?', const='strict', choices=RESUME_MODES,
-                        metavar='auto',
+    modes = sorted({m for m in RESUME_MODES.values() if m}, reverse=True)  # strict, auto
+    parser.add_argument('--resume', nargs='?', const='strict', choices=modes, metavar='auto',
                         help='continue from the last complete checkpoint in the work_dir (an '
                              'error if there is none); --resume auto: continue if there is '
                              'one, else start afresh (what a job script or torchrun '
@@ -140,10 +140,9 @@ def setup(args):
     """The config of a command line: the file, its overrides and the flags that are config
     keys (``--resume``, ``--amp``, ``--channels-last``, ``--lean``)."""
     cfg = load_config(args.config_file, args.opts)
-    if getattr(args, 'resume', None):
-        cfg.resume = args.resume
-    if getattr(args, 'overwrite', False):
-        cfg.overwrite = True
+    for key in FLAG_KEYS:  # --resume [auto], --overwrite
+        if getattr(args, key, None):
+            cfg[key] = getattr(args, key)
     if getattr(args, 'amp', None):
         cfg.optim_wrapper.update(type='BiKDAmpOptimWrapper', dtype=AMP_DTYPES[args.amp])
     if getattr(args, 'channels_last', False):
@@ -194,7 +193,7 @@ def run_tool(run: Callable[[], object], config_file: str = '', debug: bool = Fal
         if first:
             print(str(e), flush=True)
         sys.exit(0)
-    except RunInterrupted as e:
+    except (RunInterrupted, ToolExit) as e:
         if first:
             print(str(e), file=sys.stderr, flush=True)
         sys.exit(e.exit_status)

@@ -22,6 +22,7 @@ from mmengine.utils import import_modules_from_strings
 
 from ..errors import UserError
 from ..registry import accepted_arguments
+from .keys import RUNNER_KEYS
 from .values import check_override_paths, check_values
 
 YAML_SUFFIXES = ('.yaml', '.yml')
@@ -231,23 +232,18 @@ def _scales_as_tuples(node: Any) -> None:
             _scales_as_tuples(value)
 
 
-#: Top-level keys mmengine's Runner (``Runner.from_cfg``, ``wrap_model``) and this suite read.
+#: Top-level keys mmengine's Runner (``Runner.from_cfg``, ``wrap_model``) reads, the suite's runner
+#: (:data:`bikd.engine.keys.RUNNER_KEYS`) and tools/run_experiment.py (``method_recipes``: a
+#: method's own optimiser or schedule, method -> config keys).
 TOP_LEVEL_KEYS = frozenset({
     'model', 'work_dir', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'train_cfg',
     'val_cfg', 'test_cfg', 'auto_scale_lr', 'optim_wrapper', 'param_scheduler',
     'val_evaluator', 'test_evaluator', 'default_hooks', 'custom_hooks', 'data_preprocessor',
-    'load_from', 'resume', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
+    'load_from', 'launcher', 'env_cfg', 'log_processor', 'log_level', 'visualizer',
     'default_scope', 'randomness', 'experiment_name', 'model_wrapper_cfg',
     'find_unused_parameters', 'compile', 'sync_bn', 'activation_checkpointing',
-    'efficient_conv_bn_eval', 'custom_imports', 'runner_type',
-    # the suite's runner: load_from may hold only part of the model's weights; --resume of a
-    # run whose config changed; a failed checkpoint save warns instead of stopping the run;
-    # up to N unreadable training samples are skipped; the batch of a step over all
-    # processes, kept (or the learning rate scaled) whatever the number of processes
-    'load_partial', 'resume_changed', 'keep_training_on_save_error', 'skip_bad_samples',
-    'global_batch_size', 'global_batch_policy',
-    # tools/run_experiment.py: a method's own optimiser or schedule (method -> config keys)
-    'method_recipes'})
+    'efficient_conv_bn_eval', 'custom_imports', 'runner_type', 'method_recipes',
+    *RUNNER_KEYS})
 
 
 class ConfigKeyError(UserError, KeyError):

@@ -3,7 +3,7 @@
 A run's fingerprint (:func:`run_fingerprint`) is assembled from what each class declares
 changes its result; this module lists no argument names itself:
 
-- the method: :meth:`bikd.meta_arch.MultiMemberMetaArch.fingerprint`, the values of its
+- the method: :meth:`bikd.method.meta_arch.MultiMemberMetaArch.fingerprint`, the values of its
   ``result_arguments`` (Bi-KD's partition, tie rule, temperature and what is detached; KD's
   teacher; KL+DP's student, ...);
 - each member: :meth:`bikd.Member.fingerprint`, its name, type, architecture (every argument

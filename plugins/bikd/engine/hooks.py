@@ -19,7 +19,8 @@ from ..step import TEACHER_SHARE, logged
 from ..summary import build_summary, flips, format_table
 from .best import find_best_hook
 from .run_state import run_state_of
-from .runner import save_failed, unwrap
+from .build import unwrap
+from .stops import save_failed
 
 
 def check_label_space(model, loaders: Dict[str, object]) -> None:

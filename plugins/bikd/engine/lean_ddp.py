@@ -1,5 +1,5 @@
 """The suite's DDP wrapper: the ordinary step through the meta-architecture's update, and
-the lean training step (``model.lean=true``, :mod:`bikd.lean`).
+the lean training step (``model.lean=true``, :mod:`bikd.method.lean`).
 
 mmengine's ``MMDistributedDataParallel`` reduces the gradients in hooks that its own forward
 arms, once per backward; the lean step runs one backward per member outside that forward. This
@@ -56,7 +56,7 @@ def all_reduce_gradients(module: nn.Module, group=None) -> None:
 @MODEL_WRAPPERS.register_module()
 class BiKDDistributedDataParallel(MMDistributedDataParallel):
     """mmengine's DDP wrapper (same arguments) whose step goes through the meta-architecture's
-    own update (:meth:`bikd.meta_arch.MultiMemberMetaArch.update`, which tells the optimiser
+    own update (:meth:`bikd.method.meta_arch.MultiMemberMetaArch.update`, which tells the optimiser
     wrapper which loss terms were not finite), and the lean step for a model with
     ``lean=True``. ``tools/train_net.py`` chooses it for every run of several processes."""
 
@@ -72,9 +72,3 @@ class BiKDDistributedDataParallel(MMDistributedDataParallel):
             losses = self(**data, mode='loss') if isinstance(data, dict) else \
                 self(*data, mode='loss')
         return module.update(losses, optim_wrapper)
-
-
-#: the earlier name, which configs may still give
-MODEL_WRAPPERS.register_module(name='LeanDistributedDataParallel',
-                               module=BiKDDistributedDataParallel)
-LeanDistributedDataParallel = BiKDDistributedDataParallel

@@ -49,8 +49,6 @@ from ..step import describe_term
 AMP_DTYPES = {'fp16': 'float16', 'float16': 'float16', 'bf16': 'bfloat16',
               'bfloat16': 'bfloat16'}
 NONFINITE_POLICIES = ('skip', 'raise')
-#: where checkpoints of earlier versions kept the counts of dropped steps
-_LEGACY_KEY = 'bikd_nonfinite_steps'
 
 
 def _accelerator() -> bool:
@@ -122,7 +120,7 @@ class StepPolicy:
                                zero_kwargs: Optional[Dict] = None,
                                nonfinite: Optional[Dict[str, float]] = None) -> None:
         """One step whose gradient is the sum of the gradients of ``parts``: the lean
-        training step (:mod:`bikd.lean`), which computes the loss member by member.
+        training step (:mod:`bikd.method.lean`), which computes the loss member by member.
 
         ``total`` is the step's loss value (no graph needed): the step policy decides on it
         before any part is computed. ``parts`` is iterated lazily: each loss is
@@ -170,11 +168,6 @@ class StepPolicy:
         print_log(f'non-finite loss of {culprits} {where} ({values}): step dropped, no weights '
                   f'updated ({self.skipped_in_a_row} in a row, {self.skipped_steps} in all)',
                   logger='current', level=logging.WARNING)
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        # the counts travel in the run state (bikd.engine.run_state); checkpoints of earlier
-        # versions kept them here, and the run state reads them from there
-        super().load_state_dict({k: v for k, v in state_dict.items() if k != _LEGACY_KEY})
 
 
 @OPTIM_WRAPPERS.register_module()

@@ -66,9 +66,10 @@ class RandomStateHook(Hook):
             self._pending = None
 
     def before_train(self, runner) -> None:
-        from .run_state import run_state_of
-        # a resumed run continues the saved streams; a fresh one (load_from too) starts anew
-        self._pending = run_state_of(runner).random if runner.iter > 0 else None
+        # a resumed run continues the saved streams (its run state's, taken back from the
+        # checkpoint); a fresh one (load_from too) starts anew
+        state = getattr(runner, 'run_state', None)
+        self._pending = state.random if state is not None and runner.iter > 0 else None
 
     def before_train_epoch(self, runner) -> None:
         if isinstance(runner.train_loop, EpochBasedTrainLoop):

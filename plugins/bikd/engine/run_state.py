@@ -36,8 +36,7 @@ from .random_state import get_random_state
 
 #: the key of a checkpoint that holds the run state
 RUN_STATE_KEY = 'bikd_run_state'
-#: the layout of the run state this version writes (1: this module's; 0: the keys the suite
-#: wrote before, spread over ``meta``, ``random_state`` and the optimiser's state)
+#: the layout of the run state this version writes
 RUN_STATE_VERSION = 1
 
 
@@ -100,10 +99,11 @@ class RunState:
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict, source: str = 'the checkpoint') -> 'RunState':
-        """The run state a checkpoint holds (of this version or the earlier layout)."""
+        """The run state a checkpoint holds; an empty one for a checkpoint that holds none
+        (written by mmengine's own runner)."""
         state = checkpoint.get(RUN_STATE_KEY)
         if state is None:
-            return cls._from_version_0(checkpoint)
+            return cls()
         version = state.get('version')
         if version != RUN_STATE_VERSION:
             raise UserError(f'{source} holds a run state of version {version}; this version of '
@@ -112,26 +112,10 @@ class RunState:
         known = {f.name for f in fields(cls)}
         return cls(**copy.deepcopy({k: v for k, v in state.items() if k in known}))
 
-    @classmethod
-    def _from_version_0(cls, checkpoint: dict) -> 'RunState':
-        """The keys the suite wrote before the run state had its own entry."""
-        meta = checkpoint.get('meta') or {}
-        summary = meta.get('bikd_summary') or {}
-        counts = (checkpoint.get('optimizer') or {}).get('bikd_nonfinite_steps') or {}
-        return cls(fingerprint=copy.deepcopy(meta.get('bikd_run') or {}),
-                   before=summary.get('before'),
-                   best=copy.deepcopy(meta.get('bikd_best') or {}),
-                   teacher_share_sum=dict(summary.get('share_sum') or {}),
-                   teacher_share_steps=int(summary.get('share_iters', 0)),
-                   skipped_samples=int(summary.get('skipped_samples', 0)),
-                   nonfinite_steps=int(counts.get('skipped', 0)),
-                   nonfinite_in_a_row=int(counts.get('in_a_row', 0)),
-                   random=checkpoint.get('random_state'))
-
 
 def recorded_fingerprint(checkpoint: dict) -> Optional[Dict[str, Any]]:
     """The fingerprint a checkpoint's run state recorded; ``None`` for a checkpoint without
-    one or of the earlier layout (whose fingerprints recorded less and are not compared)."""
+    one."""
     state = checkpoint.get(RUN_STATE_KEY)
     if isinstance(state, dict):
         return state.get('fingerprint') or None

@@ -70,41 +70,24 @@ from ..registry import RUNNERS
 from ..summary import build_evaluation, format_evaluation
 from .build import build_model, unwrap
 from .fingerprint import check_same_run, run_fingerprint
+from .keys import START_KEYS
 from .launch import setup_distributed
 from .ownership import OWNER_FILE, WorkDirOwner
 from .patches import setup_engine
 from .run_state import RunState, recorded_fingerprint
 from .signals import LoaderWorkerInit, RunInterrupted, find_safe_stop_hook
+from .stops import RunStopped
 
 #: hooks every run has, whatever its config lists: (type, priority)
 GUARD_HOOKS = (('LabelSpaceCheckHook', 'VERY_HIGH'), ('RandomStateHook', 'VERY_HIGH'),
                ('RunStateHook', 'VERY_LOW'), ('SafeStopHook', 'LOWEST'))
 #: the values of the config's ``resume`` -> the mode (None: a fresh start)
 RESUME_MODES = {False: None, None: None, True: 'strict', 'strict': 'strict', 'auto': 'auto'}
-#: the config key that turns a failed save into a warning
-KEEP_TRAINING_KEY = 'keep_training_on_save_error'
 
 
 class RunFinished(Exception):
     """``--resume`` of a run that reached its end: there is nothing to do, and nothing in
     its work_dir was changed (the message says so and how to train it further)."""
-
-
-class RunStopped(UserError):
-    """The run cannot go on for a reason outside the code (a file it must write cannot be
-    written, a file it reads broke); the message says what and what to do."""
-
-
-def save_failed(runner, message: str, error: Exception) -> None:
-    """A save of the run failed (``message`` says which and what is intact): stop the run
-    with :class:`RunStopped`, or with the config's ``keep_training_on_save_error: true`` log a
-    warning and go on."""
-    if runner.cfg.get(KEEP_TRAINING_KEY, False):
-        runner.logger.warning(f'{message}; training goes on ({KEEP_TRAINING_KEY}=true)')
-        return
-    raise RunStopped(f'{message}. Free space (or make the work_dir writable), then continue '
-                     f'with --resume auto; {KEEP_TRAINING_KEY}=true trains on without the '
-                     'files that cannot be written') from error
 
 
 def default_work_dir(config_file: str) -> str:
@@ -289,11 +272,17 @@ class _KeepDumpsInTheLogFile(logging.Filter):
 
 @dataclass
 class _Options:
-    """The suite's config keys a runner acts on (see the module's description)."""
+    """The suite's config keys a runner decides a run's start with (:data:`START_KEYS`)."""
     resume: object = False
+    overwrite: bool = False
     load_partial: bool = False
     resume_changed: bool = False
-    overwrite: bool = False
+
+    @classmethod
+    def take(cls, cfg) -> '_Options':
+        """The options, taken out of ``cfg``."""
+        return cls(**{key: cfg.pop(key, getattr(cls, key)) if key == 'resume'
+                      else bool(cfg.pop(key, getattr(cls, key))) for key in START_KEYS})
 
 
 #: what a run leaves in its work_dir that a fresh start would replace
@@ -383,10 +372,7 @@ class BiKDRunner(Runner):
         user's input or a file says so in one line and leaves the work_dir as it was."""
         setup_engine()
         cfg = copy.deepcopy(cfg)
-        options = _Options(resume=cfg.pop('resume', False),
-                           load_partial=bool(cfg.pop('load_partial', False)),
-                           resume_changed=bool(cfg.pop('resume_changed', False)),
-                           overwrite=bool(cfg.pop('overwrite', False)))
+        options = _Options.take(cfg)
         mode = resume_mode(options.resume)  # an invalid one is refused before anything is made
         if options.overwrite and mode is not None:
             raise UserError('--overwrite starts the run afresh (the run in the work_dir moved '
@@ -779,11 +765,6 @@ def _agree(decision: _Decision) -> _Decision:
     return decision
 
 
-def build_runner(cfg) -> BiKDRunner:
-    """The suite's runner from a config."""
-    return BiKDRunner.from_cfg(cfg)
-
-
-__all__ = ['BiKDRunner', 'GUARD_HOOKS', 'RunFinished', 'RunStopped', 'Start', 'build_runner',
+__all__ = ['BiKDRunner', 'GUARD_HOOKS', 'RESUME_MODES', 'RunFinished', 'Start',
            'check_work_dir', 'choose_start', 'default_work_dir', 'move_run_aside',
-           'run_is_finished', 'run_results', 'save_failed', 'unwrap']
+           'run_is_finished', 'run_results']

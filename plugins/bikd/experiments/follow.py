@@ -113,12 +113,17 @@ def follow_run(command: List[str], log_file: str, echo: Callable[[str], None] = 
     return code
 
 
-def run_python(args: List[str], log_file: str, label: str, cwd: Optional[str] = None) -> int:
-    """``python ARGS`` followed by :func:`follow_run`, with a line before and after."""
+def run_command(command: List[str], log_file: str, label: str,
+                cwd: Optional[str] = None) -> int:
+    """``command`` followed by :func:`follow_run`, with a line before and after."""
     start = time.time()
     print(label, flush=True)
-    code = follow_run([sys.executable, *args], log_file,
-                      echo=lambda text: print(text, flush=True), cwd=cwd)
+    code = follow_run(command, log_file, echo=lambda text: print(text, flush=True), cwd=cwd)
     print(f'  {"finished" if code == 0 else f"stopped (exit status {code})"} in '
           f'{time.time() - start:.0f} s; output in {log_file}', flush=True)
     return code
+
+
+def run_python(args: List[str], log_file: str, label: str, cwd: Optional[str] = None) -> int:
+    """``python ARGS`` followed by :func:`follow_run`, with a line before and after."""
+    return run_command([sys.executable, *args], log_file, label, cwd)

@@ -18,7 +18,7 @@ A grid file (YAML; ``configs/tables/table2.yaml`` and its siblings) names::
 
 Config paths are read from the current directory, then from the grid file's folder and its
 parents (a grid in ``configs/tables`` names ``configs/imagenet/...`` from the repository).
-:func:`grid_table` turns the per-seed rows of every cell (:func:`bikd.experiment.collect`)
+:func:`grid_table` turns the per-seed rows of every cell (:func:`bikd.experiments.stats.collect`)
 into the collected table: each member's mean change (or score after) ± its standard
 deviation over seeds, each method against its control paired by seed with its 95% interval
 and verdict, and the paper's number beside; cells that are not finished are marked, not
@@ -30,9 +30,10 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .errors import UserError
-from .experiment import paired_difference
-from .summary import metric_digits
+from ..errors import UserError
+from ..fileio import save_figure
+from ..summary import markdown_table, metric_digits
+from .stats import paired_difference
 
 GRID_KEYS = {'title', 'metric', 'paper_reports', 'methods', 'seeds', 'overrides', 'cells'}
 CELL_KEYS = {'config', 'overrides', 'paper', 'name'}
@@ -183,7 +184,7 @@ def grid_table(grid: Grid, cells: Dict[str, dict], controls: Dict[str, str],
         grid: the grid.
         cells: cell name -> ``dict(rows=[per-seed rows of the runs done], members=[names],
             runs={method: {'done': n, 'planned': n}})``; rows as
-            :func:`bikd.experiment.collect` gives them (in ``metric``), with ``seed``.
+            :func:`bikd.experiments.stats.collect` gives them (in ``metric``), with ``seed``.
         controls: method -> the method it is compared against.
         metric: the metric of the rows (default: the rows' own).
 
@@ -203,10 +204,8 @@ def grid_table(grid: Grid, cells: Dict[str, dict], controls: Dict[str, str],
              f'{metric}: each member\'s {what} under each method, mean ± standard deviation '
              f'over the seeds done (of {len(grid.seeds)}); "paper": the paper\'s number where '
              'it has one; each method against its control paired by seed. A cell not finished '
-             'says how many of its runs are done.', '',
-             '| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * 2 + ['---:'] *
-                                                            (len(head) - 2)) + '|']
-    records = []
+             'says how many of its runs are done.', '']
+    body, records = [], []
     for cell in grid.cells:
         info = cells.get(cell.name) or dict(rows=[], members=[], runs={})
         members = info['members'] or sorted({m for p in cell.paper.values() for m in p})
@@ -257,8 +256,8 @@ def grid_table(grid: Grid, cells: Dict[str, dict], controls: Dict[str, str],
                 records.append(dict(cell=cell.name, member=member, method=method,
                                     metric=metric, control=controls[method],
                                     difference=stat))
-            lines.append('| ' + ' | '.join(line) + ' |')
-    return '\n'.join(lines) + '\n', records
+            body.append(line)
+    return '\n'.join(lines + markdown_table(head, body, text_columns=2)) + '\n', records
 
 
 def plot_grid(grid: Grid, records: Sequence[dict], path: str) -> None:
@@ -299,8 +298,7 @@ def plot_grid(grid: Grid, records: Sequence[dict], path: str) -> None:
     if labelled:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ['Grid', 'GridCell', 'grid_table', 'load_grid', 'plot_grid']

@@ -12,7 +12,7 @@ are named in the files it reads and writes; see :class:`Member`.
 Build, then load (as detectron2's ``build_model`` + ``DetectionCheckpointer`` and timm's
 ``build_model_with_cfg``): a member's constructor builds its network and reads no weights; its
 weights are taken by one explicit step, :meth:`Member.take_weights`, which whoever builds it
-calls (:meth:`bikd.meta_arch.MultiMemberMetaArch.take_weights` for every member of a run).
+calls (:meth:`bikd.method.meta_arch.MultiMemberMetaArch.take_weights` for every member of a run).
 """
 import json
 import os
@@ -23,19 +23,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
-from . import compat
-from .checkpoint import download_weights, load_into, load_weights_file, weights_digest
-from .errors import UserError
-from .fileio import save_json, save_torch
-
-
-def plain(value: Any) -> Any:
-    """Config values as JSON-like plain data (mmengine's ConfigDict and tuples unwrapped)."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+from .. import compat
+from ..checkpoint import download_weights, load_into, load_weights_file, weights_digest
+from ..errors import UserError
+from ..fileio import save_json, save_torch
+from ..registry import plain
 
 
 @dataclass
@@ -247,7 +239,7 @@ class Member(nn.Module):
         return out
 
     #: the validation data its reported numbers came from (the dataset's type and transform,
-    #: :func:`bikd.export.evaluation_data`), set by :func:`bikd.export.export_members` for the
+    #: :func:`bikd.engine.export.evaluation_data`), set by :func:`bikd.engine.export.export_members` for the
     #: export to record (and to describe its preprocessing by)
     evaluated_with: Optional[Dict[str, Any]] = None
 

@@ -23,7 +23,7 @@ that do not train (frozen teachers) run once, without gradient.
 
 Under DDP the step bypasses the wrapper's forward, so it reduces each member's gradients
 itself after the member's backward (:class:`bikd.engine.lean_ddp.BiKDDistributedDataParallel`).
-A meta-architecture runs it through :meth:`bikd.meta_arch.MultiMemberMetaArch.lean_step`.
+A meta-architecture runs it through :meth:`bikd.method.meta_arch.MultiMemberMetaArch.lean_step`.
 """
 import dataclasses
 from typing import Any, Callable, Dict, List, Optional
@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 from torch import nn
 from torch.profiler import record_function
-from .errors import UserError
+from ..errors import UserError
 
 
 def trains(module: nn.Module) -> bool:
@@ -73,7 +73,7 @@ def detached(output):
 def lean_train_step(model, data: Any, optim_wrapper,
                     reduce_gradients: Optional[Callable[[nn.Module], None]] = None
                     ) -> Dict[str, torch.Tensor]:
-    """One lean training step of ``model`` (a :class:`bikd.meta_arch.MultiMemberMetaArch`);
+    """One lean training step of ``model`` (a :class:`bikd.method.meta_arch.MultiMemberMetaArch`);
     returns the logged values, as mmengine's ``train_step``.
 
     ``reduce_gradients(member)`` is called after each trained member's backward (a DDP

@@ -3,14 +3,15 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence
 
-from .checkpoint import check_checkpoint_fits, load_into, load_weights_file
-from .fileio import failures_named, save_json
+from ..checkpoint import check_checkpoint_fits, load_into, load_weights_file
+from ..fileio import failures_named, save_json
 
 
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     """The meta-architecture of ``config`` with the weights of a runner ``checkpoint`` (the
     members are built, and take their weights from the checkpoint alone)."""
-    from .engine import build_model, load_config
+    from .build import build_model
+    from .config import load_config
 
     cfg = load_config(config, overrides)
     model = build_model(cfg)  # (it also lets runner checkpoints, with mmengine's objects, load)

@@ -1,104 +1,12 @@
-"""Experiments: which training runs each method needs to improve a config's members, and what
-their results say (each member's change, averaged over seeds, and each method against its
-control, paired by seed, with a confidence interval and the verdict it gives).
-
-A *method* is a registered meta-architecture that names itself (``method``), its control
-(``control``) and the runs it needs (``experiment_runs``, returning :class:`ExperimentRun`);
-``tools/run_experiment.py`` runs them through ``train_net`` and reports with the functions
-here, ``tools/benchmark.py`` times them. A new method is one registered class.
+"""What the runs of an experiment say: one row per (member, run, seed) from the runs'
+summaries, their mean over seeds, and each method against its control paired by seed, with
+Student's t interval of the mean difference and the verdict it gives.
 """
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from .errors import UserError
-from .registry import META_ARCH
-from .summary import metric_digits
-
-
-class MethodNotApplicable(UserError):
-    """A method cannot run on the members of a config (e.g. KL+DP with three members)."""
-
-
-@dataclass(frozen=True)
-class ExperimentRun:
-    """One training run a method needs in an experiment (``tools/run_experiment.py``).
-
-    Attributes:
-        name: unique within an experiment: the method's name, or e.g. ``kd_from_resnet``.
-        method: the method's name.
-        model: the run's model config (``type``, ``members`` and the method's arguments).
-        trains: the members that learn in the run; the others only teach.
-        frozen_forwards: members whose forward the run also computes without gradient every
-            step (KL+DP: its teacher and the initial copy of its student); the benchmark
-            bounds a run's cost with them.
-        label: the run in words (``KL+DP, student resnet``); default: its name.
-    """
-    name: str
-    method: str
-    model: dict
-    trains: Tuple[str, ...]
-    frozen_forwards: Tuple[str, ...] = ()
-    label: str = ''
-
-    def __post_init__(self):
-        if not self.label:
-            object.__setattr__(self, 'label', self.name)
-
-
-
-def member_names(model: dict) -> List[str]:
-    """The names of the members of a model config (each member config must name it)."""
-    names = [m.get('name') if isinstance(m, dict) else m.name for m in model['members']]
-    missing = [i for i, n in enumerate(names) if not n]
-    if missing:
-        raise UserError(f'model.members {missing} have no name; an experiment needs every '
-                        'member named (name: ...)')
-    return names
-
-
-
-def registered_methods() -> Dict[str, type]:
-    """Method name -> meta-architecture, for every registered class that is a method (the
-    suite's and those a config's ``custom_imports`` registered), in registration order."""
-    return {cls.method: cls for cls in META_ARCH.module_dict.values()
-            if isinstance(cls, type) and getattr(cls, 'method', '') and
-            callable(getattr(cls, 'experiment_runs', None))}
-
-
-def select_methods(names: Optional[Sequence[str]] = None) -> Dict[str, type]:
-    """The methods ``names`` (default: every registered one, controls last so that a table
-    reads each method against a control that follows it), or a ``ValueError`` that lists the
-    registered ones."""
-    known = registered_methods()
-    if names is None:
-        names = [m for m, cls in known.items() if cls.control] + \
-            [m for m, cls in known.items() if not cls.control]
-    unknown = [m for m in names if m not in known]
-    if unknown:
-        raise UserError(f'unknown method(s) {unknown}; registered methods: {list(known)} (a '
-                        'method of your own is registered by a module the config lists in '
-                        'custom_imports)')
-    return {m: known[m] for m in names}
-
-
-def plan_runs(model: dict, methods: Dict[str, type]
-              ) -> Tuple[Dict[str, ExperimentRun], Dict[str, str]]:
-    """The runs each method declares for the members of ``model`` (run name ->
-    :class:`ExperimentRun`), and the methods that cannot run on them (method -> why)."""
-    runs, left_out = {}, {}
-    for method, cls in methods.items():
-        try:
-            planned = cls.experiment_runs(model)
-        except MethodNotApplicable as e:
-            left_out[method] = str(e)
-            continue
-        for run in planned:
-            if run.name in runs:
-                raise ValueError(f'two methods plan a run named {run.name!r}')
-            runs[run.name] = run
-    return runs, left_out
+from ..summary import metric_digits
 
 
 def collect(summaries: Dict[str, dict], runs: Dict[str, object],

@@ -1,7 +1,7 @@
 """The baselines Bi-KD is compared with, on the same members, data and machinery:
 KL+DP (Roth et al., ICLR 2024), Hinton's KD from a frozen teacher, and deep mutual learning.
 
-Each builds on :class:`~bikd.meta_arch.BiKDMetaArch`'s pieces: the members' outputs, the
+Each builds on :class:`~bikd.method.meta_arch.BiKDMetaArch`'s pieces: the members' outputs, the
 per-sample partition (:func:`~bikd.partition.select_teachers`) and the masked KL
 (:func:`~bikd.losses.distillation_loss`), so every task that supports Bi-KD supports them.
 Frozen members stay in eval mode, take no gradient and are never updated.
@@ -12,14 +12,14 @@ from typing import Any, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .errors import UserError
-from .experiment import ExperimentRun, MethodNotApplicable, member_names
-from .losses import at_least_fp32, distillation_loss, positive_temperature
-from .member import Member, MemberOutput
+from ..errors import UserError
+from ..experiment_runs import ExperimentRun, MethodNotApplicable, member_names
+from ..losses import at_least_fp32, distillation_loss, positive_temperature
+from ..members.base import Member, MemberOutput
+from ..partition import select_teachers
+from ..registry import META_ARCH
+from ..step import StepOutput
 from .meta_arch import PARTITIONS, MultiMemberMetaArch
-from .partition import select_teachers
-from .registry import META_ARCH
-from .step import StepOutput
 
 
 class _FrozenMembersMixin:

@@ -18,16 +18,15 @@ from mmengine.registry import DefaultScope
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from .errors import UserError
-from .experiment import ExperimentRun, MethodNotApplicable, member_names
+from ..errors import UserError
+from ..experiment_runs import ExperimentRun, MethodNotApplicable, member_names
+from ..losses import distillation_loss, positive_temperature
+from ..members.base import RANDOM, Member, MemberOutput
+from ..metrics import MemberPredictions
+from ..partition import TIE_RULES, select_teachers, teacher_share
+from ..registry import MEMBERS, META_ARCH, accepted_arguments, argument_defaults, plain
+from ..step import StepOutput
 from .lean import lean_train_step, trains
-from .losses import distillation_loss, positive_temperature
-from .member import RANDOM, Member, MemberOutput
-from .member import plain
-from .metrics import MemberPredictions
-from .partition import TIE_RULES, select_teachers, teacher_share
-from .registry import MEMBERS, META_ARCH, accepted_arguments, argument_defaults
-from .step import StepOutput
 
 PARTITIONS = ('confidence', 'loss')
 #: where the members of a model built with ``random_init`` have their weights from
@@ -88,7 +87,7 @@ class MultiMemberMetaArch(BaseModel):
         channels_last: keep the members' convolution weights and the input batch in
             channels-last memory format (channels-last-3d for video), which tensor-core GPUs
             and oneDNN on CPU run faster. Results are unchanged up to floating-point order.
-        lean: train member by member (:mod:`bikd.lean`): at most one member's activations
+        lean: train member by member (:mod:`bikd.method.lean`): at most one member's activations
             are alive at once, for members that do not fit on the device together; costs one
             more forward per trained member. The weights after each step are the ordinary
             step's.
@@ -276,7 +275,7 @@ class MultiMemberMetaArch(BaseModel):
     def lean_step(self, data: Any, optim_wrapper,
                   reduce_gradients: Optional[Callable[[nn.Module], None]] = None
                   ) -> Dict[str, Tensor]:
-        """One training step member by member (:mod:`bikd.lean`); ``reduce_gradients(member)``
+        """One training step member by member (:mod:`bikd.method.lean`); ``reduce_gradients(member)``
         after each member's backward (DDP)."""
         if type(self).loss is not MultiMemberMetaArch.loss:
             raise TypeError(f'{type(self).__name__} overrides loss(); lean mode computes the loss '

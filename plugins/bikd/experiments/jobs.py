@@ -1,12 +1,14 @@
 """Training runs as jobs: on a Slurm cluster or on this machine, through submitit (the
-launcher detectron2's, DINOv2's and Mask2Former's users know).
+launcher detectron2's, DINOv2's and Mask2Former's users know), or followed in this terminal.
 
-- :class:`TrainJob` is what a job runs: ``train_net`` on one run's config with ``--resume
-  auto`` (on every node: torchrun with one process per GPU). Slurm may stop and requeue it
-  (preemption, ``scontrol requeue``, a time limit); each start continues from the run's last
-  checkpoint. ``train_net`` stops safely on Slurm's signals (a checkpoint at the end of the
-  current iteration, :mod:`bikd.engine.signals`): before a time limit (USR2)
-  :meth:`TrainJob.checkpoint` waits for that checkpoint and asks submitit to requeue the job;
+- :class:`TrainJob` is the one launcher of a run: what a submitted job runs, and what
+  :meth:`TrainJob.run_here` runs in the terminal for an experiment on this machine:
+  ``train_net`` on one run's config with ``--resume auto`` (on every node: torchrun with
+  one process per GPU). Slurm may stop and requeue it (preemption, ``scontrol requeue``, a
+  time limit); each start continues from the run's last checkpoint. ``train_net`` stops
+  safely on Slurm's signals (a checkpoint at the end of the current iteration,
+  :mod:`bikd.engine.signals`): before a time limit (USR2) :meth:`TrainJob.checkpoint` waits
+  for that checkpoint and asks submitit to requeue the job;
   a job whose run stopped on SIGTERM (``scancel --signal=TERM``, a preemption) requeues
   itself, so it continues where it stopped.
 - :func:`make_executor` makes submitit's executor for ``--launcher slurm`` (jobs submitted
@@ -26,8 +28,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from .errors import UserError
-from .fileio import save_json
+from ..errors import UserError
+from ..fileio import save_json
 
 LAUNCHERS = ('slurm', 'local')
 #: how long a job waits for its run to write its stop checkpoint before it is requeued anyway
@@ -90,6 +92,15 @@ class TrainJob:
             requeue_slurm_job(os.environ['SLURM_JOB_ID'], proc.returncode)
         raise RuntimeError(f'train_net exited with status {proc.returncode} on '
                            f'{self.config} (its log: the lines above)')
+
+    def run_here(self, log_file: str, label: str) -> int:
+        """Run the job in this process's terminal (``--launcher local`` of an experiment): the
+        same command a submitted job runs, its output into ``log_file`` and its progress
+        followed in a few lines (:func:`~bikd.experiments.follow.follow_run`). Returns its exit
+        status (2: an input error it has said in one line; over 128: stopped on a signal with
+        a checkpoint)."""
+        from .follow import run_command
+        return run_command(self.command(), log_file, label, cwd=self.cwd)
 
     def checkpoint(self, *args, **kwargs):
         """Before a time limit (or a preemption signalled with USR2): let the run write its
