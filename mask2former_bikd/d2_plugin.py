@@ -22,14 +22,18 @@ distillation term; the teacher shares go to the event storage) and evaluates it 
 :func:`member_evaluators` around detectron2's evaluators (every member and the ensemble):
 ``SemSegEvaluator`` for semantic members; for panoptic and instance members (Mask2Former's
 panoptic / instance configs, trained on detectron2's ``instances`` targets) also
-``COCOPanopticEvaluator`` and ``COCOEvaluator``. The method itself is the suite's core (:class:`bikd.BiKDMetaArch`: teacher
-selection, masked KL); this module only speaks detectron2.
+``COCOPanopticEvaluator`` and ``COCOEvaluator``. The method itself is the suite's core
+(:class:`bikd.BiKDMetaArch`: teacher selection, masked KL); this module only speaks
+detectron2.
 
-Config (``MODEL.BIKD``): ``MEMBERS`` (each member's Mask2Former config: a path or a name in the
-Mask2Former repository), ``WEIGHTS`` (each member's checkpoint: ``model_final_*.pkl`` or a
-detectron2 ``.pth``; empty: the member's own ``MODEL.WEIGHTS``), ``NAMES``, ``PARTITION``
-(``loss``), ``PARTITION_LOSS`` (``task`` or ``pixel_ce``), ``TEMPERATURE``,
-``DETACH_TEACHER``, ``DISTRIBUTION``.
+Config (``MODEL.BIKD``): the members' keys ``MEMBERS`` (each member's Mask2Former config: a
+path or a name in the Mask2Former repository), ``WEIGHTS`` (each member's checkpoint:
+``model_final_*.pkl`` or a detectron2 ``.pth``; empty: the member's own ``MODEL.WEIGHTS``),
+``NAMES``, ``PARTITION_LOSS`` (``task`` or ``pixel_ce``), ``DISTRIBUTION``; and one key per
+argument the methods declare (their ``result_arguments``: :func:`method_keys`), made from
+the classes themselves so that a new switch of the core appears here by itself: ``PARTITION``
+(``loss`` here), ``TIES`` (``later``; ``skip``: the authors' tie rule), ``TEMPERATURE``,
+``DETACH_TEACHER``, ``DETACH_STUDENT``.
 """
 import os
 from collections import OrderedDict
@@ -41,6 +45,7 @@ from torch import nn
 import bikd
 from bikd.errors import UserError
 from bikd.metrics import MemberPredictions, StructuredPrediction, dense
+from bikd.registry import argument_defaults
 from bikd.step import TEACHER_SHARE, log_key
 
 from . import d2
@@ -54,17 +59,32 @@ from detectron2.modeling import META_ARCH_REGISTRY  # noqa: E402
 from detectron2.utils.events import get_event_storage  # noqa: E402
 
 
+#: the core meta-architectures the plug-in wraps (D2BiKDMetaArch, D2IndependentMetaArch)
+CORES = (bikd.BiKDMetaArch, bikd.IndependentMetaArch)
+#: where the plug-in's default differs from the core's: segmentation members are ranked by loss
+D2_DEFAULTS = dict(partition='loss')
+
+
+def method_keys(core: type) -> Dict[str, object]:
+    """``MODEL.BIKD`` key -> default for every argument ``core`` declares as changing what it
+    computes (its ``result_arguments``), the core's own default unless :data:`D2_DEFAULTS`
+    says otherwise."""
+    defaults = argument_defaults(core)
+    return {name.upper(): D2_DEFAULTS.get(name, defaults[name])
+            for name in core.result_arguments}
+
+
 def add_bikd_config(cfg) -> None:
     """Add ``MODEL.BIKD`` (see the module's description) to a detectron2 config."""
     cfg.MODEL.BIKD = CN()
     cfg.MODEL.BIKD.MEMBERS = []
     cfg.MODEL.BIKD.WEIGHTS = []
     cfg.MODEL.BIKD.NAMES = []
-    cfg.MODEL.BIKD.PARTITION = 'loss'
     cfg.MODEL.BIKD.PARTITION_LOSS = 'task'
-    cfg.MODEL.BIKD.TEMPERATURE = 1.0
-    cfg.MODEL.BIKD.DETACH_TEACHER = True
     cfg.MODEL.BIKD.DISTRIBUTION = 'normalized'
+    for core in CORES:
+        for key, value in method_keys(core).items():
+            cfg.MODEL.BIKD[key] = value
 
 
 def member_configs(cfg) -> List[dict]:
@@ -106,8 +126,8 @@ class D2BiKDMetaArch(nn.Module):
         super().__init__()
         b = cfg.MODEL.BIKD
         self.bikd = bikd.build_model(dict(type=self.core.__name__, members=member_configs(cfg),
-                                          partition=b.PARTITION, temperature=b.TEMPERATURE,
-                                          detach_teacher=b.DETACH_TEACHER))
+                                          **{key.lower(): b[key]
+                                             for key in method_keys(self.core)}))
         self.to(torch.device(cfg.MODEL.DEVICE))
 
     @property

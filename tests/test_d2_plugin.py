@@ -88,6 +88,38 @@ def test_build_model_builds_bikd_over_official_members(toy_datasets):
                            width=64)])
 
 
+def test_every_method_argument_is_a_model_bikd_key_and_ties_skip_is_the_authors_rule(
+        toy_datasets):
+    """MODEL.BIKD has a key for each argument the wrapped methods declare, each reaches the
+    core, and ``TIES: skip`` gives a tied sample to nobody (the authors' rule)."""
+    from detectron2.modeling import build_model
+
+    import bikd
+    from bikd.members import MemberOutput
+    from bikd.partition import NO_TEACHER
+    from mask2former_bikd.d2_plugin import CORES, method_keys
+    cfg = d2_config(toy_datasets)
+    for core in CORES:
+        assert {k.lower() for k in method_keys(core)} == set(core.result_arguments)
+        assert all(key in cfg.MODEL.BIKD for key in method_keys(core))
+    assert {'TIES', 'DETACH_STUDENT'} <= set(method_keys(bikd.BiKDMetaArch))
+    cfg.merge_from_list(['MODEL.BIKD.TIES', 'skip', 'MODEL.BIKD.TEMPERATURE', '2.0',
+                         'MODEL.BIKD.DETACH_TEACHER', 'False', 'MODEL.BIKD.DETACH_STUDENT',
+                         'True'])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert {key: getattr(model.bikd, key.lower()) for key in method_keys(bikd.BiKDMetaArch)} \
+        == dict(PARTITION='loss', TIES='skip', TEMPERATURE=2.0, DETACH_TEACHER=False,
+                DETACH_STUDENT=True)
+    # sample 0: both members' losses tie; sample 1: member b's is lower
+    outputs = [MemberOutput(loss=torch.tensor(loss), logits=torch.zeros(2, 3))
+               for loss in ([0.5, 0.9], [0.5, 0.2])]
+    _, teachers = model.bikd.partition_step(outputs)
+    assert teachers.tolist() == [NO_TEACHER, 1]
+    default = build_model(d2_config(toy_datasets))
+    assert default.bikd.partition_step(outputs)[1].tolist() == [1, 1]  # ties: the later one
+
+
 def test_the_checkpointer_resumes_a_run_without_reading_the_members_files(toy_datasets,
                                                                            tmp_path):
     """A run's checkpoint holds every member: resuming reads none of the members' own files
