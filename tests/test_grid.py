@@ -165,7 +165,7 @@ SlurmdPort={slurmd}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={socket},cred_expire=10
+AuthInfo=socket={socket},cred_expire=30
 CredType=cred/munge
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool
@@ -192,9 +192,11 @@ PartitionName=debug Nodes=bikdnode Default=YES MaxTime=INFINITE State=UP
 @pytest.fixture(scope='module')
 def slurm(tmp_path_factory):
     """A one-node Slurm cluster on this machine (slurmctld + slurmd on free ports, its own
-    munged), for the tests of this module; stopped after them. Credentials live 10 s
+    munged), for the tests of this module; stopped after them. Credentials live 30 s
     (``cred_expire``; Slurm's default is 120): a requeued job waits that long before it may
-    start again, and is not refused as "already killed" when it does."""
+    start again, and is not refused as "already killed" when it does. Shorter is not safe: a
+    job step that a busy machine launches after its credential expired fails, so the jobs of
+    a grid would fail for no fault of theirs."""
     needed = ['munged', 'slurmctld', 'slurmd', 'sbatch', 'squeue', 'scontrol', 'sinfo']
     missing = [b for b in needed if not shutil.which(b) and not os.path.exists(f'/usr/sbin/{b}')]
     if missing:
@@ -266,8 +268,8 @@ def test_a_grid_on_slurm_finishes_reports_a_failed_job_and_submits_only_it_again
     out = tmp_path / 'out'
     first = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
                  '--poll', 2)
-    assert first.count('submitted as slurm job') == 8
-    assert '4 done, 4 failed' in first and '4 run(s) failed' in first
+    assert first.count('submitted as slurm job') == 8, first
+    assert '4 done, 4 failed' in first and '4 run(s) failed' in first, first
     status = tool('--grid', grid, '--output-dir', out, '--status')
     failed = [line for line in status.splitlines() if ' failed ' in line]
     assert len(failed) == 4 and all('resnet_convnext_regnet_bikd' in line and
@@ -300,7 +302,7 @@ def test_a_signalled_job_loses_no_iteration_and_ends_as_an_uninterrupted_run(
     submitted = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm')
     job = submitted.split('submitted as slurm job ')[1].split()[0]
     work = out / 'resnet_convnext_bikd' / 'runs' / 'bikd'
-    deadline = time.time() + 300  # a 20 s run, stopped once and started again 10 s later
+    deadline = time.time() + 300  # a 20 s run, stopped once and started again 30 s later
 
     def log():  # the job's output and errors (appended to at every start)
         return ''.join(p.read_text() for p in sorted((out / 'logs').glob(f'{job}/*'))
