@@ -10,6 +10,7 @@ optimiser and random states; :func:`peek_checkpoint`, :func:`check_checkpoint_fi
 :func:`find_last_checkpoint`). Writing is atomic everywhere (:mod:`bikd.fileio`).
 """
 import glob
+import io
 import os
 import os.path as osp
 import zipfile
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 
 from . import compat
 from .errors import UserError
-from .fileio import UNVERIFIED, file_sha256, verify
+from .fileio import (UNVERIFIED, VERIFIED, file_key, file_sha256, read_verified,
+                     recorded_digest, verify)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -48,9 +50,9 @@ def load_weights_file(path: str, trust: bool = False) -> Dict[str, Tensor]:
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
-    verify(path)
+    data = read_verified(path)  # the one read: digested, checked, then loaded from memory
     try:
-        obj = torch.load(path, map_location='cpu', weights_only=not trust)
+        obj = torch.load(io.BytesIO(data), map_location='cpu', weights_only=not trust)
     except Exception as e:  # noqa: BLE001 - re-raised with the file named
         if not trust and 'weights_only' in str(e):
             raise CheckpointError(
@@ -71,23 +73,67 @@ def unreadable(path: str, error: Exception) -> CheckpointError:
 
 
 def check_readable(path: str, given_as: str = 'load_from') -> Optional[dict]:
-    """A runner checkpoint that exists and that torch can read (its tensors memory-mapped,
-    not read), else an error that names it, before a runner is built around it. Returns its
-    contents as :func:`peek_checkpoint` does (``None`` for a URL, left to mmengine's loader,
-    and for a file holding objects beyond tensors, which mmengine's loader reports)."""
+    """A runner checkpoint that exists and that torch can read, else an error that names it,
+    before a runner is built around it. Returns its contents (:func:`read_checkpoint`: the
+    file's one read); ``None`` for a URL, left to mmengine's loader."""
     if '://' in path:
         return None
     if osp.isdir(path) or not osp.isfile(path):
         raise FileNotFoundError(f'{given_as}={path}: ' + ('a folder, not a checkpoint file'
                                                           if osp.isdir(path) else
                                                           'checkpoint file not found'))
+    return read_checkpoint(path)
+
+
+#: the runner checkpoint read last (file version -> contents): every check of a start and
+#: mmengine's own load take it from here, so the file is read once
+_read: Dict[tuple, dict] = {}
+
+
+def read_checkpoint(path: str) -> dict:
+    """A runner checkpoint's contents (tensors on the CPU), read once per version of the file:
+    its bytes read in one pass, checked against the digest written with them
+    (:func:`bikd.fileio.read_verified`), then unpickled from memory with torch's
+    ``weights_only`` loader (the classes mmengine writes allow-listed by
+    :func:`bikd.engine.patches.setup_engine`). The last one read is kept, for the start's
+    checks, mmengine's load (:func:`bikd.engine.patches.setup_engine` routes local files
+    here) and the evaluation's iteration, until :func:`forget_checkpoints`. An unreadable
+    file is an error naming it."""
+    key = file_key(path)
+    if key in _read:
+        return _read[key]
+    data = read_verified(path, check=lambda data: _check_complete(path, data))
     try:
-        data = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - named with the file
-        if 'weights_only' not in str(e):  # (objects beyond tensors: mmengine's loader says)
-            raise unreadable(path, e) from e
-        return None
-    return data if isinstance(data, dict) else None
+        contents = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise unreadable(path, e) from e
+    del data
+    _read.clear()
+    _read[key] = contents
+    return contents
+
+
+class IncompleteCheckpoint(CheckpointError):
+    """A checkpoint file cut short (a write, download or copy interrupted)."""
+
+
+def _check_complete(path: str, data: bytes) -> None:
+    if not _zip_complete(io.BytesIO(data)):
+        raise IncompleteCheckpoint(f'cannot read checkpoint {path}: the file is cut short (an '
+                                   'interrupted write, download or copy?)')
+
+
+def _zip_complete(source) -> bool:
+    try:
+        with zipfile.ZipFile(source) as z:
+            return bool(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def forget_checkpoints() -> None:
+    """Let the checkpoint kept by :func:`read_checkpoint` go (once it is loaded)."""
+    _read.clear()
 
 
 def download_weights(url: str, owner: str, alternatives: str,
@@ -170,19 +216,15 @@ def load_into(module: nn.Module, state_dict: Dict[str, Tensor], source: str,
 def checkpoint_is_complete(path: str) -> bool:
     """Whether a checkpoint file is whole: torch's zip format ends with its directory, which a
     write cut short lacks (checked without reading the tensors)."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return bool(z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
+    return _zip_complete(path)
 
 
 def peek_checkpoint(path: str) -> Optional[dict]:
-    """A checkpoint's contents, memory-mapped (tensors are not read until used); ``None`` for
-    a file that is not a loadable checkpoint (mmengine's loader reports it itself)."""
+    """A runner checkpoint's contents (:func:`read_checkpoint`: the file's one read); ``None``
+    for a file that is not a loadable checkpoint (mmengine's loader reports it itself)."""
     try:
-        data = torch.load(path, map_location='cpu', mmap=True, weights_only=True)
-    except Exception:  # noqa: BLE001 - any unreadable file: nothing to tell from it here
+        data = read_checkpoint(path)
+    except (UserError, OSError):  # any unreadable file: nothing to tell from it here
         return None
     return data if isinstance(data, dict) else None
 
@@ -256,12 +298,12 @@ class FoundCheckpoint:
 
 
 def _checkpoint_files(work_dir: str) -> List[str]:
-    """The work_dir's complete checkpoint files, newest first."""
-    return sorted((p for p in glob.glob(osp.join(work_dir, '*.pth')) if checkpoint_is_complete(p)),
-                  key=osp.getmtime, reverse=True)
+    """The work_dir's checkpoint files, newest first (whole or not: :func:`_try_checkpoint`
+    tells, when a file's turn comes)."""
+    return sorted(glob.glob(osp.join(work_dir, '*.pth')), key=osp.getmtime, reverse=True)
 
 
-def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
+def last_good_checkpoint(work_dir: str, read: bool = False) -> FoundCheckpoint:
     """The checkpoint a run in ``work_dir`` continues from: the one the ``last_checkpoint``
     marker names, unless it is missing, cut short or does not match its digest; then the
     newest complete checkpoint of the folder that matches its own (or has none).
@@ -270,9 +312,11 @@ def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
     path): a work_dir that was copied or moved continues from its own checkpoint, never from
     the folder it was copied from, and the note says so. Every candidate is verified against
     the digest written with it (:func:`bikd.fileio.verify`: the whole file is read); one that
-    does not match is skipped with a line naming it and both digests, never resumed."""
+    does not match is skipped with a line naming it and both digests, never resumed. With
+    ``read`` the one found is also loaded (:func:`read_checkpoint`: its verification is that
+    read, so a resume reads the file once)."""
     marker = osp.join(work_dir, 'last_checkpoint')
-    named, problem, first = '', '', None
+    named, problem, first, outside = '', '', None, ''
     if osp.isfile(marker):
         with open(marker) as f:
             named = f.read().strip()
@@ -280,18 +324,15 @@ def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
         own = osp.join(work_dir, osp.basename(named))
         elsewhere = osp.dirname(named) and osp.realpath(osp.dirname(named)) != \
             osp.realpath(work_dir)
-        if checkpoint_is_complete(own):
-            first = own
+        outside = (f'the last_checkpoint marker names {named}, outside {work_dir} (a copied '
+                   'or moved work_dir?), which is not used') if elsewhere else ''
+        if osp.isfile(own):
+            first = own  # (whether it is whole is seen when it is tried, below)
             problem = (f'the last_checkpoint marker names {named}, outside this work_dir: '
                        f'continuing from this work_dir\'s own {osp.basename(named)}'
                        if elsewhere else '')
-        elif elsewhere:
-            problem = (f'the last_checkpoint marker names {named}, outside {work_dir} (a copied '
-                       'or moved work_dir?), which is not used')
-        elif not osp.isfile(own):
-            problem = f'the last_checkpoint marker names {own}, which does not exist'
         else:
-            problem = f'the last checkpoint {own} is incomplete (a write cut short)'
+            problem = outside or f'the last_checkpoint marker names {own}, which does not exist'
     elif osp.isfile(marker):
         problem = f'the last_checkpoint marker in {work_dir} is empty'
     else:
@@ -299,9 +340,16 @@ def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
     candidates = ([first] if first else []) + [p for p in _checkpoint_files(work_dir)
                                                if p != first]
     skipped: List[str] = []
-    for path in candidates:
+    for path in candidates:  # each opened once, when its turn comes
         try:
-            verification = verify(path)
+            verification = _try_checkpoint(path, read)
+        except IncompleteCheckpoint:
+            if path == first:
+                problem = outside or f'the last checkpoint {path} is incomplete (a write cut ' \
+                                     'short)'
+            continue
+        except CheckpointError:
+            raise  # whole, matching its digest (or without one), and torch cannot load it
         except UserError as e:  # it differs from its digest, or its digest file is damaged
             skipped.append(f'skipped: {e}')
             continue
@@ -317,15 +365,29 @@ def last_good_checkpoint(work_dir: str) -> FoundCheckpoint:
     return FoundCheckpoint(None, problem)
 
 
+def _try_checkpoint(path: str, read: bool) -> str:
+    """Whether a candidate can be continued from: :data:`~bikd.fileio.VERIFIED` or
+    :data:`~bikd.fileio.UNVERIFIED`; an :class:`IncompleteCheckpoint` when it is cut short, a
+    :class:`~bikd.fileio.DigestMismatch` when it differs from its digest. With ``read`` it is
+    also loaded (:func:`read_checkpoint`), the one read doing all of it."""
+    if read:
+        read_checkpoint(path)
+        return UNVERIFIED if recorded_digest(path) is None else VERIFIED
+    if not checkpoint_is_complete(path):
+        raise IncompleteCheckpoint(f'{path} is cut short')
+    return verify(path)
+
+
 # ----------------------------------------------------------------------------- digests
 def weights_digest(source) -> Optional[object]:
-    """The content digest of what a weights argument names: a local file's SHA-256, or a
-    folder's (a ``save_pretrained`` folder) SHA-256 per file; ``None`` for anything else (a
-    URL, a hub id, a flag)."""
+    """The content digest of what a weights argument names: a local file's SHA-256 (the one
+    written beside it, which loading checks, else computed, or remembered from the read that
+    loaded it), or a folder's (a ``save_pretrained`` folder) SHA-256 per file; ``None`` for
+    anything else (a URL, a hub id, a flag)."""
     if not isinstance(source, str):
         return None
     if osp.isfile(source):
-        return file_sha256(source)
+        return recorded_digest(source) or file_sha256(source)
     if osp.isdir(source):
         return {name: file_sha256(osp.join(source, name)) for name in sorted(os.listdir(source))
                 if osp.isfile(osp.join(source, name))}

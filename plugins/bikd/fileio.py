@@ -33,7 +33,7 @@ import re
 import shutil
 import uuid
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -347,10 +347,34 @@ def verify_folder(folder: str) -> str:
 _hashes: Dict[Tuple[str, int, int, int, int], str] = {}
 
 
-def _key(path: str) -> Tuple[str, int, int, int, int]:
+def _key(path: str, st: Optional[os.stat_result] = None) -> Tuple[str, int, int, int, int]:
     # (the change time too: any write, or a reset modification time, moves it)
-    st = os.stat(path)
+    st = st or os.stat(path)
     return os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def file_key(path: str, st: Optional[os.stat_result] = None) -> Tuple[str, int, int, int, int]:
+    """What tells one version of a file from another (path, inode, size, modification and
+    change time): the key under which what was read of it is remembered."""
+    return _key(path, st)
+
+
+def read_verified(path: str, check: Optional[Callable[[bytes], None]] = None) -> bytes:
+    """A file's bytes in one read: ``check(bytes)`` first if given (it raises on what it
+    finds wrong), then their SHA-256 computed from the same bytes (remembered, so that a later
+    digest of this version of the file reads nothing) and checked against the digest stored
+    beside it, if any (a mismatch is a :class:`DigestMismatch`)."""
+    with open(path, 'rb') as f:
+        st = os.fstat(f.fileno())  # the version read, even if the file is replaced meanwhile
+        data = f.read()
+    if check is not None:
+        check(data)
+    digest = hashlib.sha256(data).hexdigest()
+    _hashes[_key(path, st)] = digest
+    recorded = recorded_digest(path)
+    if recorded is not None and recorded != digest:
+        raise DigestMismatch(path, recorded, digest)
+    return data
 
 
 def _remember(path: str, digest: str) -> None:

@@ -4,7 +4,7 @@
 :func:`bikd.build_model` and the suite's runner (:meth:`bikd.engine.BiKDRunner.from_cfg`, also
 reached through mmengine's ``RUNNERS.build``); code that drives mmengine's own ``Runner`` with
 the suite's configs calls it once first. Importing ``bikd`` changes nothing in mmengine. It
-does two things, both idempotent:
+does three things, all idempotent:
 
 * **Resume under torch >= 2.6.** mmengine's checkpoints hold a few of its own objects (the
   message hub's history buffers) and numpy scalars and arrays; ``torch.load(weights_only=True)``
@@ -14,6 +14,11 @@ does two things, both idempotent:
   the builtin ``getattr``, which must not be allow-listed (it would reach any attribute of any
   allowed object); those methods are registered again on import, so checkpoints written from
   then on leave them out (``HistoryBuffer.__setstate__`` restores them when absent).
+* **One read of a checkpoint.** mmengine's loader of local files (``CheckpointLoader``'s
+  prefix-less scheme) takes the contents from :func:`bikd.checkpoint.read_checkpoint`, which
+  the start's checks read already: resuming or loading a run's checkpoint reads its file
+  once, digest check included (tensors on the CPU, where the optimiser's load moves them to
+  its parameters' device).
 * **Atomic writes.** mmengine's local file backend (the prefix-less paths every local run uses)
   is replaced by :class:`AtomicLocalBackend`: checkpoints and every other ``put`` go through
   the suite's atomic writer (:mod:`bikd.fileio`: a temporary file in the same folder, flushed
@@ -22,11 +27,14 @@ does two things, both idempotent:
   its SHA-256, computed from the bytes mmengine hands over, beside the file
   (``epoch_3.pth.sha256``), which ``--resume`` verifies before it trusts the file.
 """
+import os
+
 import numpy as np
 import torch
 from mmengine.fileio.backends import LocalBackend, register_backend
 
 from .. import compat
+from ..checkpoint import read_checkpoint
 from ..fileio import write_bytes
 
 
@@ -61,7 +69,21 @@ def use_atomic_local_writes() -> None:
     compat.replace_cached_file_backends(LocalBackend, AtomicLocalBackend)
 
 
+def read_checkpoints_once() -> None:
+    """Make :func:`bikd.checkpoint.read_checkpoint` mmengine's loader of local checkpoints."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    def load_from_local(filename, map_location):  # (the tensors stay on the CPU)
+        filename = os.path.expanduser(filename)
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'{filename} can not be found.')
+        return read_checkpoint(filename)
+
+    CheckpointLoader.register_scheme(prefixes='', loader=load_from_local, force=True)
+
+
 def setup_engine() -> None:
-    """Apply both changes (see the module's description)."""
+    """Apply the three changes (see the module's description)."""
     allow_mmengine_checkpoints()
     use_atomic_local_writes()
+    read_checkpoints_once()

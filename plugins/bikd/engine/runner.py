@@ -61,10 +61,11 @@ from mmengine.dist import broadcast_object_list, get_rank, get_world_size
 from mmengine.runner import Runner
 
 from ..checkpoint import (check_checkpoint_fits, check_readable, checkpoint_iteration,
-                          find_last_checkpoint, last_good_checkpoint)
+                          find_last_checkpoint, forget_checkpoints, last_good_checkpoint,
+                          read_checkpoint)
 from ..errors import UserError, error_message
-from ..fileio import (UNVERIFIED, SaveError, folder_cannot_take_writes, remove_stale_temporaries,
-                      save_json, verify)
+from ..fileio import (UNVERIFIED, VERIFIED, SaveError, folder_cannot_take_writes,
+                      recorded_digest, remove_stale_temporaries, save_json)
 from ..metrics import memberwise_metric
 from ..registry import RUNNERS
 from ..summary import build_evaluation, format_evaluation
@@ -173,7 +174,10 @@ def choose_start(work_dir: str, resume=False, load_from: Optional[str] = None,
     where = osp.abspath(work_dir)
     flag = '--resume' + (' auto' if mode == 'auto' else '')
     if load_from and (evaluating or mode is None):
-        state = verify(load_from) if osp.isfile(load_from) else ''
+        state = ''
+        if osp.isfile(load_from):  # read (and checked against its digest) once, kept
+            read_checkpoint(load_from)
+            state = VERIFIED if recorded_digest(load_from) else UNVERIFIED
         unchecked = f' ({load_from} has no digest file: unverified)' if state == UNVERIFIED \
             else ''
         return Start('load', load_from, (f'evaluating load_from={load_from}' if evaluating else
@@ -181,7 +185,7 @@ def choose_start(work_dir: str, resume=False, load_from: Optional[str] = None,
                      + unchecked)
     if mode is None:
         return Start('fresh')
-    found = last_good_checkpoint(work_dir)
+    found = last_good_checkpoint(work_dir, read=True)
     last, why = found.path, found.why
     if last is None and found.skipped:
         raise UserError(f'{flag}: no checkpoint in {where} can be trusted, every one differs '
@@ -466,7 +470,7 @@ class BiKDRunner(Runner):
 
     def build_model(self, model):
         """The model of the config, built through :func:`bikd.build_model` (no weights)."""
-        self.run_state = RunState(fingerprint=run_fingerprint(self.cfg))
+        self.run_state = RunState()  # its fingerprint once the members have their weights
         return super().build_model(build_model(dict(model), self.cfg.get('default_scope'))
                                    if isinstance(model, dict) else model)
 
@@ -498,6 +502,7 @@ class BiKDRunner(Runner):
         if start is None:  # (evaluating, or a runner not made by from_cfg)
             start = choose_start(self.work_dir, self.options.resume, load_from, evaluating)
             if start.kind == 'resume':
+                self.run_state.fingerprint = run_fingerprint(self.cfg)
                 note = check_same_run(self.run_state.fingerprint, recorded_fingerprint(
                     check_readable(start.checkpoint) or {}), start.checkpoint,
                     self.options.resume_changed)
@@ -520,6 +525,9 @@ class BiKDRunner(Runner):
             sources = model.take_weights(checkpoint if checkpoint and not partial else None)
             for name, source in sources.items():
                 self.logger.info(f'member {name}: weights from {source}{verification(source)}')
+        if not self.run_state.fingerprint:  # (after the members' files were read: a file's
+            # digest comes from its one read, or from the digest written beside it)
+            self.run_state.fingerprint = run_fingerprint(self.cfg)
         self.start = start
         self._start_prepared = True
         self.write_config_copy()
@@ -533,6 +541,8 @@ class BiKDRunner(Runner):
         start = self.prepare_start(evaluating=True)
         if self._start_loaded:
             return
+        if start.checkpoint:
+            self.start_iteration = checkpoint_iteration(start.checkpoint)
         if start.kind == 'resume':
             self.resuming = True  # the run state hook takes the checkpoint's state back
             try:
@@ -541,9 +551,12 @@ class BiKDRunner(Runner):
                 self.resuming = False
         elif start.kind == 'load':
             self.load_checkpoint(start.checkpoint)
+        forget_checkpoints()  # (its contents were kept for the checks and this load)
         self._start_loaded = True
 
     _start_loaded = False
+    #: the iteration the checkpoint started from was saved at (``None``: none, or unknown)
+    start_iteration: Optional[int] = None
 
     # ------------------------------------------------------------------ train, evaluate
     def train(self):
@@ -601,7 +614,7 @@ class BiKDRunner(Runner):
         metrics = self.val()
         model = unwrap(self.model)
         checkpoint = self.start.checkpoint if self.start else None
-        iteration = checkpoint_iteration(checkpoint) if checkpoint else None
+        iteration = self.start_iteration if checkpoint else None
         evaluated = (f'the checkpoint {checkpoint}' + (
             f' (iteration {iteration})' if iteration is not None else '')
             if checkpoint else 'the initial members (their configured weights)')
