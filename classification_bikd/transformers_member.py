@@ -65,8 +65,9 @@ class TransformersClassifierMember(TransformersModel, ClassifierMember):
     and filter, ``crop_pct``, centre crop, rescale, EfficientNet's ``rescale_offset`` and
     ``include_top``, normalisation, MobileViT's BGR order and no normalisation, padding), as
     the processor's torchvision backend computes them, so the model's input equals the
-    processor's ``pixel_values`` for the same images (see :class:`bikd.members.hf.ImagePreprocessing`;
-    a processor it cannot reproduce is refused in one line naming the option). It shares a
+    processor's ``pixel_values`` for the same images (see
+    :class:`bikd.members.hf.ImagePreprocessing`; a processor it cannot reproduce is refused in
+    one line naming the option). It shares a
     batch with timm and torchvision members. Per-sample task loss: the cross-entropy of its
     logits (the model's own single-label loss, per sample).
 

@@ -24,9 +24,15 @@ def source_files():
             yield from (os.path.join(d, f) for f in files if f.endswith('.py'))
 
 
+#: a private name spelled as a string, as ``getattr(x, '_y')`` reaches it
+PRIVATE_NAME = re.compile(r'_[A-Za-z]\w*[A-Za-z0-9]')
+BY_NAME = ('getattr', 'hasattr', 'setattr', 'delattr')
+
+
 def private_uses(tree):
     """(kind, name) of every private name a module reaches: attributes ``x._y``, imports of
-    private modules or names, and dotted private paths of dependencies in strings."""
+    private modules or names, dotted private paths of dependencies in strings, and private
+    names reached by name (``getattr(x, '_y')``, ``hasattr``, ``setattr``, ``delattr``)."""
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr.startswith('_') and \
                 not node.attr.startswith('__'):
@@ -44,6 +50,11 @@ def private_uses(tree):
         elif isinstance(node, ast.Constant) and isinstance(node.value, str):
             for match in PRIVATE_PATH.findall(node.value):
                 yield 'string', match
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in BY_NAME and len(node.args) > 1 and \
+                isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str) \
+                and PRIVATE_NAME.fullmatch(node.args[1].value):
+            yield 'attribute', node.args[1].value  # (the suite's own private names are allowed)
 
 
 def own_names(trees):
@@ -93,7 +104,7 @@ BREAKERS = {
     '_metadata': lambda mp: mp.setattr('torch.nn.Module.state_dict', lambda self: {}),
     'numpy._core.multiarray._reconstruct / scalar':
         lambda mp: mp.setattr(compat, 'NUMPY_CORE', ('numpy._gone', )),
-    'HistoryBuffer.__getstate__':
+    'HistoryBuffer.__getstate__ / _statistics_methods':
         lambda mp: mp.delattr('mmengine.logging.history_buffer.HistoryBuffer._statistics_methods'),
     'mmengine.fileio.io.backend_instances':
         lambda mp: mp.delattr('mmengine.fileio.io.backend_instances'),
@@ -101,6 +112,10 @@ BREAKERS = {
                                           lambda self, optimizer: None),
     '_scale_update_param': lambda mp: mp.setattr('mmengine.optim.AmpOptimWrapper.step',
                                                  lambda self: None),
+    'TorchvisionBackend._preprocess / _preprocess_image_like_inputs / '
+    '_fuse_mean_std_and_rescale_factor / _standardize_kwargs': lambda mp: mp.delattr(
+        'transformers.image_processing_backends.TorchvisionBackend.'
+        '_fuse_mean_std_and_rescale_factor'),
     'detectron2._C': lambda mp: mp.setattr(compat, 'detectron2_ops_built', lambda: False),
 }
 
@@ -117,3 +132,10 @@ def test_a_dependency_that_drops_a_private_part_is_named(symbol, monkeypatch):
     assert message.startswith(f'{api.library} ') and 'bikd uses' in message, message
     assert any(t in message for t in re.findall(r'\w+', symbol) if t.startswith('_')) or \
         symbol in message, message
+
+
+def test_a_private_name_reached_by_string_is_caught():
+    tree = ast.parse("getattr(cls, '_fuse_mean_std_and_rescale_factor', None)\n"
+                     "hasattr(x, '_preprocess')\ngetattr(x, 'public')\n")
+    assert sorted(private_uses(tree)) == [('attribute', '_fuse_mean_std_and_rescale_factor'),
+                                          ('attribute', '_preprocess')]

@@ -1,12 +1,12 @@
 """bikd: bidirectional knowledge distillation between pretrained models, on mmengine.
 
 The core is task-agnostic, in layers (``python tools/layout.py`` prints them): the base
-(registries, errors, file writing, teacher selection, the masked KL, member-wise metrics),
-the members (:mod:`bikd.members`), the method's meta-architectures (:mod:`bikd.method`), the
-engine on mmengine (:mod:`bikd.engine`) and the experiments (:mod:`bikd.experiments`). Task
-packages register members, datasets and metrics into :mod:`bikd.registry`. Importing ``bikd``
-registers classes and changes nothing in mmengine; the engine's entry points apply the suite's changes to it explicitly
-(:func:`bikd.engine.setup_engine`).
+(registries, errors, file writing, teacher selection, the masked KL, member-wise metrics), the
+members (:mod:`bikd.members`), the method's meta-architectures (:mod:`bikd.method`), the engine
+on mmengine (:mod:`bikd.engine`) and the experiments (:mod:`bikd.experiments`). Task packages
+register members, datasets and metrics into :mod:`bikd.registry`. Importing ``bikd`` registers
+classes and changes nothing in mmengine; the engine's entry points apply the suite's changes to
+it explicitly (:func:`bikd.engine.setup_engine`).
 """
 from . import engine, method  # noqa: F401  (registration)
 from .engine.build import build_model

@@ -199,6 +199,42 @@ def detectron2_ops_built() -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- transformers
+#: the methods by which a ``transformers`` image processor class could prepare images
+#: otherwise than its backend (its torchvision or PIL one): a class that has none of its own
+#: takes the backend's steps, which :mod:`bikd.members.hf.processors` reproduces. The private
+#: ones are the backends' steps themselves (transformers 5.x): no public hook names them.
+PROCESSOR_METHODS = ('preprocess', '_preprocess', '_preprocess_image_like_inputs', 'resize',
+                     'center_crop', 'rescale_and_normalize', '_fuse_mean_std_and_rescale_factor',
+                     'rescale', 'normalize', 'pad', 'process_image', '_standardize_kwargs')
+
+
+def processor_own_methods(cls) -> List[str]:
+    """The preprocessing methods of :data:`PROCESSOR_METHODS` that the processor class
+    ``cls`` has of its own, beside its backend's (all, for a processor of the older kind that
+    derives from no backend)."""
+    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
+    backend = TorchvisionBackend if issubclass(cls, TorchvisionBackend) else PilBackend
+    if not issubclass(cls, backend):
+        return ['preprocess']  # a processor of the older kind: it does all its own way
+    return [m for m in PROCESSOR_METHODS
+            if getattr(cls, m, None) is not getattr(backend, m, None)]
+
+
+def _check_processor_methods() -> None:
+    try:
+        from transformers.image_processing_backends import TorchvisionBackend
+    except ModuleNotFoundError as e:
+        if e.name == 'transformers':
+            return  # not installed: nothing of it is used
+        raise
+    missing = [m for m in PROCESSOR_METHODS if not hasattr(TorchvisionBackend, m)]
+    if missing:
+        raise _missing('transformers', f'TorchvisionBackend.{missing[0]}',
+                       'to tell an image processor that prepares images its own way from one '
+                       'that takes its backend\'s steps')
+
+
 def _check_detectron2() -> None:
     try:
         importlib.import_module('detectron2')
@@ -218,8 +254,9 @@ PRIVATE_APIS: List[PrivateAPI] = [
                'arrays unpickle through, allow-listed for weights_only loading and read by the '
                'official Mask2Former .pkl reader; numpy has no public name for them',
                _check_numpy),
-    PrivateAPI('mmengine', 'HistoryBuffer.__getstate__', 'replaced so that checkpoints need '
-               'no getattr in the weights_only allow-list', _check_history_buffer),
+    PrivateAPI('mmengine', 'HistoryBuffer.__getstate__ / _statistics_methods', 'replaced so '
+               'that checkpoints need no getattr in the weights_only allow-list',
+               _check_history_buffer),
     PrivateAPI('mmengine', 'mmengine.fileio.io.backend_instances', 'the cache of file '
                'backends, refreshed after the atomic local backend is registered',
                _check_backend_cache),
@@ -229,6 +266,11 @@ PRIVATE_APIS: List[PrivateAPI] = [
                'when the wrapper runs bf16 on CPU', _check_amp_wrapper),
     PrivateAPI('detectron2', 'detectron2._C', 'its C++ ops, which tell a source build from a '
                'stub', _check_detectron2),
+    PrivateAPI('transformers', 'TorchvisionBackend._preprocess / '
+               '_preprocess_image_like_inputs / _fuse_mean_std_and_rescale_factor / '
+               '_standardize_kwargs', 'the image processor backends\' steps, compared with a '
+               'processor class\'s own to tell whether it prepares images its own way',
+               _check_processor_methods),
 ]
 
 

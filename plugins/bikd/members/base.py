@@ -239,8 +239,9 @@ class Member(nn.Module):
         return out
 
     #: the validation data its reported numbers came from (the dataset's type and transform,
-    #: :func:`bikd.engine.export.evaluation_data`), set by :func:`bikd.engine.export.export_members` for the
-    #: export to record (and to describe its preprocessing by)
+    #: :func:`bikd.engine.export.evaluation_data`), set by
+    #: :func:`bikd.engine.export.export_members` for the export to record (and to describe its
+    #: preprocessing by)
     evaluated_with: Optional[Dict[str, Any]] = None
 
     def describe(self, stem: str) -> Dict[str, Any]:

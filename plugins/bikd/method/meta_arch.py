@@ -275,8 +275,8 @@ class MultiMemberMetaArch(BaseModel):
     def lean_step(self, data: Any, optim_wrapper,
                   reduce_gradients: Optional[Callable[[nn.Module], None]] = None
                   ) -> Dict[str, Tensor]:
-        """One training step member by member (:mod:`bikd.method.lean`); ``reduce_gradients(member)``
-        after each member's backward (DDP)."""
+        """One training step member by member (:mod:`bikd.method.lean`);
+        ``reduce_gradients(member)`` after each member's backward (DDP)."""
         if type(self).loss is not MultiMemberMetaArch.loss:
             raise TypeError(f'{type(self).__name__} overrides loss(); lean mode computes the loss '
                             'member by member and needs it as loss_from_outputs(outputs, '

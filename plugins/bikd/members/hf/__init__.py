@@ -5,5 +5,5 @@ from .processors import (RESAMPLE_NAMES, ImagePreprocessing, plain_image_process
                          resample_number)
 from .weights import TransformersModel, call_hub, require_transformers
 
-__all__ = ['RESAMPLE_NAMES', 'ImagePreprocessing', 'TransformersModel', 'call_hub', 'plain_image_processor',
-           'require_transformers', 'resample_number']
+__all__ = ['RESAMPLE_NAMES', 'ImagePreprocessing', 'TransformersModel', 'call_hub',
+           'plain_image_processor', 'require_transformers', 'resample_number']

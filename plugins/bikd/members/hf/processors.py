@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ... import compat
 from ...errors import UserError
 from .weights import require_transformers
 
@@ -44,13 +45,6 @@ OWN_STEPS = {
     'Mask2FormerImageProcessor': dict(resize='size_divisor', crop=False, pad='pad_size'),
     'MaskFormerImageProcessor': dict(resize='size_divisor', crop=False, pad='pad_size'),
 }
-#: the methods by which a processor class could prepare images otherwise than the backend:
-#: a class that has none of its own takes the backend's steps
-BACKEND_METHODS = ('preprocess', '_preprocess', '_preprocess_image_like_inputs', 'resize',
-                   'center_crop', 'rescale_and_normalize', '_fuse_mean_std_and_rescale_factor',
-                   'rescale', 'normalize', 'pad', 'process_image', '_standardize_kwargs')
-
-
 def _torchvision_class(processor):
     """The torchvision-backend class of ``processor``'s kind (``ViTImageProcessor`` for a
     ``ViTImageProcessorPil``): the one whose steps the member reproduces."""
@@ -63,15 +57,6 @@ def _torchvision_class(processor):
                 if isinstance(twin, type):
                     return twin
     return cls
-
-
-def _own_methods(cls) -> List[str]:
-    """The preprocessing methods ``cls`` has of its own, beside transformers' backends'."""
-    from transformers.image_processing_backends import PilBackend, TorchvisionBackend
-    backend = TorchvisionBackend if issubclass(cls, TorchvisionBackend) else PilBackend
-    if not issubclass(cls, backend):
-        return ['preprocess']  # a processor of the older kind: it does all its own way
-    return [m for m in BACKEND_METHODS if getattr(cls, m, None) is not getattr(backend, m, None)]
 
 
 def _size(value) -> Optional[Dict[str, int]]:
@@ -162,7 +147,7 @@ class ImagePreprocessing:
         if self.kind in OWN_STEPS and cls.__module__.startswith('transformers.'):
             self.steps = {**BACKEND_STEPS, **OWN_STEPS[self.kind]}
         else:
-            own = _own_methods(cls)
+            own = compat.processor_own_methods(cls)
             if own:
                 self.refuse(f'prepares images in its own way (its own {", ".join(own)}), '
                             'which the member does not reproduce')
@@ -450,7 +435,7 @@ def plain_image_processor(model_type: str, input_size: Sequence[int], mean: Sequ
     names = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type) or {}
     name = names.get('torchvision') if isinstance(names, dict) else None
     cls = getattr(transformers, name, None) if name else None
-    if not isinstance(cls, type) or name in OWN_STEPS or _own_methods(cls):
+    if not isinstance(cls, type) or name in OWN_STEPS or compat.processor_own_methods(cls):
         cls = transformers.ViTImageProcessor
     return cls(do_resize=True, size=dict(height=int(input_size[0]), width=int(input_size[1])),
                resample=resample_number(interpolation, owner), do_center_crop=False,
