@@ -37,6 +37,8 @@ class ClassifierMember(Member):
         name, pretrained, checkpoint, trust_checkpoint: see :class:`bikd.Member`.
         label_smoothing: of the cross-entropy task loss.
     """
+    timm_member = 'TimmMember'
+    transformers_member = 'TransformersClassifierMember'
     model: nn.Module
 
     def __init__(self, name: str, pretrained: bool = True, checkpoint: Optional[str] = None,

@@ -40,6 +40,7 @@ class SegmentationMember(Member):
     """
     #: what the segmentor's own loss is (set by the subclasses)
     task_loss_kind = ''
+    transformers_member = 'TransformersSegmentationMember'
     ignore_index = 255
 
     def __init__(self, name: str, pretrained: bool = True, checkpoint: Optional[str] = None,

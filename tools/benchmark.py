@@ -95,12 +95,14 @@ def main(argv=None):
     print('\n' + '\n'.join(b.results_lines(results, args.device.startswith('cuda'))))
     print('\n' + '\n'.join(b.ratio_lines(results, names)))
     for line in b.method_lines(results, names, planned, lambda n: b.frozen_forward_seconds(
-            members[names.index(n)], bench.bikd, bench.batches, args)):
+            members[names.index(n)], bench.bikd, bench.batches, args.iters, args.warmup,
+            args.device)):
         print(line)
     if args.profile:
-        b.profile_step(built[b.BIKD], args)
+        b.profile_step(built[b.BIKD], args.device)
     if args.memory_cap:
-        b.memory_cap_demo(args, bench.opts, built[b.BIKD], built[b.LEAN])
+        b.memory_cap_demo(args.config_file, bench.opts, built[b.BIKD], built[b.LEAN],
+                          args.device)
     if args.eval_k:
         b.eval_memory_table(cfg, members, [int(k) for k in args.eval_k.split(',')],
                             args.device)

@@ -102,30 +102,31 @@ def measure_interleaved(variants: Dict[str, Callable[[], torch.nn.Module]], opti
     return {v.name: v for v in built}
 
 
-def frozen_forward_seconds(member, model, batches: list, args) -> float:
+def frozen_forward_seconds(member, model, batches: list, iters: int, warmup: int,
+                           device: str) -> float:
     """Median seconds of one member's forward in eval mode without gradients."""
-    member = copy.deepcopy(member).to(args.device).eval()
-    preprocess = model.data_preprocessor.to(args.device)
+    member = copy.deepcopy(member).to(device).eval()
+    preprocess = model.data_preprocessor.to(device)
 
     def step(i):
         with torch.no_grad():
             data = preprocess(batches[i % len(batches)], True)
             member.forward_train(data['inputs'], data['data_samples'])
 
-    return statistics.median(time_steps(step, args.iters, args.warmup, args.device))
+    return statistics.median(time_steps(step, iters, warmup, device))
 
 
-def profile_step(variant: Variant, args) -> None:
+def profile_step(variant: Variant, device: str) -> None:
     """One more step of the (warmed-up) Bi-KD variant under torch.profiler: the parts the
     meta-architecture labels (``bikd.forward.<member>``, ``bikd.distillation``), the backward
     pass and the optimiser step, then the operators with the most self time."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA]
-                                           if args.device.startswith('cuda') else [])
-    _sync(args.device)
+                                           if device.startswith('cuda') else [])
+    _sync(device)
     with profile(activities=activities) as prof:
         variant.step(0)
-        _sync(args.device)
+        _sync(device)
     events = prof.key_averages()
     parts = [(e.key, e.cpu_time_total) for e in events
              if e.key.startswith('bikd.') or e.key.startswith('Optimizer.step')]
@@ -138,7 +139,7 @@ def profile_step(variant: Variant, args) -> None:
     print(f'\nprofile of one Bi-KD step ({total / 1e3:.1f} ms of operator time on the CPU side)')
     for key, us in parts:
         print(f'  {key:<46}{us / 1e3:>10.2f} ms {100 * us / max(total, 1):>6.1f}%')
-    sort = 'self_cuda_time_total' if args.device.startswith('cuda') else 'self_cpu_time_total'
+    sort = 'self_cuda_time_total' if device.startswith('cuda') else 'self_cpu_time_total'
     print(events.table(sort_by=sort, row_limit=12, max_name_column_width=40))
 
 
@@ -256,14 +257,15 @@ def _capped_steps(config: str, opts: List[str], lean: bool, cap: Optional[float]
     result.put((outcome[0], _vm_bytes('VmPeak') - before, outcome[1]))
 
 
-def memory_cap_demo(args, opts: List[str], ordinary: Variant, lean: Variant) -> None:
+def memory_cap_demo(config_file: str, opts: List[str], ordinary: Variant, lean: Variant,
+                    device: str) -> None:
     """Cap the memory between what a lean and an ordinary step need and train under it,
     ordinary and lean: on CUDA with the process's memory fraction, halfway between the two
     steps' tensor peaks measured above; on CPU in fresh processes with an address-space limit
     (``RLIMIT_AS``), halfway between the address space each needs in an uncapped fresh
     process (first steps included: the optimiser's state, the kernels' caches)."""
     print('\nmemory cap: ordinary and lean Bi-KD steps under a cap between their needs')
-    if args.device.startswith('cuda'):
+    if device.startswith('cuda'):
         need = [v.step_peak_mib * 2**20 for v in (ordinary, lean)]
         outcomes = []
         for variant in (ordinary, lean):
@@ -271,7 +273,7 @@ def memory_cap_demo(args, opts: List[str], ordinary: Variant, lean: Variant) -> 
             gc.collect()
             torch.cuda.empty_cache()
             limit = torch.cuda.memory_allocated() + (need[0] + need[1]) / 2
-            total = torch.cuda.get_device_properties(torch.device(args.device)).total_memory
+            total = torch.cuda.get_device_properties(torch.device(device)).total_memory
             torch.cuda.set_per_process_memory_fraction(min(limit / total, 1.0))
             try:
                 for i in range(2):
@@ -288,7 +290,7 @@ def memory_cap_demo(args, opts: List[str], ordinary: Variant, lean: Variant) -> 
 
         def fresh(is_lean, cap):
             result = ctx.Queue()
-            proc = ctx.Process(target=_capped_steps, args=(args.config_file, opts, is_lean,
+            proc = ctx.Process(target=_capped_steps, args=(config_file, opts, is_lean,
                                                            cap, result))
             # one malloc arena (no 64 MiB reservations per thread in the address space) and a
             # fixed mmap threshold (glibc's moves with what was freed before): every block of

@@ -15,25 +15,31 @@ import yaml
 
 from ..errors import UserError
 from ..fileio import atomic_path, save_csv, save_figure, save_text
+from ..method.meta_arch import member_class
 from ..partition import select_teachers
+from ..registry import accepted_arguments
 from ..summary import markdown_table, metric_digits
+
+
+def zoo_member(target: dict, declaration: str, flag: str) -> str:
+    """The registered member type the target's class declares for models of its task from
+    another zoo (``timm_member``, ``transformers_member``), or an error naming the flag."""
+    found = getattr(member_class(target), declaration, '')
+    if not found:
+        raise UserError(f'{flag}: the target is a {target["type"]}, whose task has no member '
+                        f'type for {flag[2:]} models; give candidates with --pool')
+    return found
 
 
 def hf_candidate(spec: str, target: dict) -> dict:
     """A Hugging Face transformers candidate, ``ID_OR_FOLDER[=CHECKPOINT]``, for the target's
     task (a segmentation target gets a segmenter) and label space."""
-    from ..registry import MEMBERS
     model, _, checkpoint = spec.partition('=')
-    kind = MEMBERS.get(target['type'])
-    kind = getattr(kind, 'builds', kind)
-    segmentation = any(c.__name__ == 'SegmentationMember' for c in getattr(kind, '__mro__', ()))
-    cand = dict(type='TransformersSegmentationMember' if segmentation
-                else 'TransformersClassifierMember', model=model,
+    cand = dict(type=zoo_member(target, 'transformers_member', '--hf'), model=model,
                 name=model.rstrip('/').split('/')[-1].replace('.', '_'))
-    if 'num_classes' in target:
-        cand['num_classes'] = target['num_classes']
-    if segmentation and target.get('partition_loss'):
-        cand['partition_loss'] = target['partition_loss']
+    accepted = accepted_arguments(member_class(cand))
+    cand.update({k: target[k] for k in ('num_classes', 'partition_loss')
+                 if k in target and k in accepted})
     cand.update(dict(checkpoint=checkpoint) if checkpoint else {})
     return cand
 
@@ -66,7 +72,8 @@ def candidate_configs(cfg, target: str, pool: str, timm_names: List[str],
                 others.append(m)
     for spec in timm_names:
         name, _, checkpoint = spec.partition('=')
-        cand = dict(type='TimmMember', model_name=name, name=name.split('.')[0].replace('/', '_'))
+        cand = dict(type=zoo_member(chosen, 'timm_member', '--timm'), model_name=name,
+                    name=name.split('.')[0].replace('/', '_'))
         cand.update({k: chosen[k] for k in ('num_classes', 'input_size') if k in chosen})
         cand.update(dict(checkpoint=checkpoint, pretrained=False) if checkpoint else {})
         others.append(cand)

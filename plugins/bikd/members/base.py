@@ -118,6 +118,10 @@ class Member(nn.Module):
 
     #: what the exported weights are, for the JSON beside them
     export_format = 'state dict'
+    #: the registered member types that wrap a model of this member's task from another zoo
+    #: by name (``tools/find_partners.py --timm / --hf``): ``''`` where the task has none
+    timm_member = ''
+    transformers_member = ''
     #: the constructor arguments that say where the weights come from rather than what the
     #: member computes: the run's fingerprint records them with a digest of every local file
     #: or folder they name (a subclass with another weights file adds its argument)
