@@ -21,6 +21,7 @@ import argparse
 import ast
 import os
 import sys
+import textwrap
 from typing import Dict, List, Optional, Set, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,10 +31,13 @@ PACKAGES = {'bikd': 'plugins/bikd', 'classification_bikd': 'classification_bikd'
 #: the core's layers, lowest first: (name, the modules' prefix, what it holds). The first
 #: holds the modules at the top of plugins/bikd (the public contract's among them).
 LAYERS = [
-    ('base', 'bikd.', 'errors, registries, file writing and digests, the private APIs of '
-                      'other libraries (compat), and the method\'s maths: partition, losses, '
-                      'metrics, summaries, the training step\'s record'),
-    ('members', 'bikd.members.', 'the member base class and the zoo adapters'),
+    ('base', 'bikd.', 'errors, registries, file writing and digests, checkpoint files, '
+                      'dataset wrappers, the private APIs of other libraries (compat), and the '
+                      'method\'s maths: partition, losses, metrics, summaries, the training '
+                      'step\'s record, what a method declares about its runs'),
+    ('members', 'bikd.members.', 'the member base class and the Hugging Face adapter (its '
+                                 'weights, its image processors); the other zoos\' adapters '
+                                 'are in the task packages'),
     ('method', 'bikd.method.', 'the meta-architectures: Bi-KD and its baselines'),
     ('engine', 'bikd.engine.', 'the run: runner, run state, hooks, checkpoints, command line'),
     ('experiments', 'bikd.experiments.', 'plans, jobs, reports, grids, partners, benchmark'),
@@ -221,8 +225,10 @@ def print_layers(graph: Dict[str, Set[str]]) -> None:
     print('the core\'s layers, lowest first (a module imports its own layer and lower ones):')
     for i, (name, prefix, what) in enumerate(LAYERS):
         modules = sorted(m for m in graph if layer_of(m) == i)
-        print(f'  {i + 1}. {name} ({prefix.rstrip(".") if i else "plugins/bikd/*.py"}): {what}')
-        print(f'     {", ".join(m[len("bikd."):] for m in modules)}')
+        head = f'  {i + 1}. {name} ({prefix.rstrip(".") if i else "plugins/bikd/*.py"}): '
+        print(textwrap.fill(head + what, 100, subsequent_indent=' ' * 5))
+        print(textwrap.fill('modules: ' + ', '.join(m[len('bikd.'):] for m in modules), 100,
+                            initial_indent=' ' * 5, subsequent_indent=' ' * 5))
 
 
 def main(argv=None) -> int:
