@@ -316,7 +316,14 @@ def verify(path: str) -> str:
     recorded = recorded_digest(path)
     if recorded is None:
         return UNVERIFIED
-    actual = file_sha256(path)
+    return _against(path, recorded, file_sha256(path))
+
+
+def _against(path: str, recorded: Optional[str], actual: str) -> str:
+    """:data:`VERIFIED` when ``actual`` is ``recorded`` (the digest stored beside ``path``),
+    :data:`UNVERIFIED` when there is none, else a :class:`DigestMismatch`."""
+    if recorded is None:
+        return UNVERIFIED
     if actual != recorded:
         raise DigestMismatch(path, recorded, actual)
     return VERIFIED
@@ -347,16 +354,12 @@ def verify_folder(folder: str) -> str:
 _hashes: Dict[Tuple[str, int, int, int, int], str] = {}
 
 
-def _key(path: str, st: Optional[os.stat_result] = None) -> Tuple[str, int, int, int, int]:
-    # (the change time too: any write, or a reset modification time, moves it)
-    st = st or os.stat(path)
-    return os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
 def file_key(path: str, st: Optional[os.stat_result] = None) -> Tuple[str, int, int, int, int]:
     """What tells one version of a file from another (path, inode, size, modification and
-    change time): the key under which what was read of it is remembered."""
-    return _key(path, st)
+    change time: any write, or a reset modification time, moves the last): the key under
+    which what was read of it is remembered."""
+    st = st or os.stat(path)
+    return os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def read_verified(path: str, check: Optional[Callable[[bytes], None]] = None) -> bytes:
@@ -370,16 +373,14 @@ def read_verified(path: str, check: Optional[Callable[[bytes], None]] = None) ->
     if check is not None:
         check(data)
     digest = hashlib.sha256(data).hexdigest()
-    _hashes[_key(path, st)] = digest
-    recorded = recorded_digest(path)
-    if recorded is not None and recorded != digest:
-        raise DigestMismatch(path, recorded, digest)
+    _hashes[file_key(path, st)] = digest
+    _against(path, recorded_digest(path), digest)
     return data
 
 
 def _remember(path: str, digest: str) -> None:
     try:
-        _hashes[_key(path)] = digest
+        _hashes[file_key(path)] = digest
     except OSError:
         pass
 
@@ -387,7 +388,7 @@ def _remember(path: str, digest: str) -> None:
 def file_sha256(path: str) -> str:
     """The SHA-256 of a file's content (remembered per path, inode, size, modification and
     change time, so a file written or verified once in a process is not read again for it)."""
-    key = _key(path)
+    key = file_key(path)
     if key not in _hashes:
         digest = hashlib.sha256()
         with open(path, 'rb') as f:
