@@ -134,7 +134,10 @@ def test_per_image_losses_are_each_images_own_official_loss_in_any_batch_and_pro
     assert len({tuple(x['image'].shape) for x in b['inputs']}) == 1  # nothing padded
     with torch.no_grad():
         alone = [sum(m.model([copy.deepcopy(x)]).values()).item() for x in b['inputs']]
-        assert alone[0] != pytest.approx(alone[1], rel=1e-3)
+        # the two images' losses must differ by more than the comparison's tolerance below
+        # (1e-5), or an image given the other's loss would pass; how far apart they lie
+        # depends on the matching, which a CPU's kernels can tip (2.8e-4 apart on one machine)
+        assert alone[0] != pytest.approx(alone[1], rel=1e-4)
         calls = pretend_two_processes(monkeypatch, other_masks=23)
         out = m.forward_train(copy.deepcopy(b['inputs']), None)
         ours_calls = len(calls)
