@@ -44,6 +44,7 @@ from torch import nn
 
 import bikd
 from bikd.errors import UserError
+from bikd.members.loading import check_weights_taken, take_weights
 from bikd.metrics import MemberPredictions, StructuredPrediction, dense
 from bikd.registry import argument_defaults
 from bikd.step import TEACHER_SHARE, log_key
@@ -139,7 +140,7 @@ class D2BiKDMetaArch(nn.Module):
         return next(self.parameters()).device
 
     def forward(self, batched_inputs: List[dict]):
-        self.bikd.check_weights_taken()
+        check_weights_taken(self.bikd)
         if self.training:
             out = self.bikd.loss(batched_inputs, None)
             try:
@@ -192,7 +193,7 @@ class BiKDCheckpointer(DetectionCheckpointer):
 
     def load(self, path: str, checkpointables=None):
         core = getattr(self.model, 'module', self.model).bikd
-        sources = core.take_weights(path or None)
+        sources = take_weights(core, path or None)
         for name, source in sources.items():
             self.logger.info(f'member {name}: weights from {source}')
         if not path:

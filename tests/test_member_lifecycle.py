@@ -10,6 +10,7 @@ import torch
 import classification_bikd  # noqa: F401  (registers the classification members)
 import saliency_bikd  # noqa: F401  (registers the saliency members)
 from bikd import Member
+from bikd.members.loading import take_weights
 from bikd.method.meta_arch import build_member
 from bikd.registry import MEMBERS
 from conftest import ROOT, TINY_VIT
@@ -185,8 +186,8 @@ def test_a_model_takes_its_members_weights_in_one_step(tmp_path):
     # random_init: nothing is read (the file could be gone)
     os.remove(path)
     model = MODELS.build(dict(type='BiKDMetaArch', members=members, random_init=True))
-    assert model.take_weights() == {'a': 'random initialisation (random_init)',
+    assert take_weights(model) == {'a': 'random initialisation (random_init)',
                                     'b': 'random initialisation (random_init)'}
     # a runner checkpoint that will load every member: nothing is read either
     model = MODELS.build(dict(type='BiKDMetaArch', members=members))
-    assert model.take_weights('run.pth')['a'] == 'the checkpoint run.pth'
+    assert take_weights(model, 'run.pth')['a'] == 'the checkpoint run.pth'

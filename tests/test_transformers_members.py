@@ -12,6 +12,7 @@ import torch
 transformers = pytest.importorskip('transformers')
 
 from bikd.errors import UserError  # noqa: E402
+from bikd.members.loading import take_weights  # noqa: E402
 from conftest import ROOT, batch, seg_batch, tiny  # noqa: E402
 
 NUM_CLASSES = 6
@@ -309,7 +310,7 @@ def step_moves_every_member(members, data, lean=False, **model_kw):
     from mmengine.registry import MODELS, init_default_scope
     init_default_scope('bikd')
     model = MODELS.build(dict(type='BiKDMetaArch', members=members, lean=lean, **model_kw))
-    model.take_weights()
+    take_weights(model)
     model.train()
     wrapper = build_optim_wrapper(model, dict(type='BiKDOptimWrapper',
                                               optimizer=dict(type='Adam', lr=1e-3)))
@@ -357,13 +358,13 @@ def test_lean_mode_is_bit_for_bit_the_ordinary_step_with_hf_members(folders):
     init_default_scope('bikd')
     cls = MODELS.build(dict(type='BiKDMetaArch', members=[hf_classifier(folders['vit']),
                                                           tiny('timm')]))
-    cls.take_weights()
+    take_weights(cls)
     images = [dict(zip(('inputs', 'data_samples'), batch(n=8, seed=s))) for s in range(2)]
     assert_lean_equals_ordinary(cls, images)
     seg = MODELS.build(dict(type='BiKDMetaArch', partition='loss', members=[
         dict(type='TransformersSegmentationMember', model=folders[k], name=k,
              partition_loss='pixel_ce') for k in ('segformer', 'mask2former')]))
-    seg.take_weights()
+    take_weights(seg)
     seg_batches = [dict(zip(('inputs', 'data_samples'), seg_batch(2, size=64, seed=s)))
                    for s in range(2)]
     assert_lean_equals_ordinary(seg, seg_batches)

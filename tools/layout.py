@@ -35,7 +35,8 @@ LAYERS = [
                       'dataset wrappers, the private APIs of other libraries (compat), and the '
                       'method\'s maths: partition, losses, metrics, summaries, the training '
                       'step\'s record, what a method declares about its runs'),
-    ('members', 'bikd.members.', 'the member base class and the Hugging Face adapter (its '
+    ('members', 'bikd.members.', 'the member base class, the step that gives a model\'s '
+                                 'members their weights, and the Hugging Face adapter (its '
                                  'weights, its image processors); the other zoos\' adapters '
                                  'are in the task packages'),
     ('method', 'bikd.method.', 'the meta-architectures: Bi-KD and its baselines'),

@@ -3,7 +3,7 @@
 :func:`build_model` is to a bikd config what detectron2's ``build_model`` is to its own: the
 engine set up (:func:`~bikd.engine.patches.setup_engine`), the config's default scope, the
 model built from its config, and nothing loaded. Its members take their weights in one later
-step (:meth:`bikd.method.meta_arch.MultiMemberMetaArch.take_weights`), called by whoever knows where
+step (:func:`bikd.members.loading.take_weights`), called by whoever knows where
 they come from: the runner (:meth:`bikd.engine.runner.BiKDRunner.prepare_start`), the export
 (a runner checkpoint), the detectron2 plug-in's checkpointer, the tools.
 """

@@ -5,6 +5,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..checkpoint import check_checkpoint_fits, load_into, load_weights_file
 from ..fileio import failures_named, save_json
+from ..members.loading import take_weights
 
 
 def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
@@ -17,7 +18,7 @@ def load_trained(config: str, checkpoint: str, overrides: Sequence[str] = ()):
     model = build_model(cfg)  # (it also lets runner checkpoints, with mmengine's objects, load)
     check_checkpoint_fits(model, checkpoint, given_as='--checkpoint',
                           hint=f'Is it a checkpoint of a run of {config}?')
-    model.take_weights(checkpoint)
+    take_weights(model, checkpoint)
     load_into(model, load_weights_file(checkpoint), checkpoint)
     return model.eval()
 

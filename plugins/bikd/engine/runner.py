@@ -66,6 +66,7 @@ from ..checkpoint import (check_checkpoint_fits, check_readable, checkpoint_iter
 from ..errors import UserError, error_message
 from ..fileio import (UNVERIFIED, VERIFIED, SaveError, folder_cannot_take_writes,
                       recorded_digest, remove_stale_temporaries, save_json)
+from ..members.loading import take_weights
 from ..metrics import memberwise_metric
 from ..registry import RUNNERS
 from ..summary import build_evaluation, format_evaluation
@@ -517,12 +518,12 @@ class BiKDRunner(Runner):
         for warning in start.warnings:
             self.logger.warning(warning)
         partial = self.options.load_partial and start.kind == 'load'
-        if hasattr(model, 'take_weights'):
+        if hasattr(model, 'members'):
             if checkpoint:
                 check_checkpoint_fits(model, checkpoint, partial,
                                       'load_from' if checkpoint == load_from else '--resume')
             # build, then load: the members' own weights, unless the checkpoint holds them all
-            sources = model.take_weights(checkpoint if checkpoint and not partial else None)
+            sources = take_weights(model, checkpoint if checkpoint and not partial else None)
             for name, source in sources.items():
                 self.logger.info(f'member {name}: weights from {source}{verification(source)}')
         if not self.run_state.fingerprint:  # (after the members' files were read: a file's

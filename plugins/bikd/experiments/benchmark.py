@@ -18,6 +18,8 @@ import torch
 import torch.multiprocessing as mp
 from mmengine.optim import build_optim_wrapper
 
+from ..members.loading import take_weights
+
 BIKD = 'Bi-KD (all members)'  # the variants' names in the table
 LEAN = 'Bi-KD lean (member by member)'
 
@@ -237,7 +239,7 @@ def _capped_steps(config: str, opts: List[str], lean: bool, cap: Optional[float]
     set_random_seed(cfg.get('randomness', {}).get('seed', 0))
     model = build_model(dict(cfg.model, type='BiKDMetaArch', lean=lean),
                         cfg.get('default_scope')).train()
-    model.take_weights()
+    take_weights(model)
     wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg.update(num_workers=0, persistent_workers=False)
@@ -436,7 +438,7 @@ def prepare(config_file: str, opts: List[str], iters: int, warmup: int,
     cfg = load_config(config_file, opts)
     set_random_seed(cfg.get('randomness', {}).get('seed', 0))
     bikd = build_model(dict(cfg.model, type='BiKDMetaArch'), cfg.get('default_scope'))
-    bikd.take_weights()  # random_init (the default here) takes none
+    take_weights(bikd)  # random_init (the default here) takes none
     loader_cfg = copy.deepcopy(cfg.train_dataloader)
     loader_cfg['num_workers'] = min(loader_cfg.get('num_workers', 0), 2)
     loader_cfg['persistent_workers'] = False

@@ -15,6 +15,7 @@ import yaml
 
 from ..errors import UserError
 from ..fileio import atomic_path, save_csv, save_figure, save_text
+from ..members.loading import take_weights
 from ..method.meta_arch import member_class
 from ..partition import select_teachers
 from ..registry import accepted_arguments
@@ -236,7 +237,7 @@ def evaluate_candidates(cfg, configs: List[dict], split: str, config_file: str):
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
     candidates = build_model(dict(type='IndependentMetaArch', members=configs),
                              cfg.get('default_scope'))
-    candidates.take_weights()
+    take_weights(candidates)
     members = [m.to(device).eval() for m in candidates.members]
     loader_cfg = cfg.get(f'{split}_dataloader')
     evaluator_cfg = cfg.get(f'{split}_evaluator')

@@ -12,7 +12,7 @@ are named in the files it reads and writes; see :class:`Member`.
 Build, then load (as detectron2's ``build_model`` + ``DetectionCheckpointer`` and timm's
 ``build_model_with_cfg``): a member's constructor builds its network and reads no weights; its
 weights are taken by one explicit step, :meth:`Member.take_weights`, which whoever builds it
-calls (:meth:`bikd.method.meta_arch.MultiMemberMetaArch.take_weights` for every member of a run).
+calls (:func:`bikd.members.loading.take_weights` for every member of a model).
 """
 import json
 import os
@@ -111,7 +111,7 @@ class Member(nn.Module):
       (e.g. ``'pixel_ce'``); the meta-architecture warns when members differ.
 
     Weights: the constructor builds the network only; :meth:`take_weights`, called once by
-    the builder, takes them in this order: ``checkpoint``, else ``pretrained``
+    the builder (:func:`bikd.members.loading.take_weights` for every member of a model), takes them in this order: ``checkpoint``, else ``pretrained``
     (:meth:`load_pretrained`), else none (random). A member asked for neither has nothing to
     take and is ready as built.
     """
@@ -126,6 +126,10 @@ class Member(nn.Module):
     #: member computes: the run's fingerprint records them with a digest of every local file
     #: or folder they name (a subclass with another weights file adds its argument)
     weight_arguments: Tuple[str, ...] = ('checkpoint', 'pretrained', 'trust_checkpoint')
+    #: the name of the model's member whose weights this one takes instead of its own: a
+    #: frozen copy of a member (KL+DP's initial student); :func:`bikd.members.loading.take_weights`
+    #: copies them once the member has taken its own
+    weights_copied_from: Optional[str] = None
 
     def __init__(self, name: str, pretrained: bool = True, checkpoint: Optional[str] = None,
                  trust_checkpoint: bool = False):

@@ -84,18 +84,12 @@ class KLDPMetaArch(_FrozenMembersMixin, MultiMemberMetaArch):
         self.partition, self.temperature = partition, positive_temperature(temperature)
         self.unsupervised = bool(unsupervised)
         self.initial_student = copy.deepcopy(self.members[self.student_index])
+        # (it starts from the student's weights, whatever the student takes)
+        self.initial_student.weights_copied_from = self.members[self.student_index].name
         self._freeze()
 
     def frozen_modules(self):
         return [self.members[self.teacher_index], self.initial_student]
-
-    def take_weights(self, checkpoint: Optional[str] = None):
-        """The members' weights; the frozen initial student starts from the student's."""
-        sources = super().take_weights(checkpoint)
-        student = self.members[self.student_index]
-        self.initial_student.load_state_dict(student.state_dict())
-        self.initial_student.weights_from = student.weights_from
-        return sources
 
     @classmethod
     def experiment_runs(cls, model: dict) -> List[ExperimentRun]:

@@ -21,7 +21,8 @@ from torch.profiler import record_function
 from ..errors import UserError
 from ..experiment_runs import ExperimentRun, MethodNotApplicable, member_names
 from ..losses import distillation_loss, positive_temperature
-from ..members.base import RANDOM, Member, MemberOutput
+from ..members.base import Member, MemberOutput
+from ..members.loading import RANDOM_INIT, check_weights_taken, take_weights, weights_missing
 from ..metrics import MemberPredictions
 from ..partition import TIE_RULES, select_teachers, teacher_share
 from ..registry import MEMBERS, META_ARCH, accepted_arguments, argument_defaults, plain
@@ -29,8 +30,6 @@ from ..step import StepOutput
 from .lean import lean_train_step, trains
 
 PARTITIONS = ('confidence', 'loss')
-#: where the members of a model built with ``random_init`` have their weights from
-RANDOM_INIT = f'{RANDOM} (random_init)'
 #: layers that normalise over the batch in training (timm's and mmcv's subclass these)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 
@@ -51,7 +50,7 @@ class PartitionWarning(UserWarning):
 
 def build_member(cfg: Union[dict, Member]) -> Member:
     """Build one member from its config dict (or pass an already built one through). The
-    member is built, not loaded: its weights come with :meth:`Member.take_weights`."""
+    member is built, not loaded: its weights come with :func:`bikd.members.loading.take_weights`."""
     if isinstance(cfg, nn.Module):
         if not isinstance(cfg, Member):
             raise TypeError(f'{type(cfg).__name__} is not a bikd Member')
@@ -150,41 +149,6 @@ class MultiMemberMetaArch(BaseModel):
     def member_names(self) -> List[str]:
         return [m.name for m in self.members]
 
-    # ------------------------------------------------------------------ weights
-    def take_weights(self, checkpoint: Optional[str] = None) -> Dict[str, str]:
-        """The weight step of whoever builds the model (``tools/train_net.py``, export, the
-        benchmark, the partner finder, the detectron2 plug-in; mmengine's ``Runner.train``
-        through :meth:`init_weights`): every member takes its weights in the one order
-        (:meth:`Member.take_weights`). ``checkpoint``: a runner checkpoint that will load
-        every member's weights next (``load_from``, ``--resume``), so no member's own file
-        is read. With ``random_init`` nothing is read. Returns member -> where its weights
-        come from."""
-        for m in self.members:
-            if checkpoint:
-                m.weights_from = f'the checkpoint {checkpoint}'
-            elif self.random_init:
-                m.weights_from = RANDOM_INIT
-            else:
-                m.take_weights()
-        return {m.name: m.weights_from for m in self.members}
-
-    _weights_ready = False
-
-    def check_weights_taken(self) -> None:
-        """A member that was given weights (``checkpoint``, ``pretrained``) must have taken
-        them before it trains or is evaluated."""
-        if self._weights_ready:
-            return
-        missing = [m.name for m in self.modules() if isinstance(m, Member)
-                   and m.weights_from is None]
-        self._weights_ready = not missing
-        if missing:
-            raise RuntimeError(
-                f'members {missing} have not taken their weights (checkpoint / pretrained): '
-                'call model.take_weights() once the model is built (tools/train_net.py and '
-                "mmengine's Runner.train do), or set random_init=true to train from random "
-                'weights')
-
     # ------------------------------------------------------------------ what a run is
     @classmethod
     def fingerprint(cls, model: dict) -> Dict[str, Any]:
@@ -247,21 +211,21 @@ class MultiMemberMetaArch(BaseModel):
 
     def init_weights(self):
         """mmengine's Runner calls this before ``load_from`` / resume: the members take their
-        weights unless the builder has done so (nothing of mmengine's initialisation is
-        applied to pretrained members)."""
-        if any(m.weights_from is None for m in self.members):
-            self.take_weights()
+        weights (:func:`bikd.members.loading.take_weights`) unless the builder has given them
+        (nothing of mmengine's initialisation is applied to pretrained members)."""
+        if weights_missing(self):
+            take_weights(self)
 
     def val_step(self, data: Any) -> list:
-        self.check_weights_taken()
+        check_weights_taken(self)
         return super().val_step(data)
 
     def test_step(self, data: Any) -> list:
-        self.check_weights_taken()
+        check_weights_taken(self)
         return super().test_step(data)
 
     def train_step(self, data: Any, optim_wrapper) -> Dict[str, Tensor]:
-        self.check_weights_taken()
+        check_weights_taken(self)
         if self._one_sample_for_batch_norm(data):
             return {}
         if self.lean:
