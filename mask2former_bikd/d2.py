@@ -8,6 +8,7 @@ detectron2 plug-in import this module.
 """
 import contextlib
 import importlib.util
+import io
 import logging
 import os
 import pickle
@@ -22,6 +23,7 @@ from mmengine.logging import print_log
 
 from bikd import compat
 from bikd.errors import UserError
+from bikd.fileio import read_verified
 
 INSTALL_HINT = ('install them with `make d2` (or `python tools/install_d2.py`), which builds '
                 'detectron2 from source against the installed torch and puts the official '
@@ -181,11 +183,13 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def load_pickle(path: str, trust: bool = False) -> Any:
-    """An official ``.pkl`` checkpoint (pickled numpy arrays in dicts). Anything else in the
-    file is refused, naming it, unless ``trust`` (only for files from a source you trust)."""
+    """An official ``.pkl`` checkpoint (pickled numpy arrays in dicts), read once: checked
+    against the digest written beside it, if any, from the same bytes it is unpickled from.
+    Anything else in the file is refused, naming it, unless ``trust`` (only for files from a
+    source you trust)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'checkpoint file not found: {path}')
-    with open(path, 'rb') as f:
+    with io.BytesIO(read_verified(path)) as f:
         if trust:
             return pickle.load(f, encoding='latin1')
         try:

@@ -18,7 +18,6 @@ from . import d2
 from .set_criterion import set_losses
 from .segmentation_member import PROBABILITY_FLOOR, SegmentationMember
 from bikd.errors import UserError
-from bikd.fileio import verify
 
 
 def targets_from_instances(instances: Sequence[Any], padded_hw: Sequence[int],
@@ -170,8 +169,7 @@ class Mask2FormerMember(SegmentationMember):
     def read_weights(self, source: str) -> Dict[str, Tensor]:
         if source.startswith(('http://', 'https://')):
             source = self.local_copy(source, 'the checkpoint')
-        if source.endswith('.pkl'):
-            verify(source)  # (when a digest was written with it)
+        if source.endswith('.pkl'):  # (checked against its digest file, if any, as it is read)
             state, heuristics = d2.pickle_state(d2.load_pickle(source, self.trust_checkpoint),
                                                 source)
             if heuristics:

@@ -503,8 +503,9 @@ def test_a_checkpoint_that_does_not_fit_names_the_member_the_checkpoint_and_the_
                            'size mismatch for vit.layers.0.attention.q_proj.weight: copying a '
                            'param with shape torch.Size([48, 48]) from checkpoint, the shape in '
                            'current model is torch.Size([16, 16]).')
-    monkeypatch.setattr(transformers.AutoModelForImageClassification, 'from_pretrained',
-                        refuses)
+    for loader in (transformers.AutoModelForImageClassification,  # (a hub id's loader)
+                   transformers.ViTForImageClassification):  # (a folder's, read once)
+        monkeypatch.setattr(loader, 'from_pretrained', refuses)
     with pytest.raises(UserError, match=rf"checkpoint {other} does not fit the model for member "
                                         r"'hf' .*\n  transformers: Error\(s\) in loading "
                                         r"state_dict .* / size mismatch for vit.layers.0.attention"

@@ -33,7 +33,7 @@ import re
 import shutil
 import uuid
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -367,6 +367,15 @@ def read_verified(path: str, check: Optional[Callable[[bytes], None]] = None) ->
     finds wrong), then their SHA-256 computed from the same bytes (remembered, so that a later
     digest of this version of the file reads nothing) and checked against the digest stored
     beside it, if any (a mismatch is a :class:`DigestMismatch`)."""
+    data, digest = _read_remembered(path, check)
+    _against(path, recorded_digest(path), digest)
+    return data
+
+
+def _read_remembered(path: str, check: Optional[Callable[[bytes], None]] = None
+                     ) -> Tuple[bytes, str]:
+    """A file's bytes and SHA-256 from one read (``check(bytes)`` first, if given); the
+    digest is remembered for this version of the file (:func:`file_sha256` reads nothing)."""
     with open(path, 'rb') as f:
         st = os.fstat(f.fileno())  # the version read, even if the file is replaced meanwhile
         data = f.read()
@@ -374,7 +383,15 @@ def read_verified(path: str, check: Optional[Callable[[bytes], None]] = None) ->
         check(data)
     digest = hashlib.sha256(data).hexdigest()
     _hashes[file_key(path, st)] = digest
-    _against(path, recorded_digest(path), digest)
+    return data, digest
+
+
+def read_folder_verified(folder: str, names: Sequence[str]) -> Dict[str, bytes]:
+    """The bytes of the files ``names`` (relative paths) of a folder written whole, each in
+    one read, and the folder checked against its ``SHA256SUMS`` (:func:`verify_folder`) with
+    those files' digests computed from the same reads."""
+    data = {name: _read_remembered(os.path.join(folder, name))[0] for name in names}
+    verify_folder(folder)
     return data
 
 

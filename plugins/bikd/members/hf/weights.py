@@ -24,12 +24,14 @@ an error that says to pass a local folder. A model whose code comes with it (``a
 runs only with ``trust_remote_code: true``. ``transformers`` is imported only when such a
 member is built: the rest of the suite does not need it.
 """
+import io
+import json
 import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...checkpoint import load_into
 from ...errors import UserError
-from ...fileio import atomic_dir, save_json, verify, write_folder_digests
+from ...fileio import atomic_dir, read_folder_verified, save_json, write_folder_digests
 
 INSTALL_HINT = 'install it with `pip install transformers` (make test does)'
 
@@ -67,6 +69,51 @@ def call_hub(what: str, owner: str, source: str, fn, *args, trust_remote_code: b
             f'member {owner!r}: {source} is neither a local folder nor a model the Hugging Face '
             f'hub cache holds, and the hub cannot be reached ({str(e).splitlines()[0][:200]}); '
             'pass the path of a folder written by save_pretrained') from e
+
+
+#: the weights files of a ``save_pretrained`` folder, as the library looks for them: an index
+#: of shards first, else one file; safetensors before PyTorch's pickles
+WEIGHTS_INDEXES = ('model.safetensors.index.json', 'pytorch_model.bin.index.json')
+WEIGHTS_FILES = ('model.safetensors', 'pytorch_model.bin')
+
+
+def read_folder_weights(folder: str) -> Optional[Dict[str, Any]]:
+    """The state dict of a ``save_pretrained`` folder, each weights file read once and the
+    folder checked against its ``SHA256SUMS`` from those reads (:func:`read_folder_verified`);
+    ``None`` when the folder has no weights file the library would read first (it then says
+    what is wrong)."""
+    names: List[str] = []
+    for index in WEIGHTS_INDEXES:
+        path = os.path.join(folder, index)
+        if os.path.isfile(path):
+            with open(path) as f:
+                names = sorted(set(json.load(f).get('weight_map', {}).values()))
+            break
+    else:
+        names = [n for n in WEIGHTS_FILES if os.path.isfile(os.path.join(folder, n))][:1]
+    if not names:
+        return None
+    state: Dict[str, Any] = {}
+    for name, data in read_folder_verified(folder, names).items():
+        state.update(_weights_from_bytes(data, os.path.join(folder, name)))
+    return state
+
+
+def _weights_from_bytes(data: bytes, path: str) -> Dict[str, Any]:
+    """One weights file's tensors from its bytes (safetensors, or a PyTorch pickle of
+    tensors only)."""
+    import pickle
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+    try:
+        if path.endswith('.safetensors'):
+            return load(data)
+        return torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        raise UserError(f'cannot read the weights file {path} ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0] if str(e) else ""}): is it damaged?') from e
 
 
 class TransformersModel:
@@ -127,11 +174,12 @@ class TransformersModel:
 
     # ------------------------------------------------------------------ weights in
     def load_checkpoint(self, source: str) -> None:
-        """``checkpoint``: a ``save_pretrained`` folder or a hub id, loaded strictly; a folder
-        the suite exported is verified against its ``SHA256SUMS`` first."""
-        if os.path.isdir(source):
-            verify(source)
-        self._load_from_pretrained(source, head_may_change=False)
+        """``checkpoint``: a ``save_pretrained`` folder or a hub id, loaded strictly. A
+        folder's weights files are read once: their digests (checked against the folder's
+        ``SHA256SUMS`` when the suite wrote one, and recorded in the run's fingerprint) come
+        from the bytes the weights are loaded from."""
+        state = read_folder_weights(source) if os.path.isdir(source) else None
+        self._load_from_pretrained(source, head_may_change=False, state_dict=state)
 
     def load_pretrained(self) -> str:
         """The weights ``model`` was released with; the task head is re-initialised when
@@ -140,12 +188,19 @@ class TransformersModel:
         return self.model_id + (f' (head re-initialised for {self.num_classes} classes: '
                                 f'{", ".join(replaced[:4])})' if replaced else '')
 
-    def _load_from_pretrained(self, source: str, head_may_change: bool) -> Tuple[str, ...]:
+    def _load_from_pretrained(self, source: str, head_may_change: bool,
+                              state_dict: Optional[Dict[str, Any]] = None) -> Tuple[str, ...]:
+        """The weights of ``source`` through the library's ``from_pretrained`` (its key
+        conversions and loading report), from ``state_dict`` when they were read already."""
         transformers = require_transformers()
-        auto = getattr(transformers, self.auto_class)
+        load = getattr(transformers, self.auto_class).from_pretrained
+        if state_dict is not None:  # (the library takes a state dict with no source; the
+            # class is the one built, as a remote-code class resolves only from a source)
+            def load(_source, trust_remote_code=False, **kwargs):
+                return type(self.model).from_pretrained(None, state_dict=state_dict, **kwargs)
         # mismatched shapes are reported here (the library would only raise on them)
         try:
-            loaded, info = call_hub('weights', self.name, source, auto.from_pretrained,
+            loaded, info = call_hub('weights', self.name, source, load,
                                     config=self.hf_config, output_loading_info=True,
                                     ignore_mismatched_sizes=True,
                                     trust_remote_code=self.trust_remote_code)
