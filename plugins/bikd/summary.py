@@ -1,6 +1,6 @@
 """The result of a run: per member before, after, delta and recovered % (paper Tables 2-3)."""
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -148,14 +148,33 @@ def format_metrics(summary: dict, metrics) -> str:
 
 
 def format_table(summary: dict, title: str = '') -> str:
-    """Plain-text table of a summary: one row per member, then the ensemble."""
+    """Plain-text table of a summary: one row per member, then the ensemble, then what the
+    table cannot show (:func:`_summary_notes`)."""
     metric = summary['primary_metric']
-    has_after = any(m.get('after') is not None for m in summary['members'].values())
     digits = metric_digits(m['before'].get(metric, 0.0) for m in summary['members'].values())
 
     def fmt(x, sign=False):
         return _fmt(x, digits, sign)
 
+    header, rows, note = _summary_rows(summary, metric, fmt)
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    text = [title] if title else []
+    text.append('  '.join(h.ljust(w) if i == 0 else h.rjust(w)
+                          for i, (h, w) in enumerate(zip(header, widths))))
+    text.append('  '.join('-' * w for w in widths))
+    for r in rows:
+        text.append('  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
+                              for i, (c, w) in enumerate(zip(r, widths))))
+    if note:
+        text.append(note)
+    return '\n'.join(text + _summary_notes(summary, metric, fmt))
+
+
+def _summary_rows(summary: dict, metric: str, fmt) -> Tuple[List[str], List[list],
+                                                               Optional[str]]:
+    """The table's header, a row per member and one for the ensemble, and the note that
+    replaces the ensemble's row when it has no value of the table's metric."""
+    has_after = any(m.get('after') is not None for m in summary['members'].values())
     best = {name: r.get(metric) for name, r in (summary.get('best') or {}).items()
             if r.get(metric)}
     header = ['model', f'{metric} before']
@@ -196,17 +215,13 @@ def format_table(summary: dict, title: str = '') -> str:
         if best:
             row += ['']
         rows.append(row)
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    line = '  '.join('-' * w for w in widths)
-    text = [title] if title else []
-    text.append('  '.join(h.ljust(w) if i == 0 else h.rjust(w)
-                          for i, (h, w) in enumerate(zip(header, widths))))
-    text.append(line)
-    for r in rows:
-        text.append('  '.join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                              for i, (c, w) in enumerate(zip(r, widths))))
-    if note:
-        text.append(note)
+    return header, rows, note
+
+
+def _summary_notes(summary: dict, metric: str, fmt) -> List[str]:
+    """The lines under a summary's table: recovered % withheld and why, the teacher shares,
+    the test split's numbers, the steps dropped."""
+    text = []
     withheld = {n: m['recovered_withheld'] for n, m in summary['members'].items()
                 if m.get('recovered_withheld')}
     if withheld:
@@ -230,4 +245,4 @@ def format_table(summary: dict, title: str = '') -> str:
     if summary.get('skipped_steps'):
         text.append(f'steps dropped for a non-finite loss: {summary["skipped_steps"]} of '
                     f'{summary.get("iterations", "?")} (see the log for members and iterations)')
-    return '\n'.join(text)
+    return text
