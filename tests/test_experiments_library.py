@@ -191,3 +191,35 @@ def test_tables_and_files_go_through_one_writer(tmp_path):
     save_figure(fig, str(tmp_path / 'f.png'))
     assert (tmp_path / 'f.png').read_bytes()[:4] == b'\x89PNG'
     assert sorted(os.listdir(tmp_path)) == ['f.png', 't.csv']  # no temporary left
+
+
+def test_missing_inputs_names_each_missing_path_by_its_key_and_member(tmp_path):
+    """The grid's check before it submits: data roots (through dataset wrappers), member
+    weights (unless random_init), load_from; URLs and hub ids are left to the members."""
+    import classification_bikd  # noqa: F401  (TimmMember, TransformersClassifierMember)
+    from mmengine.config import Config
+
+    from bikd.experiments.inputs import looks_local, missing_inputs
+    assert [looks_local(v) for v in ('checkpoints/a.pth', '/abs/folder', './b', 'w/x/best',
+                                     'facebook/convnext-tiny-224', 'https://x/y.pth', True,
+                                     'resnet18')] == [True, True, True, True, False, False,
+                                                      False, False]
+    there = tmp_path / 'there'
+    there.mkdir()
+    (there / 'a.pth').write_bytes(b'')
+    cfg = Config(dict(
+        train_dataloader=dict(dataset=dict(type='Wrapper', dataset=dict(
+            type='ImageFolderDataset', data_root=str(tmp_path / 'no_data')))),
+        val_dataloader=dict(dataset=dict(type='ImageFolderDataset', data_root=str(there))),
+        model=dict(type='BiKDMetaArch', members=[
+            dict(type='TimmMember', name='a', checkpoint=str(there / 'a.pth')),
+            dict(type='TimmMember', name='b', checkpoint=str(tmp_path / 'b.pth')),
+            dict(type='TransformersClassifierMember', name='c',
+                 model='facebook/convnext-tiny-224')]),
+        load_from=str(tmp_path / 'run' / 'epoch_1.pth')))
+    assert missing_inputs(cfg) == [
+        f'train_dataloader.dataset.dataset.data_root: no folder {tmp_path}/no_data',
+        f"model.members.1.checkpoint (member 'b'): no file or folder {tmp_path}/b.pth",
+        f'load_from: no file {tmp_path}/run/epoch_1.pth']
+    cfg.model.random_init = True  # nothing of the members' is read
+    assert len(missing_inputs(cfg)) == 2

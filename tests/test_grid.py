@@ -28,12 +28,14 @@ def env(**more):
     return {**os.environ, 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1', **more}
 
 
-def tool(*args, expect_ok=True, **more):
+def tool(*args, status=0, **more):
+    """run_experiment.py's output (stdout and stderr), its exit status checked unless
+    ``status`` is None."""
     proc = subprocess.run([sys.executable, RUN_EXPERIMENT, *map(str, args)], cwd=ROOT,
                           env=env(**more), text=True, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, timeout=LIMIT)
-    if expect_ok:
-        assert proc.returncode == 0, proc.stdout[-4000:]
+    if status is not None:
+        assert proc.returncode == status, proc.stdout[-4000:]
     return proc.stdout
 
 
@@ -77,7 +79,7 @@ def test_a_grid_with_a_misspelt_key_is_named(tmp_path):
                    'resnet_convnext_bikd.yaml}]\n')
     with pytest.raises(UserError, match=r"unknown key\(s\) \['seed'\]"):
         load_grid(str(bad))
-    out = tool('--grid', bad, expect_ok=False)
+    out = tool('--grid', bad, status=None)
     assert "error: grid" in out and "unknown key(s) ['seed']" in out and 'Traceback' not in out
 
 
@@ -149,6 +151,44 @@ def test_a_local_grid_runs_and_collects_with_the_paper_column_empty_where_it_has
     assert 'submitted' not in again and (out / 'table.md').read_text() in again
     status = tool('--grid', grid, '--output-dir', out, '--status')
     assert status.count(' done ') == 1 and '1 done' in status
+
+
+def test_a_grid_checks_what_its_runs_read_before_it_submits_and_fails_when_runs_fail(
+        digits_root, tmp_path):
+    """A missing member checkpoint or data folder: one line each naming the cell, the key
+    and the member, exit status 2, nothing submitted. A run that fails anyway (a data folder
+    with no images) says why as it fails, and the grid ends with exit status 1."""
+    config = os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')
+    gone = tmp_path / 'gone'
+    grid = write_grid(tmp_path / 'missing.yaml', [dict(config=config, overrides=[
+        'model.random_init=false', f'model.members.0.checkpoint={gone}/resnet.pth',
+        f'model.members.1.checkpoint={digits_root}',  # (there: a folder)
+        f'val_dataloader.dataset.data_root={gone}/digits'])],
+        methods=('bikd', ), overrides=quick(digits_root))
+    out = tmp_path / 'out'
+    proc = subprocess.run([sys.executable, RUN_EXPERIMENT, '--grid', grid, '--output-dir', out],
+                          cwd=ROOT, env=env(), text=True, capture_output=True, timeout=LIMIT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line.strip() for line in proc.stderr.splitlines()]
+    assert 'nothing submitted, 2 path(s) the runs read are not there' in proc.stderr
+    cell = 'resnet_convnext_bikd'
+    assert f"{cell}: model.members.0.checkpoint (member 'resnet'): no file or folder " \
+           f"{gone}/resnet.pth" in lines, proc.stderr
+    assert f'{cell}: val_dataloader.dataset.data_root: no folder {gone}/digits' in lines
+    assert 'submitted' not in proc.stdout and not (out / 'jobs.json').exists()
+
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    grid = write_grid(tmp_path / 'fails.yaml', [dict(config=config, overrides=[
+        f'train_dataloader.dataset.data_root={empty}'])], methods=('bikd', ),
+        overrides=quick(digits_root))
+    proc = subprocess.run([sys.executable, RUN_EXPERIMENT, '--grid', grid, '--output-dir', out],
+                          cwd=ROOT, env=env(), text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, timeout=LIMIT)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    failed = [line for line in proc.stdout.splitlines() if ' bikd: failed: job ' in line]
+    assert len(failed) == 1 and 'error: ' in failed[0], proc.stdout[-3000:]
+    assert proc.stdout.rstrip().endswith('only what is missing or failed is submitted')
 
 
 # ----------------------------------------------------------------------------- on Slurm
@@ -258,7 +298,8 @@ def test_a_grid_on_slurm_finishes_reports_a_failed_job_and_submits_only_it_again
     """2 configs x 2 methods x 2 seeds. The second config's data is not there at first: its
     jobs fail, the status says why, the first table marks its cell as not finished; once the
     data is there, the second submit runs only those jobs."""
-    late = tmp_path / 'late_digits'
+    late = tmp_path / 'late_digits'  # there, but without images: the runs fail, not the check
+    late.mkdir()
     grid = write_grid(tmp_path / 'slurm.yaml', [
         dict(config=os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml')),
         dict(config=os.path.join(ROOT, 'configs/digits/resnet_convnext_regnet_bikd.yaml'),
@@ -267,7 +308,7 @@ def test_a_grid_on_slurm_finishes_reports_a_failed_job_and_submits_only_it_again
         seeds=(0, 1), overrides=quick(digits_root))
     out = tmp_path / 'out'
     first = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
-                 '--poll', 2)
+                 '--poll', 2, status=1)
     assert first.count('submitted as slurm job') == 8, first
     assert '4 done, 4 failed' in first and '4 run(s) failed' in first, first
     status = tool('--grid', grid, '--output-dir', out, '--status')
@@ -277,6 +318,7 @@ def test_a_grid_on_slurm_finishes_reports_a_failed_job_and_submits_only_it_again
                                     for line in failed), status
     table = (out / 'table.md').read_text()
     assert table.count('[not finished: 0/2 runs done]') == 6  # 3 members x 2 methods
+    shutil.rmtree(late)
     shutil.copytree(digits_root, late)
     second = tool('--grid', grid, '--output-dir', out, '--launcher', 'slurm', '--wait',
                   '--poll', 2)

@@ -50,6 +50,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from bikd.engine.cli import add_debug_flag, config_parser, run_tool  # noqa: E402
+from bikd.errors import ToolExit  # noqa: E402
 from bikd.experiments import (Launch, parse_seeds, run_config, run_grid,  # noqa: E402
                               run_kway)
 
@@ -59,11 +60,16 @@ def _names(text: str) -> List[str]:
 
 
 def grid_main(args) -> None:
-    """``--grid``: plan, submit (or run here), follow, collect; ``--status``, ``--collect``."""
-    run_grid(args.grid, args.output_dir, args.opts,
-             Launch(args.launcher, args.partition, args.account, args.nodes,
-                    args.gpus_per_node, args.cpus_per_task, args.mem, args.time),
-             args.same_recipe, args.wait, args.poll, args.status, args.collect)
+    """``--grid``: plan, submit (or run here), follow, collect; ``--status``, ``--collect``.
+    Runs that failed end it with exit status 1."""
+    failed = run_grid(args.grid, args.output_dir, args.opts,
+                      Launch(args.launcher, args.partition, args.account, args.nodes,
+                             args.gpus_per_node, args.cpus_per_task, args.mem, args.time),
+                      args.same_recipe, args.wait, args.poll, args.status, args.collect)
+    if failed:
+        raise ToolExit(f'{failed} run(s) of the grid failed (each with its error above); fix '
+                       'what they say and submit the grid again: only what is missing or '
+                       'failed is submitted', 1)
 
 
 def experiment_main(args, stems: List[str]) -> None:

@@ -380,7 +380,7 @@ def eval_memory_table(cfg, members: list, ks: List[int], device: str) -> None:
             one = copies[0].predict(data['inputs'], data['data_samples'])
         rows.append((k, eval_peak_bytes(memberwise, model, device),
                      eval_peak_bytes(stacked, model, device), one.numel() * 4))
-        del model, copies
+        model = copies = None  # (freed before the next k is built)
     how = ('the CUDA allocator\'s peak' if device.startswith('cuda') else
            'the tensors torch functions return, alive at once')
     print(f'\nevaluation of one validation batch, peak memory ({how}; one member\'s '

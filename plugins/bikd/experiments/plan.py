@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 from ..errors import UserError
 from ..experiment_runs import member_names
 from ..fileio import save_text
+from .inputs import missing_inputs
 from .methods import plan_runs, select_methods
 
 
@@ -33,6 +34,8 @@ class ConfigPlan:
     left_out: Dict[str, str] = field(default_factory=dict)
     #: metrics compared with the control besides the primary one (--metrics)
     metrics: List[str] = field(default_factory=list)
+    #: the paths the runs read that are not there (:func:`~bikd.experiments.inputs.missing_inputs`)
+    missing: List[str] = field(default_factory=list)
 
     def work(self, run: str) -> str:
         return os.path.join(self.out, 'runs', run)
@@ -59,7 +62,8 @@ def plan_config(config: str, methods: Optional[List[str]], out: str, opts: List[
     classes = select_methods(methods)
     planned_runs, left_out = plan_runs(cfg.model.to_dict(), classes)
     plan = ConfigPlan(os.path.abspath(config), stem, out, classes, planned_runs,
-                      member_names(cfg.model), seeds, left_out=left_out)
+                      member_names(cfg.model), seeds, left_out=left_out,
+                      missing=missing_inputs(cfg))
     recipes = {} if same_recipe else (cfg.get('method_recipes') or {})
     # one run per (planned run, seed); with several seeds the names carry the seed
     for seed in seeds or [None]:

@@ -66,6 +66,17 @@ def print_status(rows: List[tuple]) -> None:
     print(', '.join(f'{n} {state}' for state, n in counts.items()), flush=True)
 
 
+def check_inputs(grid: Grid, plans: Dict[str, ConfigPlan]) -> None:
+    """Refuse to submit anything while a cell with runs to do names a path that is not there
+    (its data folders, its members' weights): one line per path."""
+    lines = [f'{cell}: {line}' for cell, plan in plans.items()
+             if not all(plan.done(run) for run in plan.runs) for line in plan.missing]
+    if lines:
+        raise UserError(f'grid {grid.path}: nothing submitted, {len(lines)} path(s) the runs '
+                        'read are not there (relative paths are from ' + os.getcwd() + '):\n  '
+                        + '\n  '.join(lines))
+
+
 def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
                 launch: 'Launch', out: str) -> List[tuple]:
     """Submit every run that is not done, queued or running (a failed one again); with the
@@ -91,8 +102,9 @@ def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
         if launch.launcher == 'local':  # one at a time: this machine's cores
             try:
                 job.result()
-            except Exception as e:  # noqa: BLE001 - reported by the status view
-                print(f'{cell} {run}: failed ({type(e).__name__})', flush=True)
+            except Exception:  # noqa: BLE001 - its cause is in its log, said here
+                _, detail = run_status(plan.work(run), book.get(f'{cell}/{run}'))
+                print(f'{cell} {run}: failed: {detail}', flush=True)
     return submitted
 
 
@@ -155,7 +167,8 @@ def run_grid(path: str, out: Optional[str] = None, opts: Optional[List[str]] = N
     """A grid file from plan to table (the steps of the module's description): ``status``
     prints each run's state, ``collect_only`` writes the table of what is done; otherwise the
     runs not done are submitted (``launch``), followed where they run here or with ``wait``,
-    and collected. Returns how many runs failed."""
+    and collected. Returns how many runs failed (the command line then ends with exit status
+    1 and a line that says so)."""
     launch = launch or Launch()
     grid = load_grid(path)
     out = os.path.abspath(out or os.path.join('work_dirs', 'grids', grid.name))
@@ -169,6 +182,7 @@ def run_grid(path: str, out: Optional[str] = None, opts: Optional[List[str]] = N
         return 0
     failed = []
     if not collect_only:
+        check_inputs(grid, plans)
         submit_grid(grid, plans, book, launch, out)
         if launch.launcher == 'slurm' and not wait:
             print(f'submitted; follow with --status, collect with --collect (or wait with '
@@ -176,9 +190,6 @@ def run_grid(path: str, out: Optional[str] = None, opts: Optional[List[str]] = N
                   flush=True)
             return 0
         failed = [r for r in follow_grid(plans, book, poll) if r[3] == 'failed']
-        if failed:
-            print(f'{len(failed)} run(s) failed; fix what they say and submit the grid again '
-                  '(only what is missing or failed is submitted)', flush=True)
     text = collect_grid(grid, plans, out)
     print('\n' + text)
     print(f'table: {out}/table.md, table.csv, table.json, table.png')
