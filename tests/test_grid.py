@@ -92,20 +92,66 @@ def test_seeds_that_all_give_the_same_difference_get_no_verdict():
     assert paired_difference([0.2, 0.21, 0.22])['verdict'] == 'better'
 
 
-def test_a_slurm_that_does_not_answer_keeps_its_jobs_queued(tmp_path, monkeypatch):
-    """squeue failing (a busy controller times out) says nothing about the job: the run stays
-    counted as queued, so --wait keeps following it. A job Slurm no longer knows ended."""
+def test_slurms_answer_is_read_as_a_lab_reads_it(tmp_path, monkeypatch):
+    """One squeue per look at a grid, whatever its number of runs. Slurm not answering (a busy
+    controller times out) says nothing about a job: ``unknown``, followed again. Waiting jobs
+    carry Slurm's reason (a hold after a requeue); a cancelled or timed-out job is named so,
+    from Slurm's state or, once Slurm has forgotten the job, from the line its step daemon
+    wrote into the job's log; a job that ended on its own error is ``failed`` with it."""
     from bikd.experiments import jobs
-    record = dict(launcher='slurm', job_id='42', folder=str(tmp_path / 'jobs'))
-    answers = {'timeout': (1, '', 'slurm_load_jobs error: Socket timed out on send/recv'),
-               'gone': (1, '', 'slurm_load_jobs error: Invalid job id specified'),
-               'running': (0, 'RUNNING\n', '')}
-    for answer, expected in (('timeout', 'running'), ('gone', 'failed'),
-                             ('running', 'running')):
-        code, out, err = answers[answer]
-        monkeypatch.setattr(jobs.subprocess, 'run', lambda *a, **k: subprocess.CompletedProcess(
-            a, code, out, err))
-        assert jobs.run_status(str(tmp_path / 'work'), record)[0] == expected, answer
+    from bikd.experiments.plan import ConfigPlan
+    from bikd.experiments.run_grid import grid_status
+    calls = []
+
+    def squeue(answer):
+        code, out, err = answer
+
+        def run(cmd, **kwargs):
+            calls.append(cmd)
+            return subprocess.CompletedProcess(cmd, code, out, err)
+        monkeypatch.setattr(jobs.subprocess, 'run', run)
+
+    record = dict(launcher='slurm', job_id='42', folder=str(tmp_path / 'jobs' / '%j'))
+    log = tmp_path / 'jobs' / '42' / '42_0_log.err'
+    for answer, expected, detail in (
+            ((1, '', 'slurm_load_jobs error: Socket timed out on send/recv'), 'unknown',
+             'squeue did not answer'),
+            ((0, '42|PENDING|JobHeldAdmin\n', ''), 'pending', 'PENDING (JobHeldAdmin)'),
+            ((0, '42|REQUEUE_HOLD|JobHeldUser\n', ''), 'pending', 'REQUEUE_HOLD (JobHeldUser)'),
+            ((0, '42|RUNNING|None\n', ''), 'running', 'Slurm job 42: RUNNING'),
+            ((0, '42|CANCELLED|None\n', ''), 'cancelled', 'scancel'),
+            ((0, '42|TIMEOUT|None\n', ''), 'timed out', 'time limit'),
+            ((1, '', 'slurm_load_jobs error: Invalid job id specified'), 'failed',
+             'ended without a result')):
+        squeue(answer)
+        state, said = jobs.run_status(str(tmp_path / 'work'), record)
+        assert (state, detail in said) == (expected, True), (answer, said)
+    # forgotten by Slurm: the step daemon's line in the job's log says what ended it
+    log.parent.mkdir(parents=True)
+    squeue((0, '', ''))
+    for line, expected in (('slurmstepd: error: *** JOB 42 ON n1 CANCELLED AT 2026-12-08T03:'
+                            '10:00 DUE TO JOB REQUEUE ***', 'failed'),
+                           ('slurmstepd: error: *** JOB 42 ON n1 CANCELLED AT 2026-12-08T03:'
+                            '20:00 ***', 'cancelled'),
+                           ('slurmstepd: error: *** JOB 42 ON n1 CANCELLED AT 2026-12-08T03:'
+                            '30:00 DUE TO TIME LIMIT ***', 'timed out')):
+        with open(log, 'a') as f:
+            f.write(line + '\n')
+        assert jobs.run_status(str(tmp_path / 'work'), record)[0] == expected, line
+    # a look at a grid of 6 runs: one squeue; unknown runs keep their last known state
+    plan = ConfigPlan('c.yaml', 'c', str(tmp_path / 'c'), {}, {}, [], None)
+    plan.runs = {f'r{i}': None for i in range(6)}
+    plan.seed_of = {f'r{i}': None for i in range(6)}
+    book = jobs.JobBook(str(tmp_path / 'jobs.json'))
+    for i in range(6):
+        book.record(f'c/r{i}', 'slurm', str(100 + i), str(tmp_path / 'jobs' / '%j'))
+    calls.clear()
+    squeue((0, ''.join(f'{100 + i}|RUNNING|None\n' for i in range(6)), ''))
+    assert {row[3] for row in grid_status({'c': plan}, book)} == {'running'}
+    assert len(calls) == 1 and calls[0][:4] == ['squeue', '-h', '-t', 'all']
+    squeue((1, '', 'Socket timed out on send/recv'))
+    rows = grid_status({'c': plan}, book, last={('c', 'r0'): 'running'})
+    assert rows[0][3] == 'unknown' and rows[0][4].endswith('; last seen running')
 
 
 def test_the_global_batch_is_kept_whatever_the_processes():
@@ -188,7 +234,7 @@ def test_a_grid_checks_what_its_runs_read_before_it_submits_and_fails_when_runs_
     assert proc.returncode == 1, proc.stdout[-3000:]
     failed = [line for line in proc.stdout.splitlines() if ' bikd: failed: job ' in line]
     assert len(failed) == 1 and 'error: ' in failed[0], proc.stdout[-3000:]
-    assert proc.stdout.rstrip().endswith('only what is missing or failed is submitted')
+    assert proc.stdout.rstrip().endswith('only what is missing or unfinished is submitted')
 
 
 # ----------------------------------------------------------------------------- on Slurm

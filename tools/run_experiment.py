@@ -61,15 +61,15 @@ def _names(text: str) -> List[str]:
 
 def grid_main(args) -> None:
     """``--grid``: plan, submit (or run here), follow, collect; ``--status``, ``--collect``.
-    Runs that failed end it with exit status 1."""
+    Runs that did not finish end it with exit status 1."""
     failed = run_grid(args.grid, args.output_dir, args.opts,
                       Launch(args.launcher, args.partition, args.account, args.nodes,
                              args.gpus_per_node, args.cpus_per_task, args.mem, args.time),
                       args.same_recipe, args.wait, args.poll, args.status, args.collect)
     if failed:
-        raise ToolExit(f'{failed} run(s) of the grid failed (each with its error above); fix '
-                       'what they say and submit the grid again: only what is missing or '
-                       'failed is submitted', 1)
+        raise ToolExit(f'{failed} run(s) of the grid did not finish (failed, cancelled or timed '
+                       'out: each with its cause above); fix what they say and submit the grid '
+                       'again: only what is missing or unfinished is submitted', 1)
 
 
 def experiment_main(args, stems: List[str]) -> None:

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 from ..errors import UserError
 from ..fileio import save_json
@@ -200,25 +200,39 @@ class JobBook:
         return self.jobs.get(key)
 
 
-#: what :func:`_squeue_state` gives when Slurm did not answer (a busy controller times out)
+#: what :func:`slurm_queue` gives when Slurm did not answer (a busy controller times out)
 NO_ANSWER = 'NO_ANSWER'
+#: Slurm's states of a job waiting to start (its reason says why: resources, a hold, ...)
+SLURM_WAITING = ('PENDING', 'REQUEUED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'RESV_DEL_HOLD',
+                 'CONFIGURING', 'SPECIAL_EXIT')
+#: Slurm's states of a job that has ended, as this suite names them (others: failed)
+SLURM_ENDED = {'CANCELLED': 'cancelled', 'PREEMPTED': 'cancelled', 'TIMEOUT': 'timed out',
+               'DEADLINE': 'timed out'}
 
 
-def _squeue_state(job_id: str) -> Optional[str]:
-    """The job's state in Slurm's queue (PENDING, RUNNING, ...), ``None`` when it is not
-    queued (finished: not listed, or no longer known), :data:`NO_ANSWER` when Slurm could not
-    be asked (squeue failed otherwise, or timed out): not a sign that the job ended."""
+def slurm_queue(job_ids) -> Union[Dict[str, Tuple[str, str]], str]:
+    """What Slurm says of ``job_ids``, in one ``squeue`` (a look at a grid asks once, not
+    once per run): job id -> (state, reason), ended jobs included while Slurm still lists
+    them; a job it no longer knows is left out. :data:`NO_ANSWER` when Slurm could not be
+    asked (a busy controller times out): not a sign that any job ended."""
+    ids = sorted({str(i) for i in job_ids})
+    if not ids:
+        return {}
     try:
-        out = subprocess.run(['squeue', '-h', '-j', job_id, '-o', '%T'], capture_output=True,
-                             text=True, timeout=30)
+        out = subprocess.run(['squeue', '-h', '-t', 'all', '-j', ','.join(ids),
+                              '-o', '%i|%T|%r'], capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return NO_ANSWER
     except OSError:
-        return None  # no squeue here: nothing is queued
-    state = out.stdout.strip().splitlines()
-    if out.returncode == 0:
-        return state[0] if state else None
-    return None if 'Invalid job id' in out.stderr else NO_ANSWER
+        return {}  # no squeue here: nothing is queued
+    if out.returncode != 0:
+        return {} if 'Invalid job id' in out.stderr else NO_ANSWER
+    queue = {}
+    for line in out.stdout.splitlines():
+        parts = [p.strip() for p in line.split('|')]
+        if len(parts) == 3:
+            queue[parts[0]] = (parts[1], '' if parts[2] in ('None', '(null)') else parts[2])
+    return queue
 
 
 def _job_files(record: dict) -> Tuple[str, str, str]:
@@ -245,28 +259,61 @@ def last_error_line(*logs: str) -> str:
     return exceptions[-1] if exceptions else (tail[-1] if tail else '')
 
 
-def run_status(work_dir: str, record: Optional[dict]) -> Tuple[str, str]:
-    """``(state, detail)`` of a run: ``done`` (its summary.json is written), ``running`` /
-    ``pending`` (queued: Slurm's state, or a local job's process alive), ``failed`` (its job
-    ended without the summary: the last error line of its log), ``not submitted``."""
+def run_status(work_dir: str, record: Optional[dict],
+               queue: Union[None, str, Dict[str, Tuple[str, str]]] = None) -> Tuple[str, str]:
+    """``(state, detail)`` of a run: ``done`` (its summary.json is written), ``pending``
+    (waiting in Slurm's queue, with Slurm's reason: resources, a hold after a requeue, ...),
+    ``running`` (Slurm's, or a local job's process alive), ``unknown`` (Slurm did not
+    answer), or, for a job that ended without the summary, ``cancelled`` (scancel, a
+    preemption that was not requeued), ``timed out`` (its time limit, no more requeues) or
+    ``failed`` (the last error line of its log); ``not submitted``. ``queue``: one look's
+    :func:`slurm_queue` of every job of the grid (asked for this job alone when not given)."""
     if os.path.isfile(os.path.join(work_dir, 'summary.json')):
         return 'done', os.path.join(work_dir, 'summary.json')
     if record is None:
         return 'not submitted', ''
+    job = record['job_id']
     result, stdout, stderr = _job_files(record)
+    ended = None
     if record['launcher'] == 'slurm':
-        state = _squeue_state(record['job_id'])
-        if state == NO_ANSWER:  # counted as still queued: asked again at the next look
-            return 'running', f'Slurm job {record["job_id"]}: squeue did not answer'
-        if state is not None:
-            return ('pending' if state in ('PENDING', 'REQUEUED', 'REQUEUE_HOLD',
-                                           'CONFIGURING') else 'running'), \
-                f'Slurm job {record["job_id"]}: {state}'
+        queue = slurm_queue([job]) if queue is None else queue
+        if queue == NO_ANSWER:
+            return 'unknown', f'Slurm job {job}: squeue did not answer (asked again at the ' \
+                              'next look)'
+        state, reason = queue.get(job, (None, ''))
+        why = f' ({reason})' if reason else ''
+        if state in SLURM_WAITING:
+            return 'pending', f'Slurm job {job}: {state}{why}'
+        if state is not None and state not in SLURM_ENDED and state not in (
+                'COMPLETED', 'FAILED', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL'):
+            return 'running', f'Slurm job {job}: {state}'
+        ended = SLURM_ENDED.get(state) or _ended_by_slurm(stderr)
     elif not os.path.isfile(result) and _local_alive(record):
-        return 'running', f'local job {record["job_id"]}'
+        return 'running', f'local job {job}'
+    if ended == 'cancelled':
+        return 'cancelled', (f'Slurm job {job}: cancelled (scancel, or a preemption not '
+                             'requeued); submitting the grid again continues it from its last '
+                             f'checkpoint (log: {stderr})')
+    if ended == 'timed out':
+        return 'timed out', (f'Slurm job {job}: stopped at its time limit and not requeued '
+                             'again; submitting the grid again continues it from its last '
+                             f'checkpoint (a longer --time needs fewer starts; log: {stderr})')
     why = last_error_line(stderr, stdout) or ('its job ended without a result (killed, or '
                                               'cancelled?)')
-    return 'failed', f'job {record["job_id"]}: {why} (log: {stderr})'
+    return 'failed', f'job {job}: {why} (log: {stderr})'
+
+
+def _ended_by_slurm(stderr: str) -> Optional[str]:
+    """How Slurm ended a job it no longer lists, from the last line its step daemon wrote
+    into the job's log (``*** JOB 7 ON node CANCELLED AT ... [DUE TO TIME LIMIT] ***``);
+    ``None`` when it did not end it (the run failed on its own)."""
+    if not os.path.isfile(stderr):
+        return None
+    with open(stderr, errors='replace') as f:
+        lines = [line for line in f if ' CANCELLED AT ' in line and '***' in line]
+    if not lines or 'DUE TO JOB REQUEUE' in lines[-1]:  # (a requeue starts it again)
+        return None
+    return 'timed out' if 'DUE TO TIME LIMIT' in lines[-1] else 'cancelled'
 
 
 def _local_alive(record: dict) -> bool:
@@ -280,4 +327,4 @@ def _local_alive(record: dict) -> bool:
 
 
 __all__ = ['JobBook', 'LAUNCHERS', 'TrainJob', 'last_error_line', 'make_executor',
-           'parse_time', 'run_status']
+           'parse_time', 'run_status', 'slurm_queue']

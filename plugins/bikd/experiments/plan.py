@@ -51,11 +51,14 @@ class ConfigPlan:
 
 
 def plan_config(config: str, methods: Optional[List[str]], out: str, opts: List[str],
-                same_recipe: bool = False, seeds: Optional[List[int]] = None) -> ConfigPlan:
+                same_recipe: bool = False, seeds: Optional[List[int]] = None,
+                write: bool = True) -> ConfigPlan:
     """Every run of ``methods`` (default: every registered method) on ``config``, once per
     seed of ``seeds`` (default: the config's), each written as a config of its own. A run's
     work_dir that another config ran in is moved aside. A method's runs take the config's
-    ``method_recipes.<method>`` (its own optimiser or schedule), unless ``same_recipe``."""
+    ``method_recipes.<method>`` (its own optimiser or schedule), unless ``same_recipe``.
+    ``write=False`` plans without touching the disk (a grid's ``--status`` and ``--collect``:
+    no config written, no work_dir moved)."""
     from ..engine import load_config
     stem = os.path.splitext(os.path.basename(config))[0]
     cfg = load_config(config, opts)  # imports custom_imports: methods of the user's own
@@ -80,6 +83,8 @@ def plan_config(config: str, methods: Optional[List[str]], out: str, opts: List[
             if recipe else 'the config\'s'
         if plan.seed_of[run] is not None:  # data order, augmentation, dropout; same members
             run_cfg.merge_from_dict({'randomness.seed': plan.seed_of[run]})
+        if not write:
+            continue
         run_cfg.model = planned.model
         run_cfg.work_dir = plan.work(run)
         path, text = plan.config_path(run), run_cfg.pretty_text

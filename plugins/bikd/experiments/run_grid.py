@@ -15,6 +15,7 @@ finished table.
 """
 import json
 import os
+import shlex
 import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional
@@ -22,7 +23,7 @@ from typing import Dict, List, Optional
 from ..errors import UserError
 from ..fileio import save_csv, save_json, save_text
 from .grid import Grid, grid_table, load_grid, plot_grid
-from .jobs import JobBook, TrainJob, make_executor, parse_time, run_status
+from .jobs import JobBook, TrainJob, make_executor, parse_time, run_status, slurm_queue
 from .methods import select_methods
 from .plan import ConfigPlan, plan_config, reported_metrics, summaries_of
 from .report import report_config
@@ -42,19 +43,32 @@ class Launch:
     time: str = '24:00:00'
 
 
-def grid_plans(grid: Grid, out: str, opts: List[str], same_recipe: bool) -> Dict[str, ConfigPlan]:
-    """Each cell's plan (its runs: methods x seeds), in ``<out>/<cell>``."""
+def grid_plans(grid: Grid, out: str, opts: List[str], same_recipe: bool,
+               write: bool = True) -> Dict[str, ConfigPlan]:
+    """Each cell's plan (its runs: methods x seeds), in ``<out>/<cell>`` (``write``: the
+    runs' configs written, as a submission needs)."""
     return {cell.name: plan_config(cell.config, grid.methods, os.path.join(out, cell.name),
                                    [*grid.overrides, *cell.overrides, *opts], same_recipe,
-                                   grid.seeds)
+                                   grid.seeds, write=write)
             for cell in grid.cells}
 
 
-def grid_status(plans: Dict[str, ConfigPlan], book: JobBook) -> List[tuple]:
-    """(cell, run, seed, state, detail) of every run of a grid."""
-    return [(cell, run, plan.seed_of[run],
-             *run_status(plan.work(run), book.get(f'{cell}/{run}')))
-            for cell, plan in plans.items() for run in plan.runs]
+def grid_status(plans: Dict[str, ConfigPlan], book: JobBook,
+                last: Optional[Dict[tuple, str]] = None) -> List[tuple]:
+    """(cell, run, seed, state, detail) of every run of a grid, from one question to Slurm
+    for all its jobs. A run Slurm did not answer for is ``unknown``, with the state ``last``
+    (cell, run) -> state held for it at the previous look."""
+    records = {(cell, run): book.get(f'{cell}/{run}') for cell, plan in plans.items()
+               for run in plan.runs}
+    queue = slurm_queue([r['job_id'] for r in records.values()
+                         if r and r['launcher'] == 'slurm'])
+    rows = []
+    for (cell, run), record in records.items():
+        state, detail = run_status(plans[cell].work(run), record, queue)
+        if state == 'unknown' and (last or {}).get((cell, run)) not in (None, 'unknown'):
+            detail += f'; last seen {last[cell, run]}'
+        rows.append((cell, run, plans[cell].seed_of[run], state, detail))
+    return rows
 
 
 def print_status(rows: List[tuple]) -> None:
@@ -77,9 +91,14 @@ def check_inputs(grid: Grid, plans: Dict[str, ConfigPlan]) -> None:
                         + '\n  '.join(lines))
 
 
+#: the states of a run that submitting the grid (again) submits
+AGAIN = ('not submitted', 'failed', 'cancelled', 'timed out')
+
+
 def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
                 launch: 'Launch', out: str) -> List[tuple]:
-    """Submit every run that is not done, queued or running (a failed one again); with the
+    """Submit every run that is not done, queued or running (a failed, cancelled or timed-out
+    one again: it continues from its last checkpoint); with the
     local launcher, run them here one after another. Returns the jobs submitted."""
     executor = make_executor(launch.launcher, os.path.join(out, 'logs', '%j'),
                              launch.partition, launch.nodes, launch.gpus_per_node,
@@ -87,7 +106,7 @@ def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
                              launch.account)
     submitted = []
     for cell, run, _, state, _ in grid_status(plans, book):
-        if state not in ('not submitted', 'failed'):
+        if state not in AGAIN:
             continue
         plan = plans[cell]
         if launch.launcher == 'slurm':
@@ -96,7 +115,7 @@ def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
                                        launch.gpus_per_node))
         book.record(f'{cell}/{run}', launch.launcher, job.job_id,
                     os.path.join(out, 'logs', '%j'))
-        how = 'submitted' if state == 'not submitted' else 'failed before, submitted again'
+        how = 'submitted' if state == 'not submitted' else f'{state} before, submitted again'
         print(f'{cell} {run}: {how} as {launch.launcher} job {job.job_id}', flush=True)
         submitted.append((cell, run, job))
         if launch.launcher == 'local':  # one at a time: this machine's cores
@@ -109,16 +128,18 @@ def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
 
 
 def follow_grid(plans: Dict[str, ConfigPlan], book: JobBook, interval: float) -> List[tuple]:
-    """Print the status whenever it changes, until no run is pending or running."""
-    last = None
+    """Print the status whenever it changes, until no run is pending, running or unknown
+    (Slurm did not answer: asked again)."""
+    printed, known = None, {}
     while True:
-        rows = grid_status(plans, book)
-        states = [(c, r, s) for c, r, _, s, _ in rows]
-        if states != last:
+        rows = grid_status(plans, book, known)
+        states = {(c, r): s for c, r, _, s, _ in rows}
+        if states != printed:
             print(time.strftime('%H:%M:%S'), flush=True)
             print_status(rows)
-            last = states
-        if not any(s in ('pending', 'running') for _, _, _, s, _ in rows):
+            printed = states
+        known.update({k: s for k, s in states.items() if s != 'unknown'})
+        if not any(s in ('pending', 'running', 'unknown') for _, _, _, s, _ in rows):
             return rows
         time.sleep(interval)
 
@@ -161,18 +182,27 @@ def collect_grid(grid: Grid, plans: Dict[str, ConfigPlan], out: str) -> str:
     return '\n'.join(texts)
 
 
+def follow_up(path: str, out: str, opts: List[str], same_recipe: bool) -> str:
+    """The command that looks at this grid again: its file, its output folder and every
+    override and option it was given (a flag is added to it)."""
+    parts = ['python', 'tools/run_experiment.py', '--grid', path, '--output-dir', out]
+    parts += ['--same-recipe'] * bool(same_recipe) + list(opts)
+    return ' '.join(shlex.quote(str(p)) for p in parts)
+
+
 def run_grid(path: str, out: Optional[str] = None, opts: Optional[List[str]] = None,
              launch: Optional[Launch] = None, same_recipe: bool = False, wait: bool = False,
              poll: float = 30.0, status: bool = False, collect_only: bool = False) -> int:
     """A grid file from plan to table (the steps of the module's description): ``status``
     prints each run's state, ``collect_only`` writes the table of what is done; otherwise the
     runs not done are submitted (``launch``), followed where they run here or with ``wait``,
-    and collected. Returns how many runs failed (the command line then ends with exit status
-    1 and a line that says so)."""
+    and collected. Returns how many runs ended unfinished: failed, cancelled or timed out (the
+    command line then ends with exit status 1 and a line that says so)."""
     launch = launch or Launch()
     grid = load_grid(path)
     out = os.path.abspath(out or os.path.join('work_dirs', 'grids', grid.name))
-    plans = grid_plans(grid, out, list(opts or []), same_recipe)
+    plans = grid_plans(grid, out, list(opts or []), same_recipe,
+                       write=not (status or collect_only))
     book = JobBook(os.path.join(out, 'jobs.json'))
     n = sum(len(p.runs) for p in plans.values())
     print(f'{grid.title}: {len(plans)} config(s) x {len(grid.methods)} method(s) x '
@@ -183,13 +213,14 @@ def run_grid(path: str, out: Optional[str] = None, opts: Optional[List[str]] = N
     failed = []
     if not collect_only:
         check_inputs(grid, plans)
-        submit_grid(grid, plans, book, launch, out)
+        submitted = submit_grid(grid, plans, book, launch, out)
         if launch.launcher == 'slurm' and not wait:
-            print(f'submitted; follow with --status, collect with --collect (or wait with '
-                  f'--wait): python tools/run_experiment.py --grid {path} --status',
-                  flush=True)
+            again = follow_up(path, out, list(opts or []), same_recipe)
+            print(('submitted' if submitted else 'nothing to submit: every run is done, '
+                   'queued or running') + f'; follow with\n  {again} --status\ncollect with\n'
+                  f'  {again} --collect\nor wait and collect with --wait', flush=True)
             return 0
-        failed = [r for r in follow_grid(plans, book, poll) if r[3] == 'failed']
+        failed = [r for r in follow_grid(plans, book, poll) if r[3] in AGAIN]
     text = collect_grid(grid, plans, out)
     print('\n' + text)
     print(f'table: {out}/table.md, table.csv, table.json, table.png')
