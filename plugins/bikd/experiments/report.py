@@ -8,7 +8,7 @@ and the plots (``deltas.png``; from the Bi-KD run's log ``teacher_share.png`` an
 import json
 import os
 import textwrap
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 
@@ -101,10 +101,12 @@ def _scalars(work_dir: str) -> List[dict]:
 
 
 def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, out: str,
-          title: str = '') -> None:
-    """``deltas.png`` (each member's change per method, as the report's table gives it) and,
-    from the Bi-KD run's log, ``teacher_share.png`` and ``task_losses.png``; each says which
-    runs it shows (``title``: the experiment) and over how many seeds."""
+          title: str = '', paired: Sequence[dict] = ()) -> None:
+    """``deltas.png`` (the result first: each method minus its control per member, paired by
+    seed, with its 95% interval and verdict, from ``paired``; under it each member's change
+    per method, as the report's table gives it) and, from the Bi-KD run's log,
+    ``teacher_share.png`` and ``task_losses.png``; each says which runs it shows (``title``:
+    the experiment) and over how many seeds."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -112,7 +114,14 @@ def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, ou
     cols = columns(rows, runs)
     digits = metric_digits(r['before'] for r in rows)
     seeds = max(r.get('n', 1) for r in rows)
-    fig, ax = plt.subplots(figsize=(max(5.0, 2 + 0.7 * len(names) * len(cols)), 3.8))
+    width_in = max(7.5, 2 + 0.8 * len(names) * len(cols))
+    if paired:
+        fig, (top, ax) = plt.subplots(2, 1, figsize=(width_in, 1.6 + 0.6 * len(paired) + 4.0),
+                                      gridspec_kw=dict(height_ratios=[
+                                          0.6 + 0.6 * len(paired), 3.4]), layout='constrained')
+        _paired_panel(top, paired, digits, rows[0]['metric'], title)
+    else:
+        fig, ax = plt.subplots(figsize=(width_in, 4.2), layout='constrained')
     width = 0.8 / len(cols)
     for i, (label, cells) in enumerate(cols):
         xs = [k + i * width for k, m in enumerate(names) if m in cells]
@@ -123,11 +132,11 @@ def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, ou
     ax.axhline(0, color='black', lw=0.8)
     ax.set_xticks([k + 0.4 - width / 2 for k in range(len(names))], names)
     ax.set_ylabel(f'change of {rows[0]["metric"]}')
-    ax.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0), frameon=False)
-    ax.set_title(textwrap.fill(f'{title}: change of each member, per method, '
-                               + (f'mean ± sd over {seeds} seeds' if seeds > 1 else 'one seed'),
-                               60), fontsize=9)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.08), ncol=len(cols),
+              frameon=False)
+    ax.set_title(textwrap.fill(('' if paired else f'{title}: ') + 'change of each member, per '
+                               'method, ' + (f'mean ± sd over {seeds} seeds' if seeds > 1 else
+                                             'one seed'), 80), fontsize=9)
     save_figure(fig, os.path.join(out, 'deltas.png'))
     if not bikd_dir or not os.path.isdir(bikd_dir):
         return
@@ -159,6 +168,37 @@ def plots(rows: List[dict], names: List[str], runs: List[str], bikd_dir: str, ou
         save_figure(fig, os.path.join(out, name))
 
 
+def _paired_panel(ax, paired: Sequence[dict], digits: int, metric: str, title: str) -> None:
+    """Each (member, method) a row: the mean of the per-seed differences method - control of
+    the member's change, its 95% interval (none with one seed) and the verdict beside it."""
+    ys = list(range(len(paired)))[::-1]
+    labels = []
+    for y, r in zip(ys, paired):
+        verdict = r['verdict'].split(':')[0].split(' (')[0]
+        color = {'better': 'tab:green', 'worse': 'tab:red'}.get(verdict, 'tab:gray')
+        if r.get('low') is not None:
+            ax.errorbar(r['mean'], y, xerr=[[r['mean'] - r['low']], [r['high'] - r['mean']]],
+                        fmt='o', color=color, capsize=4)
+            shown = f'{r["mean"]:+.{digits}f} [{r["low"]:+.{digits}f}, {r["high"]:+.{digits}f}]'
+        else:
+            ax.plot([r['mean']], [y], 'o', color=color)
+            shown = f'{r["mean"]:+.{digits}f}'
+        labels.append((f'{r["member"]}: {r["method"]} - {r["control"]}\n{shown} {verdict}',
+                       color))
+    ax.axvline(0, color='black', lw=0.8)
+    ax.set_yticks(ys, [text for text, _ in labels], fontsize=8)
+    for tick, (_, color) in zip(ax.get_yticklabels(), labels):
+        tick.set_color(color)
+    ax.set_ylim(-0.7, len(paired) - 0.3)
+    ax.set_xlabel(f'change of {metric} under the method minus under its control (points)',
+                  fontsize=8)
+    n = len(paired[0].get('seeds') or [None])
+    ax.figure.suptitle(textwrap.fill(
+        f'{title}: each method minus its control, paired by seed: ' +
+        (f'mean and 95% interval over {n} seeds' if n > 1 else
+         'one seed (no interval: --seeds N gives one)'), 90), fontsize=10)
+
+
 def report_config(plan: ConfigPlan, quiet: bool = False):
     """The report of a config whose runs are all done (report.md, .csv, .json, plots in its
     folder); returns the report's rows (averaged over seeds), the member names and the run
@@ -169,6 +209,7 @@ def report_config(plan: ConfigPlan, quiet: bool = False):
     order = list(plan.planned)
     report = markdown(rows, plan.names, order, f'{plan.stem}: {", ".join(plan.classes)}')
     comparison, paired = against_controls(per_seed, order, plan.classes)
+    primary_paired = list(paired)
     primary = per_seed[0]['metric'] if per_seed else ''
     known = reported_metrics(plan, summaries)
     for metric in (m for m in plan.metrics if m != primary):  # every metric asked for
@@ -195,7 +236,8 @@ def report_config(plan: ConfigPlan, quiet: bool = False):
                    mean_rows=rows, work_dirs={r: plan.work(r) for r in runs},
                    against_controls=comparison, paired=paired, recipes=plan.recipe_of),
               os.path.join(out, 'report.json'))
-    plots(rows, plan.names, order, plan.work(bikd_run) if bikd_run else '', out, plan.stem)
+    plots(rows, plan.names, order, plan.work(bikd_run) if bikd_run else '', out, plan.stem,
+          primary_paired)
     if not quiet:  # the report as text: without the Markdown fences around the comparison
         print('\n' + '\n'.join(line for line in report.splitlines() if line != '```'))
         print(f'report: {out}/report.md, report.csv, deltas.png')
