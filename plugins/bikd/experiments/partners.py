@@ -188,26 +188,47 @@ def write_config(path: str, base: str, members: List[dict]) -> None:
 
 
 def plot(rows: List[dict], target: str, path: str) -> None:
+    """``partners.png``: per candidate (best first, from the top) what it could teach the
+    target (the samples it gets right where the target is wrong, in green) beside what it
+    gets wrong where the target is right (grey: the target teaches those), and what their
+    ensemble gains over the target alone; every bar carries its value, so that one
+    candidate reads as well as twenty."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     names = [r['candidate'] for r in rows][::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 0.5 * len(rows) + 1.5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.55 * len(rows) + 2.4), sharey=True,
+                             layout='constrained')
     y = np.arange(len(rows))
-    axes[0].barh(y, [100 * r['adds'] for r in rows][::-1], color='C2', label='adds')
+    adds = [100 * r['adds'] for r in rows][::-1]
+    bars = axes[0].barh(y, adds, height=0.5, color='tab:green',
+                        label=f'right where {target} is wrong: it can teach these')
+    axes[0].bar_label(bars, fmt='+%.1f%%', fontsize=8, padding=2)
     if 'takes' in rows[0]:
-        axes[0].barh(y, [-100 * r['takes'] for r in rows][::-1], color='C3', label='takes')
-        axes[0].set_xlabel(f'% of samples: right where {target} is wrong (+) / the reverse (-)')
+        takes = [-100 * r['takes'] for r in rows][::-1]
+        bars = axes[0].barh(y, takes, height=0.5, color='tab:gray',
+                            label=f'wrong where {target} is right: {target} teaches these')
+        axes[0].bar_label(bars, labels=[f'{-t:.1f}%' for t in takes], fontsize=8, padding=2)
+        axes[0].set_xlabel('% of the split\'s samples')
+        reach = max(max(adds), -min(takes), 1e-3) * 1.35
+        axes[0].set_xlim(-reach, reach)
     else:
         axes[0].set_xlabel(f'% of samples with a lower loss than {target}')
+        axes[0].set_xlim(0, max(max(adds), 1e-3) * 1.35)
     axes[0].axvline(0, color='black', lw=0.8)
-    axes[1].barh(y, [r['gap'] for r in rows][::-1], color='C0')
-    axes[1].set_xlabel(f'ensemble with {target} - {target} ({rows[0]["metric"]})')
+    fig.legend(fontsize=8, loc='outside lower left', frameon=False)
+    gaps = [r['gap'] for r in rows][::-1]
+    bars = axes[1].barh(y, gaps, height=0.5,
+                        color=['tab:green' if g > 0 else 'tab:red' for g in gaps])
+    axes[1].bar_label(bars, fmt='%+.2f', fontsize=8, padding=2)
+    reach = max(max(abs(g) for g in gaps), 1e-3) * 1.35
+    axes[1].set_xlim(min(0.0, min(gaps) * 1.35), max(0.0, max(gaps)) + reach * 0.3 or reach)
+    axes[1].axvline(0, color='black', lw=0.8)
+    axes[1].set_xlabel(f'{rows[0]["metric"]} of the ensemble with {target} minus {target}\'s')
     axes[0].set_yticks(y, names)
-    fig.suptitle(f'partners for {target} (best first)')
-    fig.tight_layout()
+    axes[0].set_ylim(-0.6, len(rows) - 0.4)
+    fig.suptitle(f'partners for {target}, best first')
     save_figure(fig, path)
-
 
 
 def table(rows: List[dict], target: str, split: str) -> List[str]:
