@@ -25,6 +25,7 @@ and verdict, and the paper's number beside; cells that are not finished are mark
 dropped.
 """
 import os
+import textwrap
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -260,15 +261,19 @@ def grid_table(grid: Grid, cells: Dict[str, dict], controls: Dict[str, str],
     return '\n'.join(lines + markdown_table(head, body, text_columns=2)) + '\n', records
 
 
-def plot_grid(grid: Grid, records: Sequence[dict], path: str) -> None:
+def plot_grid(grid: Grid, records: Sequence[dict], path: str,
+              runs: Optional[Dict[str, Dict[str, dict]]] = None) -> None:
     """Each member's mean per method (error bars: sd over seeds; pale: not finished), the
-    paper's number as a black mark on its bar; one group of bars per (cell, member)."""
+    paper's number as a black mark on its bar; the members of a cell side by side under the
+    cell's name. A slot without a bar says why: not finished (runs done of planned, from
+    ``runs``: cell -> method -> counts) or not applicable."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     shown = [r for r in records if 'values' in r]
     groups = list(dict.fromkeys((r['cell'], r['member']) for r in shown))
-    fig, ax = plt.subplots(figsize=(2 + 0.5 * len(groups) * len(grid.methods), 4))
+    fig, ax = plt.subplots(figsize=(max(7.0, 2 + 0.45 * len(groups) * len(grid.methods)), 4.6),
+                           layout='constrained')
     width = 0.8 / len(grid.methods)
     labelled = set()
     for i, method in enumerate(grid.methods):
@@ -284,20 +289,37 @@ def plot_grid(grid: Grid, records: Sequence[dict], path: str) -> None:
                        alpha=1.0 if r['finished'] else 0.4,
                        label=None if method in labelled else method)
                 labelled.add(method)
+            else:  # an empty slot says why
+                count = ((runs or {}).get(r['cell']) or {}).get(method) or {}
+                why = (f'not finished ({count.get("done", 0)}/{count["planned"]})'
+                       if not r['finished'] and count.get('planned') else
+                       'not finished' if not r['finished'] else 'not applicable')
+                ax.text(x, 0, ' ' + why, rotation=90, ha='center', va='bottom', fontsize=7,
+                        color=f'C{i}')
             if r['paper'] is not None:
                 ax.plot([x - width / 2, x + width / 2], [r['paper']] * 2, color='black', lw=2,
                         label=None if 'paper' in labelled else "the paper's number")
                 labelled.add('paper')
     ax.axhline(0, color='grey', lw=0.8)
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))],
-                  [f'{c}\n{m}' for c, m in groups], fontsize=6, rotation=60, ha='right')
+    ax.set_xlim(-width, len(groups) - 0.2)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(groups))], [m for _, m in groups],
+                  fontsize=8)
+    cells = list(dict.fromkeys(c for c, _ in groups))
+    for cell in cells:  # the cell's name under its members, a line between cells
+        ks = [k for k, (c, _) in enumerate(groups) if c == cell]
+        ax.annotate(cell, ((ks[0] + ks[-1]) / 2 + 0.4 - width / 2, 0), xytext=(0, -24),
+                    xycoords=('data', 'axes fraction'), textcoords='offset points',
+                    ha='center', va='top', fontsize=8, annotation_clip=False)
+        if ks[0]:
+            ax.axvline(ks[0] - 0.1 - width / 2, color='lightgrey', lw=0.8, ls='--')
     metric = next((r['metric'] for r in shown), '')
     ax.set_ylabel(f'change of {metric}' if grid.paper_reports == 'delta'
                   else f'{metric} after training')
-    ax.set_title(grid.title[:90], fontsize=9)
+    seeds = len(grid.seeds or [None])
+    ax.set_title(textwrap.fill(f'{grid.title}: mean ± sd over {seeds} seed(s)', 90),
+                 fontsize=9)
     if labelled:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+        fig.legend(fontsize=8, loc='outside right upper', frameon=False)
     save_figure(fig, path)
 
 

@@ -174,7 +174,8 @@ def collect_grid(grid: Grid, plans: Dict[str, ConfigPlan], out: str) -> str:
         save_csv([dict(r, values=json.dumps(r.get('values')),
                        difference=json.dumps(r.get('difference'))) for r in records],
                  os.path.join(out, f'table{suffix}.csv'))
-        plot_grid(grid, records, os.path.join(out, f'table{suffix}.png'))
+        plot_grid(grid, records, os.path.join(out, f'table{suffix}.png'),
+                  {cell: info['runs'] for cell, info in cells.items()})
         texts.append(text)
         everything += records
     save_json(dict(grid=grid.path, title=grid.title, records=everything),
