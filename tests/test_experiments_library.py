@@ -223,3 +223,30 @@ def test_missing_inputs_names_each_missing_path_by_its_key_and_member(tmp_path):
         f'load_from: no file {tmp_path}/run/epoch_1.pth']
     cfg.model.random_init = True  # nothing of the members' is read
     assert len(missing_inputs(cfg)) == 2
+
+
+def test_the_headline_ends_with_a_reading_that_follows_from_the_verdicts():
+    """The result a tool prints last: the comparison's lines, then a paragraph whose every
+    sentence follows from the intervals (better / worse / no measurable difference / the same
+    on every seed / one seed)."""
+    from bikd.experiments.report import headline, reading
+    from bikd.experiments.stats import paired_difference
+
+    def record(member, diffs):
+        return dict(member=member, method='bikd', control='independent',
+                    seeds=list(range(len(diffs))), **paired_difference(diffs))
+    paired = [record('a', [1.0, 1.2, 0.9]), record('b', [-1.0, -1.1, -0.8]),
+              record('c', [0.5, -0.4, 0.1]), record('d', [0.25, 0.25, 0.25])]
+    assert [r['verdict'].split(':')[0] for r in paired] == [
+        'better', 'worse', 'no measurable difference', 'the same on all 3 seeds']
+    text = reading(paired)
+    assert 'Better than fine-tuning alone: a (bikd)' in text
+    assert 'Worse than fine-tuning alone: b (bikd)' in text
+    assert 'No measurable difference for c (bikd)' in text
+    assert 'The same difference on every seed for d (bikd)' in text
+    assert '(3 seeds)' in text
+    assert 'no verdict' in reading([record('a', [1.0])])
+    block = headline(['bikd vs independent ...'], paired).splitlines()
+    assert block[0] == block[-1] == '=' * 78 and block[1:3] == ['RESULT',
+                                                                 'bikd vs independent ...']
+    assert headline([], []) == ''

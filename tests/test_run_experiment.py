@@ -231,6 +231,12 @@ def test_seeds_give_a_paired_difference_with_its_t_interval(digits_root, tmp_pat
     bikd = [float(r['after']) for r in rows if r['method'] == 'bikd' and r['member'] == 'resnet']
     assert len(set(bikd)) > 1
     assert '± ' in (out / 'report.md').read_text() and (out / 'deltas.png').stat().st_size > 0
+    # the result is what the terminal ends with: the paired comparison and its reading
+    last = proc.stdout.rstrip().splitlines()
+    start = len(last) - 1 - last[::-1].index('RESULT')
+    assert last[-1] == last[start - 1] == '=' * 78 and 'How to read this' in '\n'.join(
+        last[start:]) and all(f'[{r["low"]:+.2f}' in '\n'.join(last[start:])
+                              for r in report['paired'])
     assert 'done before' in run_tool(*args).stdout  # finished seeds are reused
 
 

@@ -30,7 +30,6 @@ is the command a user would type (tools/train_net.py, tools/export_members.py,
 tools/run_experiment.py).
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -125,26 +124,6 @@ def pretrain_members(task: dict, force: bool, data: list, out: str, configs: str
     return True
 
 
-def print_summaries(task: dict, out: str) -> None:
-    """Each method's table of the finished experiment (the first seed's)."""
-    from bikd.summary import format_metrics, format_table
-    with open(os.path.join(ROOT, out, 'report.json')) as f:
-        report = json.load(f)
-    print('\n' + '=' * 72)
-    seeds = report['seeds'] or []
-    for name, work in report['work_dirs'].items():
-        if len(seeds) > 1 and not name.endswith(f'.seed{seeds[0]}'):
-            continue  # one table per method: the first seed's
-        with open(os.path.join(work, 'summary.json')) as f:
-            summary = json.load(f)
-        print(format_table(summary, f'{summary["method"]} '
-                                    f'({os.path.relpath(work, ROOT)}/summary.json)'))
-        if task.get('metrics'):
-            print(format_metrics(summary, task['metrics']))
-        print()
-    print(f'the comparison with the control is above; plot: {out}/deltas.png')
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,10 +157,9 @@ def main(argv=None):
         cmd += ['--config-file', cfg]
     # the configs start from the members in checkpoints/<task>/; a demo run keeps its last
     # checkpoint only (what export and --resume need), not the one before it as well
-    run(cmd + data + ['default_hooks.checkpoint.max_keep_ckpts=1'])
-    if len(task['experiment']) == 1:
-        print_summaries(task, out)
-    print(f'demo finished in {time.time() - start:.0f} s')
+    run(cmd + data + ['default_hooks.checkpoint.max_keep_ckpts=1'])  # (its result last)
+    print(f'demo finished in {time.time() - start:.0f} s; each run\'s own table: '
+          f'{out}/runs/<run>/summary.json and its log')
     return 0
 
 
