@@ -296,6 +296,13 @@ test_cfg: {{type: TestLoop}}
         exported = torch.load(out / f'{member}.pth', weights_only=True)
         assert kept.keys() == exported.keys()  # best/ holds the export's native payload
         assert all(torch.equal(exported[k], kept[k]) for k in exported), member
+    # the last weights are not written over the best ones (one folder per choice)
+    refused = run_tool('export_members.py', '--config-file', config, '--output-dir', out,
+                       f'work_dir={work}', 'model.random_init=true', expect_ok=False)
+    assert refused.returncode == 2 and f"{out} holds the 'best top1' weights of resnet, " \
+        'convnext' in refused.stdout, refused.stdout[-2000:]
+    with open(out / 'members.json') as f:
+        assert [e['which'] for e in json.load(f)['members']] == ['best top1'] * 2
     # a best file is a member's checkpoint: evaluated as such, it scores its recorded best
     evaluated = tmp_path / 'best_as_members'
     run_tool('train_net.py', '--config-file', config, '--eval-only',

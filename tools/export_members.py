@@ -9,7 +9,9 @@
 last one of the config's work_dir. ``--which best`` exports each member's best weights of the
 run (``<work_dir>/best/``, chosen at the evaluations on the validation split) for --metric
 (default: the evaluator's primary metric, e.g. top1, mIoU, CC; saliency runs also keep the
-best by validation ``loss``). Without --output-dir, files go to <work_dir>/export.
+best by validation ``loss``). Without --output-dir, files go to <work_dir>/export (the last
+weights) or <work_dir>/export_best_<metric>; a folder that holds the other choice of the same
+members' weights is refused, not overwritten.
 """
 import os.path as osp
 import sys
@@ -31,7 +33,7 @@ def export(args) -> None:
     if note:
         print(note)
     model = load_trained(args.config_file, ckpt, args.opts)
-    source = osp.abspath(ckpt)
+    source, which = osp.abspath(ckpt), 'last'
     if args.which == 'best':
         from bikd.engine.best import load_best_members
         from mmengine.registry import METRICS
@@ -39,9 +41,12 @@ def export(args) -> None:
         iterations = load_best_members(model, work_dir, metric)
         source = f'best {metric} of {osp.abspath(work_dir)}: ' + ', '.join(
             f'{name} iteration {it}' for name, it in iterations.items())
-    out_dir = args.output_dir or osp.join(work_dir, 'export')
+        which = f'best {metric}'
+    # one folder per choice of weights: the last ones, and the best ones per metric
+    out_dir = args.output_dir or osp.join(work_dir, 'export' if which == 'last' else
+                                          f'export_best_{which.split()[1]}')
     for info in export_members(model, out_dir, source=source,
-                               evaluated_with=evaluation_data(cfg)):
+                               evaluated_with=evaluation_data(cfg), which=which):
         print(f'{info["member"]}: {osp.join(out_dir, info.get("checkpoint", ""))}')
     print(f'exported {len(model.members)} member(s) ({source}) to {out_dir}')
 
@@ -49,7 +54,8 @@ def export(args) -> None:
 def main(argv=None):
     parser = config_parser(__doc__)
     parser.add_argument('--checkpoint', help='runner checkpoint (default: last in work_dir)')
-    parser.add_argument('--output-dir', help='default: <work_dir>/export')
+    parser.add_argument('--output-dir', help='default: <work_dir>/export, or '
+                                             '<work_dir>/export_best_<metric> with --which best')
     parser.add_argument('--which', choices=['last', 'best'], default='last',
                         help="the run's last weights, or each member's best")
     parser.add_argument('--metric', help='with --which best: the selection metric (default: '

@@ -4,6 +4,7 @@ import os
 from typing import Dict, List, Optional, Sequence
 
 from ..checkpoint import check_checkpoint_fits, load_into, load_weights_file
+from ..errors import UserError
 from ..fileio import failures_named, save_json
 from ..members.loading import take_weights
 
@@ -38,13 +39,26 @@ def evaluation_data(cfg) -> Optional[dict]:
 
 
 def export_members(model, out_dir: str, source: str = '',
-                   evaluated_with: Optional[dict] = None) -> List[Dict]:
+                   evaluated_with: Optional[dict] = None, which: str = '') -> List[Dict]:
     """Call each member's ``export`` into ``out_dir`` (files named after the member) and
-    list them in ``out_dir/members.json``, each with the checkpoint it came from (``source``).
+    list them in ``out_dir/members.json``, each with the checkpoint it came from (``source``)
+    and, given ``which`` (``last``, ``best top1``), which of the run's weights they are.
     ``evaluated_with`` (the config's validation dataset and its transform: what the member
     was given before its own resizing and normalisation, so what its reported numbers came
     from) is added to each member's JSON. Members exported there before by other runs stay
-    listed; a member exported again replaces its entry. Returns this export's descriptions."""
+    listed; a member exported again replaces its entry, unless it was another ``which`` of
+    weights: that is refused before anything is written (one folder per choice of weights).
+    Returns this export's descriptions."""
+    listing = os.path.join(out_dir, 'members.json')
+    earlier = _listed(listing)
+    names = {member.name for member in model.members}
+    clash = [e for e in earlier if e.get('member') in names and which and
+             e.get('which', which) != which]
+    if clash:
+        raise UserError(f'{out_dir} holds the {clash[0]["which"]!r} weights of '
+                        f'{", ".join(e["member"] for e in clash)} ({clash[0].get("source")}); '
+                        f'exporting the {which!r} ones there would replace them: give another '
+                        '--output-dir')
     with failures_named(os.path.abspath(out_dir)):
         os.makedirs(out_dir, exist_ok=True)
     infos = []
@@ -53,16 +67,22 @@ def export_members(model, out_dir: str, source: str = '',
         info = member.export(out_dir, member.name)
         info.setdefault('member', member.name)
         info.setdefault('source', source)
+        if which:
+            info['which'] = which
         infos.append(info)
-    listing = os.path.join(out_dir, 'members.json')
-    earlier = []
-    if os.path.isfile(listing):
-        try:
-            with open(listing) as f:
-                earlier = list(json.load(f).get('members', []))
-        except (ValueError, AttributeError, TypeError):
-            earlier = []  # not a listing of ours: written anew
-    names = {i['member'] for i in infos}
-    kept = [e for e in earlier if isinstance(e, dict) and e.get('member') not in names]
+    kept = [e for e in earlier if e.get('member') not in names]
     save_json(dict(source=source, members=kept + infos), listing)
     return infos
+
+
+def _listed(listing: str) -> List[dict]:
+    """The entries of an export folder's ``members.json`` (none for a file that is not one of
+    ours: it is written anew)."""
+    if not os.path.isfile(listing):
+        return []
+    try:
+        with open(listing) as f:
+            entries = list(json.load(f).get('members', []))
+    except (ValueError, AttributeError, TypeError):
+        return []
+    return [e for e in entries if isinstance(e, dict)]
