@@ -191,3 +191,8 @@ def test_a_model_takes_its_members_weights_in_one_step(tmp_path):
     # a runner checkpoint that will load every member: nothing is read either
     model = MODELS.build(dict(type='BiKDMetaArch', members=members))
     assert take_weights(model, 'run.pth')['a'] == 'the checkpoint run.pth'
+    # a member's file that is not there: the error names the member and its config key
+    model = MODELS.build(dict(type='BiKDMetaArch', members=members))
+    with pytest.raises(FileNotFoundError, match=r"^model\.members\.0\.checkpoint \(member "
+                                                r"'a'\): checkpoint file not found: "):
+        take_weights(model)

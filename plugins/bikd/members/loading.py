@@ -21,6 +21,7 @@ from typing import Dict, List, Optional
 
 from torch import nn
 
+from ..errors import UserError, error_message
 from .base import RANDOM, Member
 
 #: where the members of a model built with ``random_init`` have their weights from
@@ -32,17 +33,26 @@ def members_of(model: nn.Module) -> List[Member]:
     return list(model.members)
 
 
-def take_weights(model: nn.Module, checkpoint: Optional[str] = None) -> Dict[str, str]:
+def take_weights(model: nn.Module, checkpoint: Optional[str] = None,
+                 config_key: str = 'model.members') -> Dict[str, str]:
     """Give every member of ``model`` its weights (see the module's description); returns
-    member -> where its weights come from."""
+    member -> where its weights come from. A member's file that is missing or does not load
+    is an error that names the member and its config key (``<config_key>.<i>.checkpoint``)."""
     members = members_of(model)
-    for m in members:
+    for i, m in enumerate(members):
         if checkpoint:
             m.weights_from = f'the checkpoint {checkpoint}'
         elif getattr(model, 'random_init', False):
             m.weights_from = RANDOM_INIT
         else:
-            m.take_weights()
+            try:
+                m.take_weights()
+            except (UserError, FileNotFoundError) as e:
+                key = f'{config_key}.{i}.{"checkpoint" if m.checkpoint else "pretrained"}'
+                named = f'member {m.name!r}' in str(e)
+                message = f'{key}{"" if named else f" (member {m.name!r})"}: {error_message(e)}'
+                raise (FileNotFoundError if isinstance(e, FileNotFoundError) else UserError)(
+                    message) from e
     by_name = {m.name: m for m in members}
     trained = {id(m) for m in members}
     for copy in model.modules():
