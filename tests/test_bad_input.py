@@ -84,6 +84,21 @@ def test_missing_checkpoint_file_is_named(tmp_path):
                    checkpoint=str(tmp_path / 'nothere.pth')).take_weights()
 
 
+def test_a_misspelt_config_file_is_named_with_the_nearest_ones(monkeypatch):
+    """A misspelt file name or folder: the error suggests the shipped configs it is near;
+    nothing is suggested for a name near none."""
+    from bikd.engine.config import check_config_path
+    monkeypatch.chdir(ROOT)
+    for typo in ('configs/digits/resnet_convnxt_bikd.yaml',
+                 'configs/digit/resnet_convnext_bikd.yaml'):
+        with pytest.raises(FileNotFoundError, match=rf'config file not found: {typo}; did you '
+                                                    r'mean configs/digits/resnet_convnext_bikd'
+                                                    r'\.yaml\b'):
+            check_config_path(typo)
+    with pytest.raises(FileNotFoundError, match=r'not found: configs/digits/zzz\.yaml$'):
+        check_config_path('configs/digits/zzz.yaml')
+
+
 def test_train_net_reports_missing_data_folder(tmp_path):
     proc = run_tool('train_net.py', '--config-file',
                     os.path.join(ROOT, 'configs/digits/resnet_convnext_bikd.yaml'),

@@ -2,10 +2,11 @@
 
 YAML files are parsed with a safe loader (no Python objects can be constructed from a
 config). The shipped configs are plain YAML, which mmengine's ``Config.fromfile`` reads too;
-this loader adds reading ``1e-5`` as a number (YAML 1.2), a transform's ``scale: [W, H]`` as the
-tuple mmcv requires, and the tag ``!tuple`` for other arguments that must be tuples. ``_base_`` entries are YAML files
-relative to the including file, or mmengine config references such as ``mmseg::mask2former/...py`` (configs shipped inside an installed package),
-which mmengine reads. Code is imported from a config only through its explicit
+this loader adds reading ``1e-5`` as a number (YAML 1.2), a transform's ``scale: [W, H]`` as
+the tuple mmcv requires, and the tag ``!tuple`` for other arguments that must be tuples.
+``_base_`` entries are YAML files relative to the including file, or mmengine config
+references such as ``mmseg::mask2former/...py`` (configs shipped inside an installed
+package), which mmengine reads. Code is imported from a config only through its explicit
 ``custom_imports`` list.
 """
 import difflib
@@ -51,11 +52,38 @@ def check_config_path(path: str) -> None:
         raise IsADirectoryError(f'--config-file {path} is a folder; name a config file in it '
                                 '(.yaml)')
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'config file not found: {path}')
+        raise FileNotFoundError(f'config file not found: {path}{near_configs(path)}')
     if not path.endswith(YAML_SUFFIXES + OTHER_SUFFIXES):
         raise UserError(f'config file {path}: {os.path.splitext(path)[1] or "no suffix"} is '
                         f'not a config\'s suffix ({", ".join(YAML_SUFFIXES + OTHER_SUFFIXES)}); '
                         'is it misspelt?')
+
+
+def near_configs(path: str) -> str:
+    """``; did you mean ...?`` with the config files whose paths are closest to a missing
+    ``path`` (in its folder, or under its nearest folder that exists, for a misspelt folder),
+    or ''."""
+    top = os.path.dirname(path) or '.'
+    while not os.path.isdir(top) and top not in ('', os.sep):
+        top = os.path.dirname(top) or '.'
+    if not os.path.isdir(top):
+        return ''
+    found = []
+    for parent, dirs, files in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d not in (
+            'work_dirs', 'node_modules', '__pycache__'))
+        found += [os.path.join(parent, f) for f in files if f.endswith(YAML_SUFFIXES)]
+        if len(found) > 5000:
+            break
+    def likeness(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    want = os.path.normpath(path)
+    scored = sorted(((likeness(os.path.basename(want), os.path.basename(f)),
+                      likeness(os.path.dirname(want), os.path.dirname(os.path.normpath(f))), f)
+                     for f in found), reverse=True)
+    close = [f for name, folder, f in scored if name >= 0.85 and folder >= 0.8][:2]
+    return f'; did you mean {" or ".join(close)}?' if close else ''
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
