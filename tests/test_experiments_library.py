@@ -250,3 +250,14 @@ def test_the_headline_ends_with_a_reading_that_follows_from_the_verdicts():
     assert block[0] == block[-1] == '=' * 78 and block[1:3] == ['RESULT',
                                                                  'bikd vs independent ...']
     assert headline([], []) == ''
+
+
+def test_the_time_limit_requeues_are_the_users_to_set(tmp_path):
+    """--timeout-requeues reaches submitit's executor (its own default is 3); a negative
+    number is an input error."""
+    from bikd.errors import UserError
+    from bikd.experiments.jobs import make_executor
+    assert make_executor('slurm', str(tmp_path), timeout_requeues=7).max_num_timeout == 7
+    assert make_executor('slurm', str(tmp_path)).max_num_timeout == 3
+    with pytest.raises(UserError, match='--timeout-requeues must be 0 or more'):
+        make_executor('slurm', str(tmp_path), timeout_requeues=-1)

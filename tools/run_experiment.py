@@ -64,7 +64,8 @@ def grid_main(args) -> None:
     Runs that did not finish end it with exit status 1."""
     failed = run_grid(args.grid, args.output_dir, args.opts,
                       Launch(args.launcher, args.partition, args.account, args.nodes,
-                             args.gpus_per_node, args.cpus_per_task, args.mem, args.time),
+                             args.gpus_per_node, args.cpus_per_task, args.mem, args.time,
+                             args.timeout_requeues),
                       args.same_recipe, args.wait, args.poll, args.status, args.collect)
     if failed:
         raise ToolExit(f'{failed} run(s) of the grid did not finish (failed, cancelled or timed '
@@ -114,6 +115,10 @@ def make_parser():
     grid.add_argument('--time', default='24:00:00',
                       help='time limit of a job ([D-]HH:MM[:SS] or minutes); a job stopped '
                            'by it is requeued and resumes')
+    grid.add_argument('--timeout-requeues', type=int, default=3,
+                      help='how many times a job stopped by its time limit is requeued before '
+                           'it ends as "timed out" (submitit\'s limit; preemptions are not '
+                           'counted); submitting the grid again continues it')
     parser.add_argument('--methods', default='',
                         help='comma-separated methods (default: every registered method: '
                              'bikd,kldp,kd,dml,independent and any the config registers)')

@@ -151,9 +151,11 @@ def parse_time(text: str) -> int:
 def make_executor(launcher: str, folder: str, partition: Optional[str] = None,
                   nodes: int = 1, gpus_per_node: int = 0, cpus_per_task: Optional[int] = None,
                   time_min: int = 1440, mem: Optional[str] = None,
-                  account: Optional[str] = None):
+                  account: Optional[str] = None, timeout_requeues: int = 3):
     """submitit's executor for ``launcher``: Slurm jobs submitted requeueable (``--requeue``),
-    one task per node; or this machine's processes."""
+    one task per node, each requeued at most ``timeout_requeues`` times after reaching its
+    time limit (submitit's ``max_num_timeout``; preemptions are not counted); or this
+    machine's processes."""
     if launcher not in LAUNCHERS:
         raise UserError(f'--launcher must be one of {LAUNCHERS}, got {launcher!r}')
     import submitit
@@ -163,7 +165,9 @@ def make_executor(launcher: str, folder: str, partition: Optional[str] = None,
         executor = submitit.LocalExecutor(folder=folder)
         executor.update_parameters(timeout_min=time_min, gpus_per_node=gpus_per_node)
         return executor
-    executor = submitit.SlurmExecutor(folder=folder)
+    if timeout_requeues < 0:
+        raise UserError(f'--timeout-requeues must be 0 or more, got {timeout_requeues}')
+    executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=timeout_requeues)
     params = dict(nodes=nodes, ntasks_per_node=1, time=time_min,
                   additional_parameters=dict(requeue=True))
     if partition:

@@ -41,6 +41,8 @@ class Launch:
     cpus_per_task: Optional[int] = None
     mem: Optional[str] = None
     time: str = '24:00:00'
+    #: times a job stopped at its time limit is requeued (then it ends as 'timed out')
+    timeout_requeues: int = 3
 
 
 def grid_plans(grid: Grid, out: str, opts: List[str], same_recipe: bool,
@@ -103,7 +105,7 @@ def submit_grid(grid: Grid, plans: Dict[str, ConfigPlan], book: JobBook,
     executor = make_executor(launch.launcher, os.path.join(out, 'logs', '%j'),
                              launch.partition, launch.nodes, launch.gpus_per_node,
                              launch.cpus_per_task, parse_time(launch.time), launch.mem,
-                             launch.account)
+                             launch.account, launch.timeout_requeues)
     submitted = []
     for cell, run, _, state, _ in grid_status(plans, book):
         if state not in AGAIN:
