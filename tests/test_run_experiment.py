@@ -191,43 +191,43 @@ def test_kldp_trains_with_its_own_recipe_unless_asked_for_the_same(experiment, d
 
 
 def test_seeds_give_a_paired_difference_with_its_t_interval(digits_root, tmp_path):
-    """Three seeds of Bi-KD and the control: the report's paired difference is the mean of
+    """Two seeds of Bi-KD and the control: the report's paired difference is the mean of
     the per-seed differences, its interval Student's t at 95%, and the verdict follows from
     the interval."""
     from scipy import stats
     out = tmp_path / 'seeds'
     args = ['run_experiment.py', '--config-file', CONFIG, '--output-dir', out, '--methods',
-            'bikd,independent', '--seeds', '3', *digits_overrides(digits_root, out / 'ignored'),
+            'bikd,independent', '--seeds', '2', *digits_overrides(digits_root, out / 'ignored'),
             'train_cfg.max_epochs=1', 'train_cfg.val_interval=1', 'train_dataloader.batch_size=128']
     proc = run_tool(*args)
     assert sorted(os.listdir(out / 'runs')) == sorted(
-        f'{m}.seed{s}' for m in ('bikd', 'independent') for s in (0, 1, 2))
+        f'{m}.seed{s}' for m in ('bikd', 'independent') for s in (0, 1))
     with open(out / 'report.csv') as f:
         rows = list(csv.DictReader(f))
     with open(out / 'report.json') as f:
         report = json.load(f)
-    assert report['seeds'] == [0, 1, 2]
+    assert report['seeds'] == [0, 1]
     for record in report['paired']:
         m = record['member']
         delta = {(r['method'], int(r['seed'])): float(r['delta']) for r in rows
                  if r['member'] == m}
-        diffs = [delta['bikd', s] - delta['independent', s] for s in (0, 1, 2)]
+        diffs = [delta['bikd', s] - delta['independent', s] for s in (0, 1)]
         mean, sd = np.mean(diffs), np.std(diffs, ddof=1)
-        half = stats.t.ppf(0.975, 2) * sd / np.sqrt(3)
+        half = stats.t.ppf(0.975, 1) * sd / np.sqrt(2)
         assert record['mean'] == pytest.approx(mean, abs=1e-6)
         assert (record['low'], record['high']) == pytest.approx((mean - half, mean + half),
                                                                  abs=1e-6)
         if max(diffs) - min(diffs) < 1e-6:
             # one image of the split is a step of the metric: equal differences on every seed
             # leave no spread, and the report says so instead of claiming an interval
-            expected = 'the same on all 3 seeds: no spread to measure noise with'
+            expected = 'the same on all 2 seeds: no spread to measure noise with'
             assert record['verdict'].startswith(expected)
         else:
             expected = ('better' if mean - half > 0 else 'worse' if mean + half < 0
                         else 'no measurable difference')
             assert record['verdict'] == expected
         assert f'[{mean - half:+.2f}, {mean + half:+.2f}]: {expected}' in proc.stdout
-    # the seeds changed the data order: the three runs of a method differ
+    # the seeds changed the data order: the two runs of a method differ
     bikd = [float(r['after']) for r in rows if r['method'] == 'bikd' and r['member'] == 'resnet']
     assert len(set(bikd)) > 1
     assert '± ' in (out / 'report.md').read_text() and (out / 'deltas.png').stat().st_size > 0
@@ -291,8 +291,25 @@ def test_plots_say_what_they_show_and_keep_every_label_readable(tmp_path, monkey
     assert inside.x0 <= box.x0 and box.x1 <= inside.x1  # not cut off on either side
     labels = sorted(t.get_text() for t in ax.texts)
     assert labels == ['+0.80', '+0.80', '+0.93', '+0.93']  # as the table prints them
-    legend = ax.get_legend().get_window_extent()
-    assert legend.x0 >= ax.get_window_extent().x1  # beside the bars, not over them
+    legend = ax.get_legend().get_window_extent(fig.canvas.get_renderer())
+    assert legend.y1 <= ax.get_window_extent().y0  # under the bars, not over them
+    # with the paired comparison: it comes first, each row's label with its interval and
+    # verdict, the experiment and the seeds in the figure's title
+    paired = [dict(member='resnet', method='bikd', control='independent', seeds=[0, 1, 2],
+                   mean=0.13, low=-0.58, high=0.83, verdict='no measurable difference'),
+              dict(member='convnext', method='bikd', control='independent', seeds=[0, 1, 2],
+                   mean=1.2, low=0.4, high=2.0, verdict='better')]
+    report.plots(rows, ['resnet', 'convnext'], ['bikd', 'independent'], '', str(tmp_path),
+                 'resnet_convnext_bikd', paired)
+    fig = saved['deltas.png']
+    fig.canvas.draw()
+    top = fig.axes[0]
+    assert [t.get_text() for t in top.get_yticklabels()] == [  # in the report's order
+        'resnet: bikd - independent\n+0.13 [-0.58, +0.83] no measurable difference',
+        'convnext: bikd - independent\n+1.20 [+0.40, +2.00] better']
+    assert 'resnet_convnext_bikd' in fig._suptitle.get_text() and \
+        '95% interval over 3 seeds' in fig._suptitle.get_text().replace('\n', ' ')
+    assert top.get_xlim()[0] < 0 < top.get_xlim()[1]  # zero, the line to read against, shown
     losses = saved['task_losses.png']
     task_ax, distill_ax = losses.axes
     assert [line.get_label() for line in task_ax.lines] == ['resnet', 'convnext']
