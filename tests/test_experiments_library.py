@@ -261,3 +261,30 @@ def test_the_time_limit_requeues_are_the_users_to_set(tmp_path):
     assert make_executor('slurm', str(tmp_path)).max_num_timeout == 3
     with pytest.raises(UserError, match='--timeout-requeues must be 0 or more'):
         make_executor('slurm', str(tmp_path), timeout_requeues=-1)
+
+
+def test_paper_numbers_for_a_member_the_config_lacks_are_refused(digits_root, tmp_path):
+    """A grid's paper number for a member its config does not have (a slip that would leave
+    the paper column empty) is an input error naming the cell, the key and the members."""
+    from bikd.errors import UserError
+    from bikd.experiments.grid import load_grid
+    from bikd.experiments.run_grid import check_paper, grid_plans
+    path = tmp_path / 'grid.yaml'
+    path.write_text(f'''title: "a digits grid"
+methods: [bikd]
+metric: [top1]
+overrides: {data_opts(digits_root)!r}
+cells:
+  - config: {CONFIG}
+    paper: {{bikd: {{resnet: 1.5, vit: 0.5, convnext: {{top5: 1.0}}}}}}
+''')
+    grid = load_grid(str(path))
+    plans = grid_plans(grid, str(tmp_path / 'out'), [], False, write=False)
+    with pytest.raises(UserError) as e:
+        check_paper(grid, plans)
+    lines = str(e.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "resnet_convnext_bikd: paper.bikd.vit: the config has no member 'vit' (its members: "
+        'resnet, convnext)',
+        'resnet_convnext_bikd: paper.bikd.convnext.top5: not a metric of the grid (top1)']
+    assert not (tmp_path / 'out').exists()  # planned without writing

@@ -82,6 +82,27 @@ def print_status(rows: List[tuple]) -> None:
     print(', '.join(f'{n} {state}' for state, n in counts.items()), flush=True)
 
 
+def check_paper(grid: Grid, plans: Dict[str, ConfigPlan]) -> None:
+    """The paper's numbers of each cell name members its config has (and, where the grid
+    lists its metrics, those metrics): a number for another member is a slip in the grid
+    file, said before anything runs."""
+    problems = []
+    for cell in grid.cells:
+        names = plans[cell.name].names
+        for method, numbers in cell.paper.items():
+            for member, value in numbers.items():
+                if member not in names:
+                    problems.append(f'{cell.name}: paper.{method}.{member}: the config has no '
+                                    f'member {member!r} (its members: {", ".join(names)})')
+                elif isinstance(value, dict) and grid.metrics:
+                    problems += [f'{cell.name}: paper.{method}.{member}.{metric}: not a metric '
+                                 f'of the grid ({", ".join(grid.metrics)})'
+                                 for metric in value if metric not in grid.metrics]
+    if problems:
+        raise UserError(f'grid {grid.path}: ' + '\n  '.join(['paper numbers that match '
+                                                             'nothing:'] + problems))
+
+
 def check_inputs(grid: Grid, plans: Dict[str, ConfigPlan]) -> None:
     """Refuse to submit anything while a cell with runs to do names a path that is not there
     (its data folders, its members' weights): one line per path."""
@@ -206,6 +227,7 @@ def run_grid(path: str, out: Optional[str] = None, opts: Optional[List[str]] = N
     out = os.path.abspath(out or os.path.join('work_dirs', 'grids', grid.name))
     plans = grid_plans(grid, out, list(opts or []), same_recipe,
                        write=not (status or collect_only))
+    check_paper(grid, plans)
     book = JobBook(os.path.join(out, 'jobs.json'))
     n = sum(len(p.runs) for p in plans.values())
     print(f'{grid.title}: {len(plans)} config(s) x {len(grid.methods)} method(s) x '
