@@ -437,11 +437,12 @@ def test_unusable_checkpoints_and_paths_are_one_line_and_write_nothing(
     work = tmp_path / 'w'
     base = [o for o in digits_overrides(digits_root, str(work)) if 'random_init' not in o]
     cases = [
-        (members_from([truncated_member, other]),
-         f'cannot read checkpoint {truncated_member}: '),
+        (members_from([truncated_member, other]),  # (the member and its key named first)
+         f"model.members.0.checkpoint (member 'resnet'): cannot read checkpoint "
+         f'{truncated_member}: '),
         (members_from([run, other]),
-         f'{run} is the checkpoint of a whole bikd run (its keys are members.<i>.*), not the '
-         "weights of one member for member 'resnet'"),
+         f'model.members.0.checkpoint: {run} is the checkpoint of a whole bikd run (its keys '
+         "are members.<i>.*), not the weights of one member for member 'resnet'"),
         (['--eval-only', 'model.random_init=true', f'load_from={truncated_run}'],
          f'cannot read checkpoint {truncated_run}: '),
         (['model.random_init=true', f'work_dir={regular}/run'],
