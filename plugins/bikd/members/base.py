@@ -111,9 +111,10 @@ class Member(nn.Module):
       (e.g. ``'pixel_ce'``); the meta-architecture warns when members differ.
 
     Weights: the constructor builds the network only; :meth:`take_weights`, called once by
-    the builder (:func:`bikd.members.loading.take_weights` for every member of a model), takes them in this order: ``checkpoint``, else ``pretrained``
-    (:meth:`load_pretrained`), else none (random). A member asked for neither has nothing to
-    take and is ready as built.
+    the builder (:func:`bikd.members.loading.take_weights` for every member of a model),
+    takes them in this order: ``checkpoint``, else ``pretrained`` (:meth:`load_pretrained`),
+    else none (random). A member asked for neither has nothing to take and is ready as
+    built.
     """
 
     #: what the exported weights are, for the JSON beside them
