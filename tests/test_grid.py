@@ -197,6 +197,9 @@ def test_a_local_grid_runs_and_collects_with_the_paper_column_empty_where_it_has
     assert 'submitted' not in again and (out / 'table.md').read_text() in again
     status = tool('--grid', grid, '--output-dir', out, '--status')
     assert status.count(' done ') == 1 and '1 done' in status
+    # --status plans without writing: a grid never submitted leaves its folder unmade
+    status = tool('--grid', grid, '--output-dir', tmp_path / 'never', '--status')
+    assert '1 not submitted' in status and not (tmp_path / 'never').exists()
 
 
 def test_a_grid_checks_what_its_runs_read_before_it_submits_and_fails_when_runs_fail(

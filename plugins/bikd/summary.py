@@ -126,27 +126,6 @@ def _fmt(x, digits=2, sign=False) -> str:
     return f'{x:+.{digits}f}' if sign else f'{x:.{digits}f}'
 
 
-def format_metrics(summary: dict, metrics) -> str:
-    """Plain-text table of several metrics of a summary, ``before -> after`` per member and
-    for the ensemble where it has the metric (PQ, AP and mIoU of a panoptic run)."""
-    rows = [('model', *metrics)]
-    models = list(summary['members'].items())
-    if len(models) > 1:
-        models.append(('ensemble', summary['ensemble']))
-    for name, m in models:
-        cells = []
-        for k in metrics:
-            before, after = m['before'].get(k), (m.get('after') or {}).get(k)
-            cells.append('-' if before is None else _fmt(before) +
-                         ('' if after is None else f' -> {_fmt(after)}'))
-        rows.append((name, *cells))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    text = ['  '.join(c.ljust(w) if i == 0 else c.rjust(w)
-                      for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
-    text.insert(1, '  '.join('-' * w for w in widths))
-    return '\n'.join(text)
-
-
 def format_table(summary: dict, title: str = '') -> str:
     """Plain-text table of a summary: one row per member, then the ensemble, then what the
     table cannot show (:func:`_summary_notes`)."""

@@ -75,6 +75,7 @@ def near_configs(path: str) -> str:
         found += [os.path.join(parent, f) for f in files if f.endswith(YAML_SUFFIXES)]
         if len(found) > 5000:
             break
+
     def likeness(a: str, b: str) -> float:
         return difflib.SequenceMatcher(None, a, b).ratio()
 

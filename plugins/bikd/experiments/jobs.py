@@ -212,6 +212,8 @@ SLURM_WAITING = ('PENDING', 'REQUEUED', 'REQUEUE_HOLD', 'REQUEUE_FED', 'RESV_DEL
 #: Slurm's states of a job that has ended, as this suite names them (others: failed)
 SLURM_ENDED = {'CANCELLED': 'cancelled', 'PREEMPTED': 'cancelled', 'TIMEOUT': 'timed out',
                'DEADLINE': 'timed out'}
+#: Slurm's states of a job that ended by itself (a run that leaves no summary failed)
+SLURM_FINISHED = ('COMPLETED', 'FAILED', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL')
 
 
 def slurm_queue(job_ids) -> Union[Dict[str, Tuple[str, str]], str]:
@@ -288,8 +290,7 @@ def run_status(work_dir: str, record: Optional[dict],
         why = f' ({reason})' if reason else ''
         if state in SLURM_WAITING:
             return 'pending', f'Slurm job {job}: {state}{why}'
-        if state is not None and state not in SLURM_ENDED and state not in (
-                'COMPLETED', 'FAILED', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL'):
+        if state is not None and state not in SLURM_ENDED and state not in SLURM_FINISHED:
             return 'running', f'Slurm job {job}: {state}'
         ended = SLURM_ENDED.get(state) or _ended_by_slurm(stderr)
     elif not os.path.isfile(result) and _local_alive(record):

@@ -74,17 +74,17 @@ def plan_config(config: str, methods: Optional[List[str]], out: str, opts: List[
             name = base if seeds is None or len(seeds) == 1 else f'{base}.seed{seed}'
             plan.runs[name], plan.seed_of[name], plan.base_of[name] = planned, seed, base
     for run, planned in plan.runs.items():
-        run_cfg = cfg.copy()
-        run_cfg.pop('method_recipes', None)  # the experiment's business, not the run's
         recipe = recipes.get(planned.method)
-        if recipe:
-            run_cfg.merge_from_dict(copy.deepcopy(recipe.to_dict()))
         plan.recipe_of[planned.method] = 'its own (method_recipes.' + planned.method + ')' \
             if recipe else 'the config\'s'
-        if plan.seed_of[run] is not None:  # data order, augmentation, dropout; same members
-            run_cfg.merge_from_dict({'randomness.seed': plan.seed_of[run]})
         if not write:
             continue
+        run_cfg = cfg.copy()
+        run_cfg.pop('method_recipes', None)  # the experiment's business, not the run's
+        if recipe:
+            run_cfg.merge_from_dict(copy.deepcopy(recipe.to_dict()))
+        if plan.seed_of[run] is not None:  # data order, augmentation, dropout; same members
+            run_cfg.merge_from_dict({'randomness.seed': plan.seed_of[run]})
         run_cfg.model = planned.model
         run_cfg.work_dir = plan.work(run)
         path, text = plan.config_path(run), run_cfg.pretty_text

@@ -17,7 +17,7 @@ from ..fileio import save_csv, save_figure, save_json, save_text
 from ..step import DISTILL_LOSS, TASK_LOSS, TEACHER_SHARE, log_key
 from ..summary import markdown_table, metric_digits
 from .plan import ConfigPlan, reported_metrics, summaries_of
-from .stats import against_controls, aggregate, collect, columns
+from .stats import against_controls, aggregate, collect, columns, printed_difference
 
 
 def predicted(rows: List[dict], names: List[str], before_outcomes: Dict[str, np.ndarray],
@@ -176,10 +176,8 @@ def _paired_panel(ax, paired: Sequence[dict], digits: int, metric: str, title: s
     for y, r in zip(ys, paired):
         verdict = r['verdict'].split(':')[0].split(' (')[0]
         color = {'better': 'tab:green', 'worse': 'tab:red'}.get(verdict, 'tab:gray')
-        # the difference as the report prints it: that of the printed means (+0.93 - +0.80
-        # reads +0.13, though the mean of the per-seed differences may round to +0.12)
-        mean = round(float(np.mean(r['method_deltas'])), digits) - round(
-            float(np.mean(r['control_deltas'])), digits) if r.get('method_deltas') else r['mean']
+        mean = printed_difference(r['method_deltas'], r['control_deltas'], digits) \
+            if r.get('method_deltas') else r['mean']  # (as the report's line prints it)
         if r.get('low') is not None:
             ax.errorbar(r['mean'], y, xerr=[[r['mean'] - r['low']], [r['high'] - r['mean']]],
                         fmt='o', color=color, capsize=4)

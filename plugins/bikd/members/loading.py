@@ -33,11 +33,10 @@ def members_of(model: nn.Module) -> List[Member]:
     return list(model.members)
 
 
-def take_weights(model: nn.Module, checkpoint: Optional[str] = None,
-                 config_key: str = 'model.members') -> Dict[str, str]:
+def take_weights(model: nn.Module, checkpoint: Optional[str] = None) -> Dict[str, str]:
     """Give every member of ``model`` its weights (see the module's description); returns
     member -> where its weights come from. A member's file that is missing or does not load
-    is an error that names the member and its config key (``<config_key>.<i>.checkpoint``)."""
+    is an error that names the member and its config key (``model.members.<i>.checkpoint``)."""
     members = members_of(model)
     for i, m in enumerate(members):
         if checkpoint:
@@ -48,7 +47,7 @@ def take_weights(model: nn.Module, checkpoint: Optional[str] = None,
             try:
                 m.take_weights()
             except (UserError, FileNotFoundError) as e:
-                key = f'{config_key}.{i}.{"checkpoint" if m.checkpoint else "pretrained"}'
+                key = f'model.members.{i}.{"checkpoint" if m.checkpoint else "pretrained"}'
                 named = f'member {m.name!r}' in str(e)
                 message = f'{key}{"" if named else f" (member {m.name!r})"}: {error_message(e)}'
                 raise (FileNotFoundError if isinstance(e, FileNotFoundError) else UserError)(
